@@ -1,0 +1,166 @@
+"""The twelve registration steps and the walk over their dependency graph.
+
+This module is the only place the step graph is written down. The flow, the API and the
+stand-in all read it from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Final
+
+
+class StepKind(StrEnum):
+    API = "api"
+    BROWSER = "browser"
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STEP_STATUSES
+
+
+FINAL_STEP_STATUSES: Final = frozenset(
+    {StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED}
+)
+
+#: The reason recorded on a step that is switched off in the execution config.
+DISABLED_REASON: Final = "disabled"
+
+
+@dataclass(frozen=True)
+class Step:
+    number: int
+    id: str
+    label: str
+    phase: str
+    needs: tuple[str, ...]
+    kind: StepKind
+    timeout_seconds: int
+    #: Dotted path of the execution-config switch that turns the step off, if any.
+    switch: str | None = None
+
+
+STEPS: Final[tuple[Step, ...]] = (
+    Step(1, "account_registration", "Account registration", "phase1", (), StepKind.API,
+         180, "account.register_new_user"),
+    Step(2, "code_generation", "Code generation", "phase1", (), StepKind.API, 120),
+    Step(3, "onboarding_user", "Onboarding user", "phase1", (), StepKind.API,
+         120, "onboarding.create_user"),
+    Step(4, "image_upload", "Image upload", "phase1", (), StepKind.API,
+         600, "menu.upload_images"),
+    Step(5, "restaurant_registration", "Restaurant registration", "phase2",
+         ("account_registration",), StepKind.BROWSER, 180),
+    Step(6, "website_configuration", "Website configuration", "phase2",
+         ("restaurant_registration", "code_generation"), StepKind.BROWSER, 180),
+    Step(7, "services_configuration", "Services configuration", "phase2",
+         ("restaurant_registration",), StepKind.BROWSER, 180),
+    Step(8, "payment_configuration", "Payment configuration", "phase2",
+         ("restaurant_registration",), StepKind.BROWSER, 180),
+    Step(9, "onboarding_sync", "Onboarding sync", "phase2",
+         ("restaurant_registration", "onboarding_user", "payment_configuration"), StepKind.API,
+         120, "onboarding.sync_record"),
+    Step(10, "menu_import", "Menu import", "phase3",
+         ("restaurant_registration", "image_upload"), StepKind.BROWSER, 300, "menu.import"),
+    Step(11, "option_sets", "Option sets", "phase3", ("menu_import",), StepKind.BROWSER,
+         3600, "menu.add_option_sets"),
+    Step(12, "item_tags", "Item tags", "phase4", ("option_sets",), StepKind.BROWSER,
+         600, "menu.add_item_tags"),
+)
+
+BY_ID: Final[Mapping[str, Step]] = {s.id: s for s in STEPS}
+STEP_IDS: Final[tuple[str, ...]] = tuple(s.id for s in STEPS)
+PHASES: Final[tuple[str, ...]] = ("phase1", "phase2", "phase3", "phase4")
+
+
+def step(step_id: str) -> Step:
+    """The step with this id; KeyError names it when unknown."""
+    try:
+        return BY_ID[step_id]
+    except KeyError:
+        raise KeyError(f"unknown step {step_id!r}") from None
+
+
+def dependents(step_id: str) -> frozenset[str]:
+    """Every step that needs ``step_id``, directly or through other steps."""
+    found: set[str] = set()
+    frontier = [step_id]
+    while frontier:
+        current = frontier.pop()
+        for s in STEPS:
+            if current in s.needs and s.id not in found:
+                found.add(s.id)
+                frontier.append(s.id)
+    return frozenset(found)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do next: steps to start now and steps that will never run (with why)."""
+
+    ready: tuple[str, ...] = ()
+    skipped: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not self.ready and not self.skipped
+
+
+def _satisfied(status: StepStatus, reason: str | None) -> bool:
+    return status is StepStatus.COMPLETED or (
+        status is StepStatus.SKIPPED and reason == DISABLED_REASON
+    )
+
+
+def walk(
+    statuses: Mapping[str, StepStatus],
+    disabled: frozenset[str] | set[str] = frozenset(),
+    skip_reasons: Mapping[str, str | None] | None = None,
+) -> Plan:
+    """Decide which pending steps start now and which pending steps are skipped.
+
+    ``statuses`` holds every step's current status; ``disabled`` the steps switched off in
+    the config; ``skip_reasons`` the reason already recorded on skipped steps (a step
+    skipped as disabled satisfies its dependents, one skipped for a failure does not).
+    Only pending steps are ever put in the plan. Pure: the flow applies the plan and calls
+    again until it is empty and nothing runs.
+    """
+    reasons: dict[str, str | None] = dict(skip_reasons or {})
+    current = {sid: statuses.get(sid, StepStatus.PENDING) for sid in STEP_IDS}
+    ready: list[str] = []
+    skipped: dict[str, str] = {}
+    # STEPS is in topological order, so a skip decided here is seen by later steps at once.
+    for s in STEPS:
+        if current[s.id] is not StepStatus.PENDING:
+            continue
+        if s.id in disabled:
+            skipped[s.id] = DISABLED_REASON
+        else:
+            blocked = [
+                n for n in s.needs
+                if current[n] in (StepStatus.FAILED, StepStatus.CANCELLED)
+                or (current[n] is StepStatus.SKIPPED and reasons.get(n) != DISABLED_REASON)
+            ]
+            if blocked:
+                names = ", ".join(BY_ID[n].label for n in blocked)
+                verb = "was" if len(blocked) == 1 else "were"
+                skipped[s.id] = f"not run: {names} {verb} not completed"
+            elif all(_satisfied(current[n], reasons.get(n)) for n in s.needs):
+                ready.append(s.id)
+                continue
+            else:
+                continue
+        current[s.id] = StepStatus.SKIPPED
+        reasons[s.id] = skipped[s.id]
+    return Plan(ready=tuple(ready), skipped=skipped)

@@ -1,0 +1,113 @@
+"""One settings object, read from the environment (and `.env`)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+class StepMode(StrEnum):
+    DIRECT = "direct"
+    ENDPOINTS = "endpoints"
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="REGJOBS_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    environment: Environment = Environment.DEVELOPMENT
+    state_dir: Path = PROJECT_DIR / ".state"
+    #: SQLAlchemy URL of the job tables; SQLite under the state folder unless set.
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    #: Fernet key for secrets at rest. In development a key is generated into the state folder.
+    secret_key: SecretStr | None = None
+
+    step_mode: StepMode = StepMode.DIRECT
+    #: Outside systems. Every one defaults to the stand-in on loopback.
+    platform_api_url: str = "http://127.0.0.1:8100/platform"
+    platform_api_key: SecretStr = SecretStr("standin-platform-key")
+    onboarding_url: str = "http://127.0.0.1:8100/onboarding"
+    onboarding_api_key: SecretStr = SecretStr("standin-onboarding-key")
+    cdn_url: str = "http://127.0.0.1:8100/cdn"
+    cdn_api_key: SecretStr = SecretStr("standin-cdn-key")
+    portal_url: str = "http://127.0.0.1:8100/portal"
+    #: The app's existing per-step endpoints (`/api/registration/...`, `/menus/...`).
+    app_endpoints_url: str = "http://127.0.0.1:8100"
+    app_endpoints_api_key: SecretStr = SecretStr("standin-app-key")
+
+    #: Seconds one HTTP request to an outside system may take before it counts as a timeout.
+    http_timeout_seconds: float = 30.0
+    #: Retries after the first attempt (SPEC: 3 retries, 4 attempts).
+    step_retries: int = Field(default=3, ge=0, le=10)
+    #: First retry delay; each further retry doubles it, with jitter.
+    retry_base_seconds: float = Field(default=2.0, ge=0)
+    retry_jitter_factor: float = Field(default=0.5, ge=0)
+    #: How often the image-upload step polls the CDN batch.
+    cdn_poll_seconds: float = Field(default=1.0, gt=0)
+    #: Multiplies every catalogue timeout (tests shrink it; 1.0 in production).
+    step_timeout_scale: float = Field(default=1.0, gt=0)
+
+    #: Prefect deployment the API starts flow runs of ("flow-name/deployment-name").
+    deployment: str = "registration-job/registration-job"
+    work_pool: str = "registration-jobs"
+    prefect_ui_url: str | None = None
+    #: How long the API may reuse a flow run's state before asking Prefect again.
+    flow_state_ttl_seconds: float = Field(default=1.0, ge=0)
+
+    dev_api_key: SecretStr | None = None
+    dev_organisation: str = "demo-organisation"
+
+    @model_validator(mode="after")
+    def _production_needs_real_secrets(self) -> Settings:
+        if self.environment is Environment.PRODUCTION:
+            if self.secret_key is None:
+                raise ValueError("REGJOBS_SECRET_KEY must be set in production")
+            if self.database_url is None:
+                raise ValueError("DATABASE_URL must be set in production")
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            # Heroku-style URLs name the scheme "postgres://"; SQLAlchemy wants the dialect.
+            if self.database_url.startswith("postgres://"):
+                return "postgresql+psycopg2://" + self.database_url.removeprefix("postgres://")
+            return self.database_url
+        return f"sqlite:///{self.state_dir / 'regjobs.db'}"
+
+    def fernet_key(self) -> bytes:
+        """The key for secrets at rest; generated once per state folder in development."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value().encode()
+        from cryptography.fernet import Fernet
+
+        path = self.state_dir / "secret.key"
+        if not path.exists():
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(Fernet.generate_key())
+            tmp.chmod(0o600)
+            # Another process may have won the race; keep whichever landed first.
+            with contextlib.suppress(FileExistsError):
+                tmp.link(path)
+            tmp.unlink()
+        return path.read_bytes().strip()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -53,30 +53,104 @@ class Step:
 
 
 STEPS: Final[tuple[Step, ...]] = (
-    Step(1, "account_registration", "Account registration", "phase1", (), StepKind.API,
-         180, "account.register_new_user"),
+    Step(
+        1,
+        "account_registration",
+        "Account registration",
+        "phase1",
+        (),
+        StepKind.API,
+        180,
+        "account.register_new_user",
+    ),
     Step(2, "code_generation", "Code generation", "phase1", (), StepKind.API, 120),
-    Step(3, "onboarding_user", "Onboarding user", "phase1", (), StepKind.API,
-         120, "onboarding.create_user"),
-    Step(4, "image_upload", "Image upload", "phase1", (), StepKind.API,
-         600, "menu.upload_images"),
-    Step(5, "restaurant_registration", "Restaurant registration", "phase2",
-         ("account_registration",), StepKind.BROWSER, 180),
-    Step(6, "website_configuration", "Website configuration", "phase2",
-         ("restaurant_registration", "code_generation"), StepKind.BROWSER, 180),
-    Step(7, "services_configuration", "Services configuration", "phase2",
-         ("restaurant_registration",), StepKind.BROWSER, 180),
-    Step(8, "payment_configuration", "Payment configuration", "phase2",
-         ("restaurant_registration",), StepKind.BROWSER, 180),
-    Step(9, "onboarding_sync", "Onboarding sync", "phase2",
-         ("restaurant_registration", "onboarding_user", "payment_configuration"), StepKind.API,
-         120, "onboarding.sync_record"),
-    Step(10, "menu_import", "Menu import", "phase3",
-         ("restaurant_registration", "image_upload"), StepKind.BROWSER, 300, "menu.import"),
-    Step(11, "option_sets", "Option sets", "phase3", ("menu_import",), StepKind.BROWSER,
-         3600, "menu.add_option_sets"),
-    Step(12, "item_tags", "Item tags", "phase4", ("option_sets",), StepKind.BROWSER,
-         600, "menu.add_item_tags"),
+    Step(
+        3,
+        "onboarding_user",
+        "Onboarding user",
+        "phase1",
+        (),
+        StepKind.API,
+        120,
+        "onboarding.create_user",
+    ),
+    Step(4, "image_upload", "Image upload", "phase1", (), StepKind.API, 600, "menu.upload_images"),
+    Step(
+        5,
+        "restaurant_registration",
+        "Restaurant registration",
+        "phase2",
+        ("account_registration",),
+        StepKind.BROWSER,
+        180,
+    ),
+    Step(
+        6,
+        "website_configuration",
+        "Website configuration",
+        "phase2",
+        ("restaurant_registration", "code_generation"),
+        StepKind.BROWSER,
+        180,
+    ),
+    Step(
+        7,
+        "services_configuration",
+        "Services configuration",
+        "phase2",
+        ("restaurant_registration",),
+        StepKind.BROWSER,
+        180,
+    ),
+    Step(
+        8,
+        "payment_configuration",
+        "Payment configuration",
+        "phase2",
+        ("restaurant_registration",),
+        StepKind.BROWSER,
+        180,
+    ),
+    Step(
+        9,
+        "onboarding_sync",
+        "Onboarding sync",
+        "phase2",
+        ("restaurant_registration", "onboarding_user", "payment_configuration"),
+        StepKind.API,
+        120,
+        "onboarding.sync_record",
+    ),
+    Step(
+        10,
+        "menu_import",
+        "Menu import",
+        "phase3",
+        ("restaurant_registration", "image_upload"),
+        StepKind.BROWSER,
+        300,
+        "menu.import",
+    ),
+    Step(
+        11,
+        "option_sets",
+        "Option sets",
+        "phase3",
+        ("menu_import",),
+        StepKind.BROWSER,
+        3600,
+        "menu.add_option_sets",
+    ),
+    Step(
+        12,
+        "item_tags",
+        "Item tags",
+        "phase4",
+        ("option_sets",),
+        StepKind.BROWSER,
+        600,
+        "menu.add_item_tags",
+    ),
 )
 
 BY_ID: Final[Mapping[str, Step]] = {s.id: s for s in STEPS}
@@ -148,7 +222,8 @@ def walk(
             skipped[s.id] = DISABLED_REASON
         else:
             blocked = [
-                n for n in s.needs
+                n
+                for n in s.needs
                 if current[n] in (StepStatus.FAILED, StepStatus.CANCELLED)
                 or (current[n] is StepStatus.SKIPPED and reasons.get(n) != DISABLED_REASON)
             ]

@@ -43,9 +43,7 @@ class ConfigError(NonRetryableStepError):
 class OutsideSystemError(StepError):
     """An outside system answered with an HTTP error."""
 
-    def __init__(
-        self, message: str, *, status_code: int, retry_after: float | None = None
-    ) -> None:
+    def __init__(self, message: str, *, status_code: int, retry_after: float | None = None) -> None:
         super().__init__(message, retry_after=retry_after)
         self.status_code = status_code
         retryable = status_code == 429 or status_code >= 500

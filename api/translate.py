@@ -1,0 +1,232 @@
+"""Prefect flow-run and task-run state plus the step ledger, translated into SPEC.md's shape.
+
+The only module that knows how Prefect's states map to job and step statuses. Pure: it
+takes what was read (the job row, its step rows, a snapshot of the flow run and its task
+runs) and returns the response; nothing here does I/O.
+
+What Prefect really does, and so what this must not believe (DESIGN.md, measured on 3.9):
+- cancel: the flow-run process gets SIGTERM, a running task run ends Crashed (not
+  Cancelled), the flow run passes through Cancelling;
+- a dead flow-run process: the flow run is Crashed but its task runs stay Running forever;
+- between attempts a task run is Scheduled/AwaitingRetry, then Running named "Retrying".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from prefect.client.schemas.objects import StateType
+
+from api.schemas import JobPublic, JobStatus, Phase, ProgressPublic, StepPublic, StepStatusName
+from regjobs import catalogue
+from regjobs.catalogue import DISABLED_REASON, StepStatus
+from regjobs.models import RegistrationJob, RegistrationJobStep
+
+WORKER_LOST = "the worker was lost: the flow-run process ended while this step was running"
+
+
+@dataclass(frozen=True)
+class RunState:
+    """A Prefect state, as much of it as the translation needs."""
+
+    type: StateType
+    name: str
+    message: str | None = None
+    timestamp: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TaskRunSnapshot:
+    id: str
+    state: RunState
+    run_count: int = 0
+
+
+@dataclass(frozen=True)
+class FlowRunSnapshot:
+    id: str
+    state: RunState
+    #: Task runs of this flow run by task-run id.
+    task_runs: Mapping[str, TaskRunSnapshot]
+
+
+_QUEUED = {StateType.SCHEDULED, StateType.PENDING}
+_ACTIVE = {StateType.RUNNING, StateType.PAUSED}
+_CANCEL = {StateType.CANCELLING, StateType.CANCELLED}
+_FINAL_STEP = {s.value for s in catalogue.FINAL_STEP_STATUSES}
+
+
+@dataclass(frozen=True)
+class _Step:
+    status: StepStatusName
+    error_message: str | None
+    skip_reason: str | None
+
+
+def _from_task_run(status: StepStatusName, task_run: TaskRunSnapshot | None) -> _Step | None:
+    """What a live task run adds to a non-final ledger row while its flow run is active."""
+    if task_run is None:
+        return None
+    state = task_run.state
+    if state.type in (StateType.SCHEDULED, StateType.PENDING) and task_run.run_count > 0:
+        return _Step("retrying", None, None)  # AwaitingRetry: between attempts
+    if state.type is StateType.RUNNING and state.name == "Retrying":
+        return _Step("retrying", None, None)
+    if state.type is StateType.RUNNING:
+        return _Step("retrying" if status == "retrying" else "running", None, None)
+    if state.type is StateType.CRASHED:
+        return _Step("failed", f"the step crashed: {state.message or 'no message'}", None)
+    if state.type in _CANCEL:
+        return _Step("cancelled", None, "cancelled while running")
+    if state.type is StateType.FAILED:
+        return _Step("failed", state.message or "the step failed", None)
+    return None  # Completed, Cached, Paused: the ledger row is written right after
+
+
+def step_view(
+    row: RegistrationJobStep, flow: FlowRunSnapshot | None
+) -> tuple[StepStatusName, str | None, str | None]:
+    """The status, error message and skip reason a step shows."""
+    ledger_status: StepStatusName = StepStatus(row.status).value  # type: ignore[assignment]
+    if ledger_status in _FINAL_STEP:
+        return ledger_status, row.error_message, row.skip_reason
+    if flow is None or flow.state.type in _QUEUED:
+        # Nothing runs while the flow run is queued, whatever an older run left behind.
+        return "pending", None, None
+    state = flow.state.type
+    was_running = ledger_status in ("running", "retrying")
+    if state in _ACTIVE:
+        task_run = flow.task_runs.get(row.task_run_id or "")
+        refined = _from_task_run(ledger_status, task_run) if was_running else None
+        if refined is not None:
+            return refined.status, refined.error_message or row.error_message, refined.skip_reason
+        return ledger_status, row.error_message, None
+    if state in _CANCEL:
+        reason = "the job was cancelled" + ("" if was_running else " before this step started")
+        return "cancelled", None, reason
+    if state is StateType.CRASHED:
+        if was_running:
+            return "failed", WORKER_LOST, None
+        return "skipped", None, "not run: the job's worker was lost"
+    # Failed or Completed with a step never finished: the flow ended around it.
+    if was_running:
+        return "failed", "the flow run ended while this step was running", None
+    return "skipped", None, "not run: the job ended first"
+
+
+def job_status(
+    job: RegistrationJob, steps: Sequence[StepPublic], flow: FlowRunSnapshot | None
+) -> tuple[JobStatus, str | None]:
+    if flow is None:
+        return _job_db_status(job), job.error_message
+    state = flow.state
+    if state.type in _QUEUED:
+        return ("in_progress" if job.started_at else "pending"), None
+    if state.type in _ACTIVE:
+        return "in_progress", None
+    if state.type in _CANCEL:
+        return "cancelled", job.error_message or "the job was cancelled"
+    if state.type is StateType.CRASHED:
+        return "failed", f"the worker was lost: {state.message or 'the flow run crashed'}"
+    if state.type is StateType.COMPLETED and all(
+        s.status == "completed" or _skipped_as_disabled(s) for s in steps
+    ):
+        return "completed", None
+    return "failed", job.error_message or state.message or "the job failed"
+
+
+def _skipped_as_disabled(step: StepPublic) -> bool:
+    return step.status == "skipped" and step.skip_reason == DISABLED_REASON
+
+
+def _job_db_status(job: RegistrationJob) -> JobStatus:
+    status = job.status
+    if status in ("pending", "in_progress", "completed", "failed", "cancelled"):
+        return status  # type: ignore[return-value]
+    return "pending"
+
+
+def _current(steps: Sequence[StepPublic]) -> tuple[int, Phase]:
+    active = [s for s in steps if s.status in ("running", "retrying")]
+    if active:
+        first = min(active, key=lambda s: s.step_number)
+        return first.step_number, first.phase
+    finished = [s for s in steps if s.status in _FINAL_STEP]
+    if finished:
+        last = max(finished, key=lambda s: s.step_number)
+        return last.step_number, last.phase
+    return 0, "phase1"
+
+
+def _percent(status: JobStatus, steps: Sequence[StepPublic]) -> int:
+    if status == "completed":
+        return 100
+    done = sum(1 for s in steps if s.status in _FINAL_STEP)
+    return min(99, done * 100 // len(steps)) if steps else 0
+
+
+def job_public(
+    job: RegistrationJob,
+    rows: Sequence[RegistrationJobStep],
+    flow: FlowRunSnapshot | None,
+    *,
+    prefect_ui_url: str | None = None,
+) -> JobPublic:
+    steps: list[StepPublic] = []
+    for row in sorted(rows, key=lambda r: r.step_number):
+        meta = catalogue.step(row.step_id)
+        status, error, reason = step_view(row, flow)
+        ledger_final = row.status in _FINAL_STEP
+        steps.append(
+            StepPublic(
+                step_id=row.step_id,
+                step_number=row.step_number,
+                step_label=meta.label,
+                phase=meta.phase,  # type: ignore[arg-type]
+                status=status,
+                attempts=row.attempts,
+                duration_ms=row.duration_ms,
+                started_at=row.started_at,
+                completed_at=row.finished_at if ledger_final else None,
+                error_message=error,
+                warning=row.warning,
+                result_data=row.result_data if status == "completed" else None,
+                skip_reason=reason if status in ("skipped", "cancelled") else None,
+                progress=row.progress if status in ("running", "retrying") else None,
+            )
+        )
+    status, error = job_status(job, steps, flow)
+    current_step, current_phase = _current(steps)
+    flow_run_id = flow.id if flow else job.flow_run_id
+    return JobPublic(
+        id=job.id,
+        restaurant_id=job.restaurant_id,
+        status=status,
+        current_phase=current_phase,
+        current_step=current_step,
+        progress_percent=_percent(status, steps),
+        steps=steps,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        completed_at=job.completed_at if status in ("completed", "failed", "cancelled") else None,
+        error_message=error,
+        flow_run_id=flow_run_id,
+        flow_run_url=(
+            f"{prefect_ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}"
+            if prefect_ui_url and flow_run_id
+            else None
+        ),
+        flow_run_state=flow.state.name if flow else None,
+    )
+
+
+def progress_public(job: JobPublic) -> ProgressPublic:
+    return ProgressPublic(
+        status=job.status,
+        current_phase=job.current_phase,
+        current_step=job.current_step,
+        step_statuses={s.step_id: s.status for s in job.steps},
+        progress_percent=job.progress_percent,
+    )

@@ -1,0 +1,309 @@
+"""The step ledger: every write to jobs, steps and attempts goes through this module.
+
+The flow and its tasks record here what happens (keyword-only functions, one short
+transaction each); the API reads it. Completed steps keep their result, so any re-run of a
+job reuses them instead of executing the step again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from regjobs import catalogue
+from regjobs.catalogue import DISABLED_REASON, StepStatus
+from regjobs.config import ExecutionConfig
+from regjobs.crypto import decrypt_json, encrypt_json
+from regjobs.db import session_scope
+from regjobs.errors import Classified
+from regjobs.models import RegistrationJob, RegistrationJobStep, StepAttempt, utcnow
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+# ---------------------------------------------------------------------------- creating
+
+
+def create_job(
+    session: Session,
+    *,
+    organisation_id: str,
+    restaurant_id: str,
+    config: ExecutionConfig,
+    idempotency_key: str | None = None,
+) -> RegistrationJob:
+    """Insert a job and its twelve pending steps (flushed, not committed)."""
+    job = RegistrationJob(
+        organisation_id=organisation_id,
+        restaurant_id=restaurant_id,
+        restaurant_name=config.restaurant.name,
+        status="pending",
+        config_encrypted=encrypt_json(config.secret_dict()),
+        config_public=config.public_dict(),
+        flow_run_ids=[],
+        idempotency_key=idempotency_key,
+    )
+    session.add(job)
+    session.flush()
+    session.add_all(
+        RegistrationJobStep(
+            job_id=job.id,
+            step_id=s.id,
+            step_number=s.number,
+            status="pending",
+            attempts=0,
+            generation=0,
+        )
+        for s in catalogue.STEPS
+    )
+    session.flush()
+    return job
+
+
+def job_config(job: RegistrationJob) -> ExecutionConfig:
+    return ExecutionConfig.from_secret_dict(decrypt_json(job.config_encrypted))
+
+
+def disabled_steps(config: ExecutionConfig) -> frozenset[str]:
+    switches = config.switches()
+    return frozenset(s.id for s in catalogue.STEPS if s.switch and not switches[s.switch])
+
+
+# ------------------------------------------------------------------------ flow side
+
+
+@dataclass(frozen=True)
+class StepState:
+    status: StepStatus
+    reason: str | None
+    result: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class RunStart:
+    config: ExecutionConfig
+    steps: Mapping[str, StepState]
+
+
+def _job(session: Session, job_id: str, *, lock: bool = False) -> RegistrationJob:
+    query = select(RegistrationJob).where(RegistrationJob.id == job_id)
+    if lock:
+        query = query.with_for_update()
+    job = session.scalars(query).one_or_none()
+    if job is None:
+        raise JobNotFound(f"registration job {job_id} does not exist")
+    return job
+
+
+def _steps(session: Session, job_id: str) -> dict[str, RegistrationJobStep]:
+    rows = session.scalars(
+        select(RegistrationJobStep).where(RegistrationJobStep.job_id == job_id)
+    ).all()
+    return {row.step_id: row for row in rows}
+
+
+def _state(row: RegistrationJobStep) -> StepState:
+    return StepState(StepStatus(row.status), row.skip_reason, row.result_data)
+
+
+def begin_run(*, job_id: str, flow_run_id: str | None) -> RunStart:
+    """Mark the job in progress for this flow run and queue every step not completed.
+
+    Completed steps keep their result (they are reused); everything else goes back to
+    pending, so a re-run executes exactly the steps that did not complete.
+    """
+    now = utcnow()
+    with session_scope() as session:
+        job = _job(session, job_id, lock=True)
+        job.status = "in_progress"
+        job.started_at = job.started_at or now
+        job.completed_at = None
+        job.error_message = None
+        job.cancel_requested_at = None
+        if flow_run_id and flow_run_id not in job.flow_run_ids:
+            job.flow_run_ids = [*job.flow_run_ids, flow_run_id]
+        job.flow_run_id = flow_run_id or job.flow_run_id
+        rows = _steps(session, job_id)
+        for row in rows.values():
+            if row.status != StepStatus.COMPLETED:
+                _requeue(row)
+        return RunStart(config=job_config(job), steps={k: _state(v) for k, v in rows.items()})
+
+
+def _requeue(row: RegistrationJobStep) -> None:
+    row.status = StepStatus.PENDING
+    row.attempts = 0
+    row.started_at = row.finished_at = row.duration_ms = None
+    row.error_message = row.warning = row.skip_reason = row.progress = None
+    row.not_before = None
+    row.task_run_id = None
+
+
+def step_states(*, job_id: str) -> dict[str, StepState]:
+    with session_scope() as session:
+        return {k: _state(v) for k, v in _steps(session, job_id).items()}
+
+
+def skip_steps(*, job_id: str, reasons: Mapping[str, str]) -> None:
+    if not reasons:
+        return
+    now = utcnow()
+    with session_scope() as session:
+        rows = _steps(session, job_id)
+        for step_id, reason in reasons.items():
+            row = rows[step_id]
+            row.status = StepStatus.SKIPPED
+            row.skip_reason = reason
+            row.finished_at = now
+
+
+@dataclass(frozen=True)
+class Attempt:
+    number: int
+    generation: int
+    not_before: datetime | None
+    #: Results of the steps this one needs, by step id.
+    inputs: Mapping[str, dict[str, Any]]
+
+
+def start_attempt(
+    *, job_id: str, step_id: str, flow_run_id: str | None, task_run_id: str | None
+) -> Attempt:
+    """Record that an attempt of a step starts; `retrying` from the second attempt on."""
+    now = utcnow()
+    step = catalogue.step(step_id)
+    with session_scope() as session:
+        rows = _steps(session, job_id)
+        row = rows[step_id]
+        row.attempts += 1
+        row.status = StepStatus.RUNNING if row.attempts == 1 else StepStatus.RETRYING
+        row.started_at = row.started_at or now
+        row.finished_at = None
+        row.flow_run_id = flow_run_id
+        row.task_run_id = task_run_id
+        session.add(
+            StepAttempt(
+                job_id=job_id,
+                step_id=step_id,
+                attempt=row.attempts,
+                flow_run_id=flow_run_id,
+                task_run_id=task_run_id,
+                status=StepStatus.RUNNING,
+                started_at=now,
+            )
+        )
+        inputs = {n: rows[n].result_data or {} for n in step.needs}
+        return Attempt(row.attempts, row.generation, row.not_before, inputs)
+
+
+def _finish_attempt(
+    session: Session, job_id: str, step_id: str, number: int, **values: Any
+) -> None:
+    session.execute(
+        update(StepAttempt)
+        .where(
+            StepAttempt.job_id == job_id,
+            StepAttempt.step_id == step_id,
+            StepAttempt.attempt == number,
+            StepAttempt.finished_at.is_(None),
+        )
+        .values(finished_at=utcnow(), **values)
+    )
+
+
+def complete_attempt(
+    *, job_id: str, step_id: str, attempt: int, result: dict[str, Any], warning: str | None
+) -> None:
+    now = utcnow()
+    with session_scope() as session:
+        row = _steps(session, job_id)[step_id]
+        row.status = StepStatus.COMPLETED
+        row.result_data = result
+        row.warning = warning
+        row.error_message = None
+        row.progress = None
+        row.not_before = None
+        row.finished_at = now
+        row.duration_ms = _ms(row.started_at, now)
+        _finish_attempt(
+            session, job_id, step_id, attempt, status=StepStatus.COMPLETED, warning=warning
+        )
+
+
+def fail_attempt(
+    *,
+    job_id: str,
+    step_id: str,
+    attempt: int,
+    error: Classified,
+    will_retry: bool,
+    evidence_path: str | None = None,
+) -> None:
+    """Record a failed attempt: `retrying` when another attempt follows, else `failed`."""
+    now = utcnow()
+    with session_scope() as session:
+        row = _steps(session, job_id)[step_id]
+        row.error_message = error.message
+        if will_retry:
+            row.status = StepStatus.RETRYING
+            row.not_before = (
+                now + timedelta(seconds=error.retry_after) if error.retry_after else None
+            )
+        else:
+            row.status = StepStatus.FAILED
+            row.finished_at = now
+            row.duration_ms = _ms(row.started_at, now)
+        _finish_attempt(
+            session,
+            job_id,
+            step_id,
+            attempt,
+            status=StepStatus.FAILED,
+            error_class=error.error_class.value,
+            error_message=error.message,
+            evidence_path=evidence_path,
+        )
+
+
+def set_progress(*, job_id: str, step_id: str, progress: str) -> None:
+    with session_scope() as session:
+        session.execute(
+            update(RegistrationJobStep)
+            .where(RegistrationJobStep.job_id == job_id, RegistrationJobStep.step_id == step_id)
+            .values(progress=progress, updated_at=utcnow())
+        )
+
+
+def finish_run(*, job_id: str, status: str, error_message: str | None) -> None:
+    with session_scope() as session:
+        job = _job(session, job_id)
+        job.status = status
+        job.error_message = error_message
+        job.completed_at = utcnow()
+
+
+def failure_summary(states: Mapping[str, StepState]) -> str | None:
+    """The job's error message: which steps failed, or None when none did."""
+    failed = [catalogue.BY_ID[s].label for s, st in states.items() if st.status == "failed"]
+    if not failed:
+        return None
+    return "failed step" + ("s" if len(failed) > 1 else "") + ": " + ", ".join(failed)
+
+
+def completed_ok(states: Iterable[StepState]) -> bool:
+    return all(
+        st.status == StepStatus.COMPLETED
+        or (st.status == StepStatus.SKIPPED and st.reason == DISABLED_REASON)
+        for st in states
+    )
+
+
+def _ms(start: datetime | None, end: datetime) -> int | None:
+    return None if start is None else int((end - start).total_seconds() * 1000)

@@ -1,0 +1,1 @@
+"""Clients for the outside systems: each system's calls live in one module here."""

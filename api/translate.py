@@ -89,7 +89,7 @@ def step_view(
     row: RegistrationJobStep, flow: FlowRunSnapshot | None
 ) -> tuple[StepStatusName, str | None, str | None]:
     """The status, error message and skip reason a step shows."""
-    ledger_status: StepStatusName = StepStatus(row.status).value  # type: ignore[assignment]
+    ledger_status: StepStatusName = StepStatus(row.status).value
     if ledger_status in _FINAL_STEP:
         return ledger_status, row.error_message, row.skip_reason
     if flow is None or flow.state.type in _QUEUED:
@@ -177,24 +177,24 @@ def job_public(
     steps: list[StepPublic] = []
     for row in sorted(rows, key=lambda r: r.step_number):
         meta = catalogue.step(row.step_id)
-        status, error, reason = step_view(row, flow)
+        step_status, error, reason = step_view(row, flow)
         ledger_final = row.status in _FINAL_STEP
         steps.append(
             StepPublic(
                 step_id=row.step_id,
                 step_number=row.step_number,
                 step_label=meta.label,
-                phase=meta.phase,  # type: ignore[arg-type]
-                status=status,
+                phase=meta.phase,
+                status=step_status,
                 attempts=row.attempts,
                 duration_ms=row.duration_ms,
                 started_at=row.started_at,
                 completed_at=row.finished_at if ledger_final else None,
                 error_message=error,
                 warning=row.warning,
-                result_data=row.result_data if status == "completed" else None,
-                skip_reason=reason if status in ("skipped", "cancelled") else None,
-                progress=row.progress if status in ("running", "retrying") else None,
+                result_data=row.result_data if step_status == "completed" else None,
+                skip_reason=reason if step_status in ("skipped", "cancelled") else None,
+                progress=row.progress if step_status in ("running", "retrying") else None,
             )
         )
     status, error = job_status(job, steps, flow)

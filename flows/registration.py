@@ -9,8 +9,9 @@ import asyncio
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
-from prefect.states import Failed, State
+from prefect.states import Failed
 
 from regjobs import catalogue, ledger
 from regjobs.catalogue import StepStatus

@@ -166,6 +166,18 @@ def step(step_id: str) -> Step:
         raise KeyError(f"unknown step {step_id!r}") from None
 
 
+def ancestors(step_id: str) -> frozenset[str]:
+    """Every step that ``step_id`` needs, directly or through other steps."""
+    found: set[str] = set()
+    frontier = list(step(step_id).needs)
+    while frontier:
+        current = frontier.pop()
+        if current not in found:
+            found.add(current)
+            frontier.extend(BY_ID[current].needs)
+    return frozenset(found)
+
+
 def dependents(step_id: str) -> frozenset[str]:
     """Every step that needs ``step_id``, directly or through other steps."""
     found: set[str] = set()

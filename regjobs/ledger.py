@@ -169,7 +169,7 @@ class Attempt:
     number: int
     generation: int
     not_before: datetime | None
-    #: Results of the steps this one needs, by step id.
+    #: Results of the completed steps this one needs (directly or not), by step id.
     inputs: Mapping[str, dict[str, Any]]
 
 
@@ -178,7 +178,6 @@ def start_attempt(
 ) -> Attempt:
     """Record that an attempt of a step starts; `retrying` from the second attempt on."""
     now = utcnow()
-    step = catalogue.step(step_id)
     with session_scope() as session:
         rows = _steps(session, job_id)
         row = rows[step_id]
@@ -199,7 +198,12 @@ def start_attempt(
                 started_at=now,
             )
         )
-        inputs = {n: rows[n].result_data or {} for n in step.needs}
+        # Outputs flow along the edges, also past one step (option sets use the subdomain).
+        inputs = {
+            n: rows[n].result_data or {}
+            for n in catalogue.ancestors(step_id)
+            if rows[n].status == StepStatus.COMPLETED
+        }
         return Attempt(row.attempts, row.generation, row.not_before, inputs)
 
 

@@ -103,7 +103,7 @@ class Settings(BaseSettings):
             tmp.chmod(0o600)
             # Another process may have won the race; keep whichever landed first.
             with contextlib.suppress(FileExistsError):
-                tmp.link(path)
+                path.hardlink_to(tmp)
             tmp.unlink()
         return path.read_bytes().strip()
 

@@ -1,0 +1,1 @@
+"""A stand-in for the outside systems (platform API, admin portal, onboarding, image CDN)."""

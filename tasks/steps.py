@@ -18,10 +18,9 @@ from typing import Any
 import httpx
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import TaskRun
+from prefect.client.schemas.objects import State, TaskRun
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
-from prefect.states import State
 
 from regjobs import catalogue, ledger
 from regjobs.config import ExecutionConfig
@@ -134,8 +133,7 @@ def step_task(step_id: str) -> Task[Any, Any]:
     settings = get_settings()
     step = catalogue.step(step_id)
     base = settings.retry_base_seconds
-    return task(
-        run_step,
+    decorate = task(
         name=step.label,
         task_run_name=step.label,
         retries=settings.step_retries,
@@ -146,3 +144,4 @@ def step_task(step_id: str) -> Task[Any, Any]:
         persist_result=False,
         tags=[f"step:{step_id}", f"kind:{step.kind.value}"],
     )
+    return decorate(run_step)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Header, HTTPException, Response, status
@@ -16,7 +16,7 @@ from regjobs.models import RegistrationJob
 
 router = APIRouter(prefix="/api/registration-jobs", tags=["registration-jobs"])
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "No valid API key"},
     404: {"description": "No such job in your organisation"},
 }

@@ -44,8 +44,13 @@ class OutsideSystem:
             return body
         detail = body.get("detail")
         code = detail.get("code") if isinstance(detail, dict) else None
-        if response.status_code == 409 and already_done and code in already_done:
-            assert isinstance(detail, dict)
+        if (
+            response.status_code == 409
+            and already_done
+            and isinstance(code, str)
+            and code in already_done
+            and isinstance(detail, dict)
+        ):
             existing = next(
                 (v for k, v in detail.items() if isinstance(v, dict) and k != "code"), {}
             )

@@ -62,6 +62,7 @@ def locs(errors: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 
 # ------------------------------------------------------------------------------ example
 
+
 def test_example_config_is_valid_and_realistic() -> None:
     config = ExecutionConfig.model_validate(example())
     assert config.restaurant.name == "Demo Pizza"
@@ -81,6 +82,7 @@ def test_validating_does_not_change_example_constant() -> None:
 
 
 # ------------------------------------------------------------------------------ defaults
+
 
 def test_defaults_of_every_section() -> None:
     config = ExecutionConfig.model_validate(minimal())
@@ -148,6 +150,7 @@ def test_restaurant_name_is_stripped() -> None:
 
 # ------------------------------------------------------------------------------ unknown fields
 
+
 def test_unknown_top_level_field_is_rejected() -> None:
     error = only_error({**minimal(), "colour_scheme": "red"})
     assert error["loc"] == ["colour_scheme"]
@@ -180,6 +183,7 @@ def test_unknown_field_inside_an_opening_interval_is_rejected() -> None:
 
 
 # ------------------------------------------------------------------------------ types
+
 
 @pytest.mark.parametrize(
     ("path", "value", "error_type"),
@@ -256,6 +260,7 @@ def test_json_schema_marks_restaurant_required_and_forbids_extras() -> None:
 
 # ------------------------------------------------------------------------------ flat seed form
 
+
 def test_flat_seed_form_moves_into_account_and_menu() -> None:
     config = ExecutionConfig.model_validate(
         {
@@ -327,6 +332,7 @@ def test_flat_password_conflict_does_not_echo_the_password() -> None:
 
 # ------------------------------------------------------------------------------ subdomain
 
+
 @pytest.mark.parametrize(
     ("name", "subdomain"),
     [
@@ -379,18 +385,24 @@ def test_subdomain_that_cannot_be_derived_is_required() -> None:
 
 # ------------------------------------------------------------------------------ cross-field rules
 
+
 @pytest.mark.parametrize("field", ["email", "password"])
 @pytest.mark.parametrize("register_new_user", [True, False])
 def test_account_email_and_password_are_always_required(
     field: str, register_new_user: bool
 ) -> None:
-    account: dict[str, Any] = {"email": "owner@example.com", "password": PASSWORD,
-                               "register_new_user": register_new_user}
+    account: dict[str, Any] = {
+        "email": "owner@example.com",
+        "password": PASSWORD,
+        "register_new_user": register_new_user,
+    }
     del account[field]
-    mode = ("new_account_with_restaurant" if register_new_user
-            else "existing_account_first_restaurant")
-    error = only_error(minimal(account=account,
-                               restaurant={"name": "Demo", "registration_mode": mode}))
+    mode = (
+        "new_account_with_restaurant" if register_new_user else "existing_account_first_restaurant"
+    )
+    error = only_error(
+        minimal(account=account, restaurant={"name": "Demo", "registration_mode": mode})
+    )
     assert error["loc"] == ["account", field]
     assert error["type"] == "config_required"
     assert error["msg"].startswith(f"account.{field} is required")
@@ -410,8 +422,12 @@ def test_omitted_account_section_names_both_credentials() -> None:
 
 def test_existing_account_mode_with_register_new_user_on_conflicts() -> None:
     error = only_error(
-        minimal(restaurant={"name": "Demo",
-                            "registration_mode": "existing_account_additional_restaurant"})
+        minimal(
+            restaurant={
+                "name": "Demo",
+                "registration_mode": "existing_account_additional_restaurant",
+            }
+        )
     )
     assert error["loc"] == ["restaurant", "registration_mode"]
     assert error["type"] == "config_conflict"
@@ -420,8 +436,9 @@ def test_existing_account_mode_with_register_new_user_on_conflicts() -> None:
 
 def test_new_account_mode_with_register_new_user_off_conflicts() -> None:
     error = only_error(
-        minimal(account={"email": "owner@example.com", "password": PASSWORD,
-                         "register_new_user": False})
+        minimal(
+            account={"email": "owner@example.com", "password": PASSWORD, "register_new_user": False}
+        )
     )
     assert error["loc"] == ["restaurant", "registration_mode"]
     assert error["msg"].startswith("restaurant.registration_mode ")
@@ -433,8 +450,11 @@ def test_new_account_mode_with_register_new_user_off_conflicts() -> None:
 def test_existing_account_modes_with_register_new_user_off_are_valid(mode: str) -> None:
     config = ExecutionConfig.model_validate(
         minimal(
-            account={"email": "owner@example.com", "password": PASSWORD,
-                     "register_new_user": False},
+            account={
+                "email": "owner@example.com",
+                "password": PASSWORD,
+                "register_new_user": False,
+            },
             restaurant={"name": "Demo", "registration_mode": mode},
         )
     )
@@ -457,9 +477,7 @@ def test_menu_import_with_csv_path_only_is_valid() -> None:
 
 
 def test_menu_import_off_needs_no_menu() -> None:
-    config = ExecutionConfig.model_validate(
-        minimal(menu={"import": False, "upload_images": False})
-    )
+    config = ExecutionConfig.model_validate(minimal(menu={"import": False, "upload_images": False}))
     assert config.switches()["menu.import"] is False
 
 
@@ -489,8 +507,14 @@ def test_onboarding_create_user_needs_the_user_fields() -> None:
 
 def test_onboarding_create_user_with_the_user_fields_is_valid() -> None:
     config = ExecutionConfig.model_validate(
-        minimal(onboarding={"create_user": True, "user_name": "Dee Mo",
-                            "user_email": "dee@example.com", "user_password": USER_PASSWORD})
+        minimal(
+            onboarding={
+                "create_user": True,
+                "user_name": "Dee Mo",
+                "user_email": "dee@example.com",
+                "user_password": USER_PASSWORD,
+            }
+        )
     )
     assert config.onboarding.user_password == SecretStr(USER_PASSWORD)
 
@@ -510,8 +534,14 @@ def test_onboarding_sync_record_with_user_email_is_valid() -> None:
 
 def test_one_missing_field_needed_by_two_switches_is_one_error() -> None:
     errors = errors_of(
-        minimal(onboarding={"create_user": True, "sync_record": True, "user_name": "Dee",
-                            "user_password": USER_PASSWORD})
+        minimal(
+            onboarding={
+                "create_user": True,
+                "sync_record": True,
+                "user_name": "Dee",
+                "user_password": USER_PASSWORD,
+            }
+        )
     )
     assert len(errors) == 1
     assert errors[0]["loc"] == ["onboarding", "user_email"]
@@ -520,9 +550,7 @@ def test_one_missing_field_needed_by_two_switches_is_one_error() -> None:
 
 
 def test_all_rule_violations_are_reported_together() -> None:
-    errors = errors_of(
-        {"restaurant": {"name": "Demo"}, "onboarding": {"sync_record": True}}
-    )
+    errors = errors_of({"restaurant": {"name": "Demo"}, "onboarding": {"sync_record": True}})
     assert set(locs(errors)) == {
         ("account", "email"),
         ("account", "password"),
@@ -547,6 +575,7 @@ def test_rule_errors_are_located_inside_an_enclosing_model() -> None:
 
 
 # ------------------------------------------------------------------------------ colours, hours
+
 
 @pytest.mark.parametrize("colour", ["#000000", "#FFaa09", "#c0392b"])
 def test_valid_colours_are_kept(colour: str) -> None:
@@ -609,10 +638,16 @@ def test_overlapping_intervals_are_rejected() -> None:
 
 # ------------------------------------------------------------------------------ secrets
 
+
 def secret_config() -> ExecutionConfig:
     data = example()
-    data["onboarding"] = {"create_user": True, "sync_record": True, "user_name": "Dee Mo",
-                          "user_email": "dee@example.com", "user_password": USER_PASSWORD}
+    data["onboarding"] = {
+        "create_user": True,
+        "sync_record": True,
+        "user_name": "Dee Mo",
+        "user_email": "dee@example.com",
+        "user_password": USER_PASSWORD,
+    }
     return ExecutionConfig.model_validate(data)
 
 
@@ -668,9 +703,10 @@ def test_secret_dict_does_not_leak_into_later_dumps() -> None:
     config = secret_config()
     config.secret_dict()
     assert PASSWORD not in config.model_dump_json()
-    assert config.model_dump(mode="json", context={"reveal_secrets": True})["account"][
-        "password"
-    ] == SECRET_MASK
+    assert (
+        config.model_dump(mode="json", context={"reveal_secrets": True})["account"]["password"]
+        == SECRET_MASK
+    )
 
 
 def test_secrets_lists_the_clear_values() -> None:
@@ -690,6 +726,7 @@ def test_public_errors_never_echo_the_input() -> None:
 
 # ------------------------------------------------------------------------------ switches
 
+
 def test_switches_default_values() -> None:
     config = ExecutionConfig.model_validate(minimal())
     assert config.switches() == {
@@ -705,8 +742,15 @@ def test_switches_default_values() -> None:
 
 def test_switches_follow_the_config() -> None:
     config = ExecutionConfig.model_validate(
-        minimal(menu={"menu_id": "m", "import": False, "add_option_sets": False,
-                      "add_item_tags": False, "upload_images": False})
+        minimal(
+            menu={
+                "menu_id": "m",
+                "import": False,
+                "add_option_sets": False,
+                "add_item_tags": False,
+                "upload_images": False,
+            }
+        )
     )
     switches = config.switches()
     assert switches["menu.import"] is False
@@ -722,6 +766,7 @@ def test_switch_paths_match_the_step_catalogue() -> None:
 
 
 # ------------------------------------------------------------------------------ python construction
+
 
 def test_models_can_be_built_in_python() -> None:
     config = ExecutionConfig(

@@ -1,0 +1,50 @@
+"""The demo job `make run` submits: create it, then show its progress until it ends."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import httpx
+
+from regjobs.config import EXAMPLE_CONFIG
+
+FINAL = {"completed", "failed", "cancelled"}
+
+
+def run_demo(api_url: str, api_key: str, stop: threading.Event) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {api_key}"}
+    restaurant_id = f"demo-{int(time.time())}"
+    with httpx.Client(base_url=api_url, headers=headers, timeout=30) as client:
+        created = client.post(
+            "/api/registration-jobs",
+            json={
+                "restaurant_id": restaurant_id,
+                "execution_config": EXAMPLE_CONFIG,
+            },
+        )
+        created.raise_for_status()
+        job_id = created.json()["job_id"]
+        posted = time.monotonic()
+        print(f"demo job {job_id} for restaurant {restaurant_id}")
+        last: dict[str, str] = {}
+        progress: dict[str, Any] = {}
+        while not stop.is_set():
+            progress = client.get(f"/api/registration-jobs/{job_id}/progress").json()
+            for step_id, status in progress["step_statuses"].items():
+                if last.get(step_id) != status:
+                    print(f"  {time.monotonic() - posted:6.1f} s  {step_id:<26} {status}")
+            last = progress["step_statuses"]
+            if progress["status"] in FINAL:
+                break
+            stop.wait(0.5)
+        job = client.get(f"/api/registration-jobs/{job_id}").json()
+        done = sum(1 for s in job["steps"] if s["status"] == "completed")
+        print(
+            f"demo job {job['status']}: {done} of {len(job['steps'])} steps completed, "
+            f"{job['progress_percent']}% in {time.monotonic() - posted:.1f} s"
+        )
+        if job.get("flow_run_url"):
+            print(f"  in Prefect: {job['flow_run_url']}")
+        return dict(job)

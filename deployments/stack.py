@@ -1,0 +1,298 @@
+"""Start and stop the whole system on one machine: Prefect server, work pool and deployment,
+worker, stand-in and API. Used by `make run` (the launcher) and by the end-to-end tests, so
+both exercise the same start-up path.
+
+Every child runs in its own process group and is stopped by that group's id, so nothing
+this started outlives it and nothing it did not start is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from regjobs.settings import PROJECT_DIR
+
+PYTHON = sys.executable
+#: The pool name in prefect.yaml.
+WORK_POOL = "registration-jobs"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class StackConfig:
+    state_dir: Path
+    api_port: int = 8000
+    prefect_port: int = 4200
+    standin_port: int = 8100
+    #: Extra environment for every child (DATABASE_URL, REGJOBS_* settings...).
+    env: Mapping[str, str] = field(default_factory=dict)
+    #: Serve the Prefect UI (operators want it; tests do not need it).
+    prefect_ui: bool = True
+    #: How often the worker asks for runs; Prefect's default makes a job wait ~10 s.
+    poll_seconds: float = 1.0
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def prefect_url(self) -> str:
+        return f"http://127.0.0.1:{self.prefect_port}"
+
+    @property
+    def prefect_api_url(self) -> str:
+        return f"{self.prefect_url}/api"
+
+    @property
+    def standin_url(self) -> str:
+        return f"http://127.0.0.1:{self.standin_port}"
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+
+class Stack:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.children: dict[str, Child] = {}
+        self.logs_dir = config.state_dir / "logs"
+
+    # ------------------------------------------------------------------ environment
+
+    def env(self) -> dict[str, str]:
+        c = self.config
+        prefect_home = c.state_dir / "prefect"
+        env = {
+            **os.environ,
+            "PREFECT_HOME": str(prefect_home),
+            "PREFECT_API_URL": c.prefect_api_url,
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(c.prefect_port),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "true" if c.prefect_ui else "false",
+            "PREFECT_UI_API_URL": c.prefect_api_url,
+            "PREFECT_WORKER_QUERY_SECONDS": str(c.poll_seconds),
+            "PREFECT_WORKER_PREFETCH_SECONDS": "2",
+            "PREFECT_RUNNER_POLL_FREQUENCY": str(max(1, int(c.poll_seconds))),
+            "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
+            "REGJOBS_STATE_DIR": str(c.state_dir),
+            "REGJOBS_PLATFORM_API_URL": f"{c.standin_url}/platform",
+            "REGJOBS_ONBOARDING_URL": f"{c.standin_url}/onboarding",
+            "REGJOBS_CDN_URL": f"{c.standin_url}/cdn",
+            "REGJOBS_PORTAL_URL": f"{c.standin_url}/portal",
+            "REGJOBS_APP_ENDPOINTS_URL": c.standin_url,
+            "REGJOBS_PREFECT_UI_URL": c.prefect_url,
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.update(c.env)
+        return env
+
+    # ------------------------------------------------------------------ processes
+
+    def spawn(self, name: str, args: list[str]) -> Child:
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.logs_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+        process = subprocess.Popen(
+            args,
+            cwd=PROJECT_DIR,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        child = Child(name, process, log)
+        self.children[name] = child
+        return child
+
+    def run(self, args: list[str], *, timeout: float = 120) -> str:
+        """Run a command to completion in the stack's environment; its output on failure."""
+        result = subprocess.run(
+            args,
+            cwd=PROJECT_DIR,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+            )
+        return result.stdout
+
+    def stop_child(self, name: str, *, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        child = self.children.pop(name, None)
+        if child is None:
+            return
+        _signal_group(child.process, sig)
+        try:
+            child.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(child.process, signal.SIGKILL)
+            child.process.wait(timeout=10)
+        # Whatever the leader left behind in its group (flow-run processes, uvicorn workers).
+        _signal_group(child.process, signal.SIGKILL)
+        child.log.close()
+
+    def stop(self) -> None:
+        for name in ("api", "worker", "standin", "prefect"):
+            self.stop_child(name)
+        for name in list(self.children):
+            self.stop_child(name)
+
+    # ------------------------------------------------------------------ services
+
+    def wait_until(self, name: str, check: Callable[[], bool], *, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            child = self.children.get(name)
+            if child is not None and child.process.poll() is not None:
+                raise RuntimeError(
+                    f"{name} exited with {child.process.returncode}; see "
+                    f"{self.logs_dir / (name + '.log')}\n{self.tail(name)}"
+                )
+            if check():
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"{name} not ready after {timeout} s\n{self.tail(name)}")
+
+    def tail(self, name: str, lines: int = 40) -> str:
+        path = self.logs_dir / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def start_prefect(self) -> None:
+        (self.config.state_dir / "prefect").mkdir(parents=True, exist_ok=True)
+        self.spawn(
+            "prefect",
+            [
+                PYTHON,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.config.prefect_port),
+            ],
+        )
+        self.wait_until(
+            "prefect", lambda: _ok(f"{self.config.prefect_api_url}/health"), timeout=120
+        )
+
+    def set_up_deployment(self) -> None:
+        from deployments.setup import set_up
+
+        set_up(self.run)
+
+    def start_worker(self, name: str = "worker") -> Child:
+        child = self.spawn(
+            name,
+            [
+                PYTHON,
+                "-m",
+                "prefect",
+                "worker",
+                "start",
+                "--pool",
+                WORK_POOL,
+                "--type",
+                "process",
+                "--name",
+                f"{name}-{os.getpid()}",
+            ],
+        )
+        self.wait_until(name, lambda: self.log_contains(name, "started!"), timeout=60)
+        return child
+
+    def start_standin(self) -> None:
+        self.spawn(
+            "standin",
+            [
+                PYTHON,
+                "-m",
+                "standin",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.config.standin_port),
+            ],
+        )
+        self.wait_until("standin", lambda: _ok(f"{self.config.standin_url}/_control/effects"))
+
+    def start_api(self) -> None:
+        self.spawn(
+            "api",
+            [
+                PYTHON,
+                "-m",
+                "uvicorn",
+                "api.main:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.config.api_port),
+                "--no-access-log",
+            ],
+        )
+        self.wait_until("api", lambda: _ok(f"{self.config.api_url}/healthz"))
+
+    def log_contains(self, name: str, text: str) -> bool:
+        path = self.logs_dir / f"{name}.log"
+        return path.exists() and text in path.read_text(errors="replace")
+
+    def start_all(self) -> None:
+        """Everything, in dependency order; stops what it started if a part fails."""
+        try:
+            self.start_prefect()
+            self.set_up_deployment()
+            self.start_standin()
+            self.start_worker()
+            self.start_api()
+        except BaseException:
+            self.stop()
+            raise
+
+    def dev_api_key(self) -> str:
+        explicit = self.env().get("REGJOBS_DEV_API_KEY")
+        if explicit:
+            return explicit
+        return (self.config.state_dir / "dev-api-key").read_text().strip()
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
+
+
+def _ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -1,0 +1,138 @@
+"""The pure-ASGI layer in front of every step-serving route: records calls, applies faults.
+
+It works below FastAPI on purpose: a `reset` fault must start a response and then break it
+off, which only raw ASGI messages can do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from standin.faults import Fault
+from standin.state import StandinState
+
+#: Body length announced by a `reset` answer, of which only a few bytes are ever sent.
+_RESET_ANNOUNCED_LENGTH = 64
+
+
+class InjectedConnectionReset(Exception):
+    """Raised mid-response so the server aborts the connection (a `reset` fault)."""
+
+
+class QuietInjectedResets(logging.Filter):
+    """Turn the server's traceback for an injected reset into one plain line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], InjectedConnectionReset):
+            record.msg, record.args = "injected fault: connection reset (%s)", (record.exc_info[1],)
+            record.exc_info = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def quiet_injected_resets(logger_name: str = "uvicorn.error") -> None:
+    """Install `QuietInjectedResets` on the server's error logger, once."""
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, QuietInjectedResets) for f in logger.filters):
+        logger.addFilter(QuietInjectedResets())
+
+
+async def _send_json(
+    send: Send, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class StepGate:
+    """Wraps the app; `resolve` names the step a request serves, or None to pass it through."""
+
+    def __init__(
+        self, app: ASGIApp, *, state: StandinState, resolve: Callable[[Scope], str | None]
+    ) -> None:
+        self.app = app
+        self.state = state
+        self.resolve = resolve
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        step = self.resolve(scope) if scope["type"] == "http" else None
+        if step is None:
+            await self.app(scope, receive, send)
+            return
+        call = self.state.begin_call(step, scope["method"], scope["path"])
+        fault = self.state.faults.take(step)
+        call.fault = fault.mode if fault else None
+
+        async def recording_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                call.status = message["status"]
+            await send(message)
+
+        try:
+            if fault is None:
+                await self.app(scope, receive, recording_send)
+            else:
+                await self._misbehave(fault, scope, receive, recording_send)
+        except InjectedConnectionReset:
+            call.status = None
+            raise
+        except Exception:
+            if call.status is None:
+                call.status = 500  # what the error middleware outside answers
+            raise
+        finally:
+            call.end = time.time()
+
+    async def _misbehave(self, fault: Fault, scope: Scope, receive: Receive, send: Send) -> None:
+        if fault.mode == "slow":
+            await asyncio.sleep(fault.delay)
+            await self.app(scope, receive, send)
+        elif fault.mode == "status":
+            headers = []
+            if fault.retry_after is not None:
+                headers.append((b"retry-after", str(fault.retry_after).encode()))
+            await _send_json(
+                send, fault.status, {"detail": f"injected fault: HTTP {fault.status}"}, headers
+            )
+        elif fault.mode == "timeout":
+            try:
+                await asyncio.wait_for(_until_disconnect(receive), fault.delay)
+            except TimeoutError:
+                await _send_json(send, 504, {"detail": "injected fault: timeout"})
+            # Otherwise the caller gave up first: nobody is left to answer.
+        else:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(_RESET_ANNOUNCED_LENGTH).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": b'{"', "more_body": True})
+            raise InjectedConnectionReset(f"{scope['method']} {scope['path']}")

@@ -1,0 +1,470 @@
+"""What each outside system does for a step; both route sets (direct and app endpoints) call these.
+
+An operation returns a `Reply` or raises `ServiceError`; it counts its own side effect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from standin import schemas
+from standin.state import (
+    JSON,
+    Account,
+    Batch,
+    Menu,
+    OnboardingRecord,
+    OnboardingUser,
+    Reply,
+    Restaurant,
+    RestaurantMenu,
+    Secret,
+    StandinState,
+    new_id,
+)
+
+#: Error codes that mean "already done": the answer is replayed for an idempotency key.
+ALREADY_DONE_CODES: Final = frozenset({"account_exists", "restaurant_exists", "user_exists"})
+
+SERVICES: Final = ("pickup", "delivery")
+
+_DISHES: Final = (
+    "Margherita Pizza",
+    "Pepperoni Pizza",
+    "Garlic Bread",
+    "Caesar Salad",
+    "Chicken Wings",
+    "Beef Burger",
+    "Veggie Burger",
+    "Fries",
+    "Onion Rings",
+    "Fish Tacos",
+    "Pad Thai",
+    "Green Curry",
+    "Tiramisu",
+    "Chocolate Brownie",
+    "Lemonade",
+    "Iced Tea",
+)
+_OPTION_SETS: Final = (
+    "Size",
+    "Extra Toppings",
+    "Sauce",
+    "Sides",
+    "Drink",
+    "Spice Level",
+    "Dressing",
+    "Crust",
+)
+_TAGS: Final = ("Vegetarian", "Spicy", "Popular", "Gluten Free", "Vegan", "New")
+
+
+class ServiceError(Exception):
+    """An error answer: HTTP status and the `detail` object."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail: JSON = {"code": code, "message": message, **extra}
+
+    @property
+    def reply(self) -> Reply:
+        return Reply(self.status, {"detail": self.detail})
+
+
+def precondition_failed(message: str) -> ServiceError:
+    return ServiceError(412, "precondition_failed", message)
+
+
+def validation_failed(message: str, field: str) -> ServiceError:
+    return ServiceError(422, "validation_failed", message, field=field)
+
+
+def invalid_credentials() -> ServiceError:
+    return ServiceError(401, "invalid_credentials", "the email or password is not correct")
+
+
+def is_already_done(reply: Reply) -> bool:
+    detail = reply.body.get("detail")
+    return (
+        reply.status == 409
+        and isinstance(detail, dict)
+        and detail.get("code") in ALREADY_DONE_CODES
+    )
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def slugify(name: str) -> str:
+    """Lowercase; every run of characters other than a-z and 0-9 becomes one '-'."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def _received(body: schemas.Body) -> JSON:
+    return body.model_dump(exclude={"password"})
+
+
+# -- platform public API ------------------------------------------------------------------
+
+
+def register_account(state: StandinState, body: schemas.AccountCreate) -> Reply:
+    existing = state.accounts.get(body.email)
+    if existing is not None:
+        raise ServiceError(
+            409,
+            "account_exists",
+            f"an account for {body.email} already exists",
+            account=existing.public(),
+        )
+    account = Account(
+        account_id=new_id("acct"),
+        email=body.email,
+        phone=body.phone,
+        secret=Secret.of(body.password),
+    )
+    state.accounts[account.email] = account
+    state.effect("account_registration")
+    return Reply(
+        201, {"account_id": account.account_id, "email": account.email, "phone": account.phone}
+    )
+
+
+def generate_code(state: StandinState, body: schemas.CodeInjectionRequest) -> Reply:
+    dark = body.theme == "dark"
+    primary = (body.primary_color or ("#f97316" if dark else "#2563eb")).lower()
+    secondary = (body.secondary_color or ("#111827" if dark else "#f3f4f6")).lower()
+    background, text = ("#0b0f19", "#f9fafb") if dark else ("#ffffff", "#111827")
+    head = (
+        f'<style id="pumpd-theme">/* {html.escape(body.restaurant_name)} */'
+        f":root{{--pumpd-primary:{primary};--pumpd-secondary:{secondary};"
+        f"--pumpd-background:{background};--pumpd-text:{text};}}"
+        "body{background:var(--pumpd-background);color:var(--pumpd-text);}</style>"
+    )
+    brand = json.dumps(
+        {
+            "name": body.restaurant_name,
+            "theme": body.theme,
+            "primary": primary,
+            "secondary": secondary,
+        },
+        sort_keys=True,
+    ).replace("</", "<\\/")
+    script = f'<script id="pumpd-brand">window.PUMPD_BRAND={brand};</script>'
+    state.code_generations.append(_received(body))
+    state.effect("code_generation")
+    return Reply(200, {"head_injection": head, "body_injection": script})
+
+
+# -- onboarding service -------------------------------------------------------------------
+
+
+def create_onboarding_user(state: StandinState, body: schemas.OnboardingUserCreate) -> Reply:
+    existing = state.onboarding_users.get(body.email)
+    if existing is not None:
+        raise ServiceError(
+            409,
+            "user_exists",
+            f"an onboarding user for {body.email} already exists",
+            user=existing.public(),
+        )
+    user = OnboardingUser(
+        user_id=new_id("user"),
+        name=body.name,
+        email=body.email,
+        secret=Secret.of(body.password),
+    )
+    state.onboarding_users[user.email] = user
+    state.effect("onboarding_user")
+    return Reply(201, {"user_id": user.user_id, "name": user.name, "email": user.email})
+
+
+def sync_onboarding_record(
+    state: StandinState, subdomain: str, body: schemas.OnboardingRecordUpdate
+) -> Reply:
+    subdomain = subdomain.lower()
+    if subdomain not in state.restaurants:
+        raise precondition_failed(f"no restaurant with subdomain {subdomain!r}")
+    record = state.onboarding_records.get(subdomain)
+    synced_at = _now_iso()
+    if record is None:
+        record = OnboardingRecord(
+            record_id=new_id("rec"),
+            subdomain=subdomain,
+            restaurant_name=body.restaurant_name,
+            dashboard_url=body.dashboard_url,
+            stripe_connect_url=body.stripe_connect_url,
+            user_email=body.user_email,
+            synced_at=synced_at,
+        )
+        state.onboarding_records[subdomain] = record
+    else:
+        record.restaurant_name = body.restaurant_name
+        record.dashboard_url = body.dashboard_url
+        record.stripe_connect_url = body.stripe_connect_url
+        record.user_email = body.user_email
+        record.synced_at = synced_at
+        record.syncs += 1
+    state.effect("onboarding_sync")
+    return Reply(
+        200, {"record_id": record.record_id, "subdomain": subdomain, "synced_at": synced_at}
+    )
+
+
+# -- image CDN ----------------------------------------------------------------------------
+
+
+def _image_names(state: StandinState, menu_id: str, images: list[str]) -> list[str]:
+    if images:
+        return list(images)
+    return [f"{menu_id}-image-{i + 1}.jpg" for i in range(state.config.invented_images)]
+
+
+def create_batch(state: StandinState, body: schemas.BatchCreate) -> Reply:
+    batch = Batch(
+        batch_id=new_id("batch"),
+        menu_id=body.menu_id,
+        images=_image_names(state, body.menu_id, body.images),
+        processing_seconds=state.config.cdn_processing_seconds,
+    )
+    state.batches[batch.batch_id] = batch
+    state.images[body.menu_id] = list(batch.images)
+    state.effect("image_upload")
+    return Reply(
+        202,
+        {
+            "batch_id": batch.batch_id,
+            "status": "processing",
+            "total": len(batch.images),
+            "uploaded": 0,
+        },
+    )
+
+
+def get_batch(state: StandinState, batch_id: str) -> Reply:
+    batch = state.batches.get(batch_id)
+    if batch is None:
+        raise ServiceError(404, "not_found", f"no upload batch {batch_id!r}")
+    return Reply(200, batch.progress())
+
+
+def upload_images_now(state: StandinState, menu_id: str, body: schemas.UploadImages) -> Reply:
+    images = _image_names(state, menu_id, body.images)
+    state.images[menu_id] = images
+    state.effect("image_upload")
+    return Reply(200, {"success": True, "menu_id": menu_id, "uploaded": len(images)})
+
+
+# -- admin portal -------------------------------------------------------------------------
+
+
+def _login(state: StandinState, body: schemas.PortalLogin) -> Account:
+    account = state.accounts.get(body.email)
+    if account is None or not account.secret.matches(body.password):
+        raise invalid_credentials()
+    return account
+
+
+def _restaurant(state: StandinState, body: schemas.RestaurantScoped) -> Restaurant:
+    """Log in, then open the restaurant: it must exist under that account."""
+    account = _login(state, body)
+    restaurant = state.restaurants.get(body.subdomain.lower())
+    if restaurant is None or restaurant.account_id != account.account_id:
+        raise precondition_failed(
+            f"no restaurant with subdomain {body.subdomain!r} under {account.email}"
+        )
+    return restaurant
+
+
+def _record(restaurant: Restaurant, step: str, body: schemas.Body) -> None:
+    restaurant.received.setdefault(step, []).append(_received(body))
+
+
+def register_restaurant(
+    state: StandinState, body: schemas.RestaurantRegister, base_url: str
+) -> Reply:
+    account = state.accounts.get(body.email)
+    if account is None:
+        raise precondition_failed(
+            f"no account for {body.email}: register the account before the restaurant"
+        )
+    if not account.secret.matches(body.password):
+        raise invalid_credentials()
+    owned = [r for r in state.restaurants.values() if r.account_id == account.account_id]
+    name = body.name.strip()
+    same = next((r for r in owned if r.name.casefold() == name.casefold()), None)
+    if same is not None:
+        raise ServiceError(
+            409,
+            "restaurant_exists",
+            f"{same.name!r} is already registered under {account.email}",
+            restaurant=same.summary(),
+        )
+    if body.registration_mode == "existing_account_first_restaurant" and owned:
+        raise ServiceError(
+            409,
+            "restaurant_exists",
+            f"{account.email} already has a restaurant",
+            restaurant=owned[0].summary(),
+        )
+    subdomain = slugify(body.subdomain or name)
+    if not subdomain:
+        field = "subdomain" if body.subdomain else "name"
+        raise validation_failed(f"no subdomain can be made from {field}", field)
+    if subdomain in state.restaurants:
+        raise validation_failed(f"the subdomain {subdomain!r} is taken", "subdomain")
+    restaurant = Restaurant(
+        restaurant_id=new_id("rest"),
+        account_id=account.account_id,
+        email=account.email,
+        name=name,
+        subdomain=subdomain,
+        dashboard_url=f"{base_url.rstrip('/')}/portal/r/{subdomain}/dashboard",
+        registration_mode=body.registration_mode,
+        address=body.address,
+        city=body.city,
+        phone=body.phone,
+        cuisine=body.cuisine,
+        opening_hours=body.opening_hours,
+    )
+    _record(restaurant, "restaurant_registration", body)
+    state.restaurants[subdomain] = restaurant
+    state.effect("restaurant_registration")
+    return Reply(200, {"success": True, **restaurant.summary()})
+
+
+def configure_website(state: StandinState, body: schemas.WebsiteConfigure) -> Reply:
+    restaurant = _restaurant(state, body)
+    restaurant.website = {
+        "head_injection": body.head_injection,
+        "body_injection": body.body_injection,
+        "settings": dict(body.website),
+    }
+    _record(restaurant, "website_configuration", body)
+    state.effect("website_configuration")
+    applied = {
+        **body.website,
+        "head_injection": body.head_injection is not None,
+        "body_injection": body.body_injection is not None,
+    }
+    return Reply(200, {"success": True, "subdomain": restaurant.subdomain, "applied": applied})
+
+
+def configure_services(state: StandinState, body: schemas.ServicesConfigure) -> Reply:
+    restaurant = _restaurant(state, body)
+    restaurant.services = list(SERVICES)
+    _record(restaurant, "services_configuration", body)
+    state.effect("services_configuration")
+    return Reply(200, {"success": True, "services": list(SERVICES)})
+
+
+def configure_payment(state: StandinState, body: schemas.PaymentConfigure) -> Reply:
+    restaurant = _restaurant(state, body)
+    url = (
+        f"https://connect.stripe.test/{restaurant.subdomain}" if body.include_stripe_link else None
+    )
+    restaurant.stripe_connect_url = url
+    _record(restaurant, "payment_configuration", body)
+    state.effect("payment_configuration")
+    return Reply(200, {"success": True, "stripe_connect_url": url})
+
+
+def _pick(pool: tuple[str, ...], count: int, seed: int) -> list[str]:
+    """`count` distinct names from `pool`, rotated by `seed`, numbered once the pool runs out."""
+    names = []
+    for i in range(count):
+        name = pool[(seed + i) % len(pool)]
+        names.append(name if i < len(pool) else f"{name} {i // len(pool) + 1}")
+    return names
+
+
+def synthesise_menu(state: StandinState, menu_id: str, source: JSON) -> Menu:
+    seed = int(_digest(menu_id)[:8], 16)
+    option_sets = _pick(_OPTION_SETS, state.config.menu_option_sets, seed)
+    tags = _pick(_TAGS, state.config.menu_tags, seed)
+    items = [
+        {
+            "name": name,
+            "price": round(6 + (seed >> i) % 19 + 0.5, 2),
+            "option_sets": option_sets[i % len(option_sets) :][:1] if option_sets else [],
+            "tags": tags[i % len(tags) :][:1] if tags else [],
+        }
+        for i, name in enumerate(_pick(_DISHES, state.config.menu_items, seed))
+    ]
+    return Menu(menu_id=menu_id, source=source, items=items, option_sets=option_sets, tags=tags)
+
+
+def import_menu(state: StandinState, body: schemas.MenuImport) -> Reply:
+    restaurant = _restaurant(state, body)
+    if body.menu_id:
+        menu_id = body.menu_id
+    elif body.csv_path:
+        menu_id = f"csv-{_digest(body.csv_path)[:12]}"
+    else:
+        raise validation_failed("a menu needs menu_id or csv_path", "menu_id")
+    menu = state.menus.get(menu_id) or synthesise_menu(
+        state, menu_id, {"menu_id": body.menu_id, "csv_path": body.csv_path}
+    )
+    state.menus[menu_id] = menu
+    # Re-importing replaces the menu: what was added to the old copy is gone.
+    held = restaurant.menus.pop(menu_id, None) or RestaurantMenu(menu_id=menu_id)
+    held.imports += 1
+    held.option_sets_added, held.option_sets, held.tags = False, [], []
+    restaurant.menus[menu_id] = held  # last in order: the menu a null menu_id means
+    _record(restaurant, "menu_import", body)
+    state.effect("menu_import")
+    return Reply(
+        200,
+        {
+            "success": True,
+            "menu_id": menu_id,
+            "items": len(menu.items),
+            "option_sets": len(menu.option_sets),
+            "tags": len(menu.tags),
+        },
+    )
+
+
+def _imported_menu(restaurant: Restaurant, menu_id: str | None) -> RestaurantMenu:
+    if menu_id is None and restaurant.menus:
+        return list(restaurant.menus.values())[-1]
+    held = restaurant.menus.get(menu_id or "")
+    if held is None:
+        which = f"menu {menu_id!r}" if menu_id else "a menu"
+        raise precondition_failed(f"import {which} into {restaurant.subdomain!r} first")
+    return held
+
+
+def add_option_sets(state: StandinState, body: schemas.MenuStep) -> Reply:
+    restaurant = _restaurant(state, body)
+    held = _imported_menu(restaurant, body.menu_id)
+    menu = state.menus[held.menu_id]
+    held.option_sets = list(menu.option_sets)  # each option set exists once, however often
+    held.option_sets_added = True
+    _record(restaurant, "option_sets", body)
+    state.effect("option_sets")
+    return Reply(
+        200, {"success": True, "menu_id": held.menu_id, "option_sets": len(held.option_sets)}
+    )
+
+
+def add_item_tags(state: StandinState, body: schemas.MenuStep) -> Reply:
+    restaurant = _restaurant(state, body)
+    held = _imported_menu(restaurant, body.menu_id)
+    menu = state.menus[held.menu_id]
+    if not held.option_sets_added:
+        raise precondition_failed(f"add the option sets of menu {held.menu_id!r} first")
+    held.tags = list(menu.tags)
+    _record(restaurant, "item_tags", body)
+    state.effect("item_tags")
+    return Reply(200, {"success": True, "menu_id": held.menu_id, "tags": len(held.tags)})

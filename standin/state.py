@@ -1,0 +1,268 @@
+"""The stand-in's memory: accounts, restaurants, menus, onboarding, CDN batches, counts, calls.
+
+A test double: one process, one event loop, no persistence. No operation awaits between
+reading and writing, so every operation is atomic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from regjobs.catalogue import STEP_IDS
+from standin.faults import FaultBook
+
+JSON = dict[str, Any]
+
+#: Seconds a CDN batch stays `processing`; `POST /_control/config` changes it per server.
+CDN_PROCESSING_SECONDS: float = 0.5
+#: What a synthesised menu holds unless configured otherwise.
+MENU_ITEMS: int = 12
+MENU_OPTION_SETS: int = 5
+MENU_TAGS: int = 3
+#: How many image names the CDN invents for a batch that names none.
+INVENTED_IMAGES: int = 8
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(6)}"
+
+
+@dataclass
+class Config:
+    cdn_processing_seconds: float = field(default_factory=lambda: CDN_PROCESSING_SECONDS)
+    menu_items: int = field(default_factory=lambda: MENU_ITEMS)
+    menu_option_sets: int = field(default_factory=lambda: MENU_OPTION_SETS)
+    menu_tags: int = field(default_factory=lambda: MENU_TAGS)
+    invented_images: int = field(default_factory=lambda: INVENTED_IMAGES)
+
+    def public(self) -> JSON:
+        return asdict(self)
+
+
+@dataclass
+class Secret:
+    """A salted password hash: the stand-in never keeps a password it could leak."""
+
+    salt: bytes = field(repr=False)
+    digest: bytes = field(repr=False)
+
+    @classmethod
+    def of(cls, password: str) -> Secret:
+        salt = secrets.token_bytes(16)
+        return cls(salt, hashlib.sha256(salt + password.encode()).digest())
+
+    def matches(self, password: str) -> bool:
+        digest = hashlib.sha256(self.salt + password.encode()).digest()
+        return hmac.compare_digest(self.digest, digest)
+
+
+@dataclass
+class Account:
+    account_id: str
+    email: str
+    phone: str | None
+    secret: Secret = field(repr=False)
+    created_at: float = field(default_factory=time.time)
+
+    def public(self) -> JSON:
+        return {
+            "account_id": self.account_id,
+            "email": self.email,
+            "phone": self.phone,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass
+class Menu:
+    """A synthesised menu, as imported from a menu id or a CSV file."""
+
+    menu_id: str
+    source: JSON
+    items: list[JSON]
+    option_sets: list[str]
+    tags: list[str]
+
+
+@dataclass
+class RestaurantMenu:
+    """What the portal holds of one menu imported into one restaurant."""
+
+    menu_id: str
+    imports: int = 0
+    option_sets_added: bool = False
+    option_sets: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Restaurant:
+    restaurant_id: str
+    account_id: str
+    email: str
+    name: str
+    subdomain: str
+    dashboard_url: str
+    registration_mode: str
+    address: str | None = None
+    city: str | None = None
+    phone: str | None = None
+    cuisine: str | None = None
+    opening_hours: JSON | None = None
+    created_at: float = field(default_factory=time.time)
+    website: JSON | None = None
+    services: list[str] = field(default_factory=list)
+    stripe_connect_url: str | None = None
+    menus: dict[str, RestaurantMenu] = field(default_factory=dict)
+    #: Every successful portal call's body (password removed), by step, in order.
+    received: dict[str, list[JSON]] = field(default_factory=dict)
+
+    def summary(self) -> JSON:
+        """The data an already-registered answer carries."""
+        return {
+            "restaurant_id": self.restaurant_id,
+            "name": self.name,
+            "subdomain": self.subdomain,
+            "dashboard_url": self.dashboard_url,
+            "account_id": self.account_id,
+        }
+
+    def public(self) -> JSON:
+        data = asdict(self)
+        data["menus"] = {k: asdict(v) for k, v in self.menus.items()}
+        return data
+
+
+@dataclass
+class OnboardingUser:
+    user_id: str
+    name: str
+    email: str
+    secret: Secret = field(repr=False)
+    created_at: float = field(default_factory=time.time)
+
+    def public(self) -> JSON:
+        return {
+            "user_id": self.user_id,
+            "name": self.name,
+            "email": self.email,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass
+class OnboardingRecord:
+    record_id: str
+    subdomain: str
+    restaurant_name: str
+    dashboard_url: str
+    stripe_connect_url: str | None
+    user_email: str | None
+    synced_at: str
+    syncs: int = 1
+
+
+@dataclass
+class Batch:
+    batch_id: str
+    menu_id: str
+    images: list[str]
+    processing_seconds: float
+    created_at: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.monotonic)
+
+    def progress(self) -> JSON:
+        total = len(self.images)
+        elapsed = time.monotonic() - self.started
+        if elapsed >= self.processing_seconds:
+            status, uploaded = "completed", total
+        else:
+            status = "processing"
+            uploaded = min(total - 1, int(total * elapsed / self.processing_seconds))
+        return {
+            "batch_id": self.batch_id,
+            "menu_id": self.menu_id,
+            "status": status,
+            "total": total,
+            "uploaded": max(uploaded, 0),
+        }
+
+
+@dataclass
+class Call:
+    step: str
+    method: str
+    path: str
+    start: float
+    end: float | None = None
+    status: int | None = None
+    #: The fault mode applied to this call, if any.
+    fault: str | None = None
+
+    def public(self) -> JSON:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: JSON
+
+
+class StandinState:
+    """Everything the stand-in remembers; `reset()` forgets it all."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.config = Config()
+        self.faults = FaultBook()
+        self.effects: dict[str, int] = dict.fromkeys(STEP_IDS, 0)
+        self.calls: list[Call] = []
+        self.idempotency: dict[tuple[str, str], Reply] = {}
+        self.accounts: dict[str, Account] = {}
+        self.restaurants: dict[str, Restaurant] = {}
+        self.menus: dict[str, Menu] = {}
+        self.code_generations: list[JSON] = []
+        self.onboarding_users: dict[str, OnboardingUser] = {}
+        self.onboarding_records: dict[str, OnboardingRecord] = {}
+        self.batches: dict[str, Batch] = {}
+        self.images: dict[str, list[str]] = {}
+
+    def effect(self, step: str) -> None:
+        """Count one side effect of `step`."""
+        self.effects[step] += 1
+
+    def begin_call(self, step: str, method: str, path: str) -> Call:
+        call = Call(step=step, method=method, path=path, start=time.time())
+        self.calls.append(call)
+        return call
+
+    def public(self) -> JSON:
+        """The whole state as JSON; no password or password hash in it."""
+        return {
+            "accounts": {k: a.public() for k, a in self.accounts.items()},
+            "restaurants": {k: r.public() for k, r in self.restaurants.items()},
+            "menus": {k: asdict(m) for k, m in self.menus.items()},
+            "code_generations": list(self.code_generations),
+            "onboarding": {
+                "users": {k: u.public() for k, u in self.onboarding_users.items()},
+                "records": {k: asdict(r) for k, r in self.onboarding_records.items()},
+            },
+            "cdn": {
+                "batches": {
+                    k: {**b.progress(), "images": b.images, "created_at": b.created_at}
+                    for k, b in self.batches.items()
+                },
+                "images": {k: list(v) for k, v in self.images.items()},
+            },
+            "config": self.config.public(),
+            "faults": self.faults.public(),
+            "effects": dict(self.effects),
+        }

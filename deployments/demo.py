@@ -12,6 +12,18 @@ from regjobs.config import EXAMPLE_CONFIG
 
 FINAL = {"completed", "failed", "cancelled"}
 
+#: The example config with every optional step switched on, so the demo runs all twelve.
+DEMO_CONFIG: dict[str, Any] = {
+    **EXAMPLE_CONFIG,
+    "onboarding": {
+        "create_user": True,
+        "sync_record": True,
+        "user_name": "Demo Owner",
+        "user_email": "owner@example.com",
+        "user_password": "OwnerPass#2026",
+    },
+}
+
 
 def run_demo(api_url: str, api_key: str, stop: threading.Event) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {api_key}"}
@@ -21,7 +33,7 @@ def run_demo(api_url: str, api_key: str, stop: threading.Event) -> dict[str, Any
             "/api/registration-jobs",
             json={
                 "restaurant_id": restaurant_id,
-                "execution_config": EXAMPLE_CONFIG,
+                "execution_config": DEMO_CONFIG,
             },
         )
         created.raise_for_status()

@@ -144,25 +144,31 @@ class Stack:
             )
         return result.stdout
 
-    def stop_child(self, name: str, *, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
-        child = self.children.pop(name, None)
-        if child is None:
-            return
-        _signal_group(child.process, sig)
-        try:
-            child.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+    def stop_child(self, name: str, *, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        self.stop_children([name], sig=sig, timeout=timeout)
+
+    def stop_children(
+        self, names: list[str], *, sig: int = signal.SIGTERM, timeout: float = 15
+    ) -> None:
+        """Signal each child's process group, wait for all, then kill what is left."""
+        children = [self.children.pop(n) for n in names if n in self.children]
+        for child in children:
+            _signal_group(child.process, sig)
+        deadline = time.monotonic() + timeout
+        for child in children:
+            try:
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(child.process, signal.SIGKILL)
+                child.process.wait(timeout=10)
+            # Whatever the leader left behind in its group (flow-run processes, for one).
             _signal_group(child.process, signal.SIGKILL)
-            child.process.wait(timeout=10)
-        # Whatever the leader left behind in its group (flow-run processes, uvicorn workers).
-        _signal_group(child.process, signal.SIGKILL)
-        child.log.close()
+            child.log.close()
 
     def stop(self) -> None:
-        for name in ("api", "worker", "standin", "prefect"):
-            self.stop_child(name)
-        for name in list(self.children):
-            self.stop_child(name)
+        # The API and the worker first, so no new work starts while the rest goes down.
+        self.stop_children(["api", "worker"])
+        self.stop_children(list(self.children))
 
     # ------------------------------------------------------------------ services
 

@@ -142,6 +142,7 @@ def step_task(step_id: str) -> Task[Any, Any]:
         retry_condition_fn=should_retry,
         cache_policy=NO_CACHE,
         persist_result=False,
-        tags=[f"step:{step_id}", f"kind:{step.kind.value}"],
+        # No task tags: in Prefect 3.9.1 each tagged task run first checks tag concurrency
+        # limits, which delayed concurrently started steps by up to 2.4 s (measured here).
     )
     return decorate(run_step)

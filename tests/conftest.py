@@ -1,0 +1,120 @@
+"""Fixtures for the database and for the real system (Prefect server, worker, stand-in, API).
+
+`REGJOBS_TEST_DATABASE=postgresql` runs the database and end-to-end tests against a fresh
+PostgreSQL database on 127.0.0.1 (made and dropped here); the default is SQLite.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from deployments.stack import Stack, StackConfig, free_port
+
+PG_ADMIN_URL = os.environ.get(
+    "REGJOBS_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+)
+DEV_KEY = "rj_test_" + uuid.uuid4().hex
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fresh, migrated job database for this test session."""
+    from regjobs.db import migrate
+
+    if os.environ.get("REGJOBS_TEST_DATABASE", "sqlite") == "postgresql":
+        name = f"regjobs_test_{uuid.uuid4().hex[:10]}"
+        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        migrate(url)
+        yield url
+        from regjobs.db import engine_for
+
+        engine_for(url).dispose()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+    else:
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'regjobs.db'}"
+        migrate(url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def db(database_url: str) -> Engine:
+    return create_engine(database_url)
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("state")
+
+
+@pytest.fixture(scope="session")
+def stack_env(database_url: str, state_dir: Path) -> dict[str, str]:
+    """Settings every process of the test system shares (and this process too)."""
+    env = {
+        "DATABASE_URL": database_url,
+        "REGJOBS_STATE_DIR": str(state_dir),
+        "REGJOBS_DEV_API_KEY": DEV_KEY,
+        # Short enough to keep the suite quick, long enough to see `retrying` from outside.
+        "REGJOBS_RETRY_BASE_SECONDS": "0.5",
+        "REGJOBS_RETRY_JITTER_FACTOR": "0.2",
+        "REGJOBS_HTTP_TIMEOUT_SECONDS": "3",
+        "REGJOBS_CDN_POLL_SECONDS": "0.2",
+    }
+    for key, value in env.items():
+        os.environ[key] = value
+    from regjobs.settings import get_settings
+
+    get_settings.cache_clear()
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack(stack_env: dict[str, str], state_dir: Path) -> Iterator[Stack]:
+    config = StackConfig(
+        state_dir=state_dir,
+        api_port=free_port(),
+        prefect_port=free_port(),
+        standin_port=free_port(),
+        env=stack_env,
+        prefect_ui=False,
+    )
+    system = Stack(config)
+    system.start_all()
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: config.prefect_api_url}):
+            yield system
+    finally:
+        system.stop()
+
+
+@pytest.fixture(scope="session")
+def api(stack: Stack) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {DEV_KEY}"}
+    with httpx.Client(base_url=stack.config.api_url, headers=headers, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def standin(stack: Stack) -> Iterator[httpx.Client]:
+    """The stand-in, reset before each test."""
+    with httpx.Client(base_url=stack.config.standin_url, timeout=30) as client:
+        client.post("/_control/reset").raise_for_status()
+        yield client
+
+
+@pytest.fixture
+def restaurant_id() -> str:
+    return f"rest-{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,427 @@
+"""Unit tests for the outside-system clients, faked at the transport (tasks.clients)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from regjobs.errors import (
+    AlreadyDone,
+    ErrorClass,
+    OutsideSystemError,
+    RetryableStepError,
+    classify,
+)
+from regjobs.settings import Settings
+from tasks.clients.http import OutsideSystem
+from tasks.clients.systems import (
+    ENDPOINT_PATHS,
+    AppEndpoints,
+    Clients,
+    ImageCdn,
+    OnboardingService,
+    PlatformApi,
+)
+
+T = TypeVar("T")
+
+API_KEY = "platform-key-123"
+PASSWORD = "Sup3r-Secret!pw"
+ACCOUNT_PAYLOAD = {"email": "owner@pizza.test", "password": PASSWORD, "phone": "+6421000000"}
+EXISTING = {"account_id": "acc-42", "email": "owner@pizza.test"}
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def run(make: Callable[[httpx.AsyncClient], Awaitable[T]], handler: Handler) -> T:
+    """Run one coroutine against an AsyncClient whose transport is `handler`."""
+
+    async def main() -> T:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+            return await make(http)
+
+    return asyncio.run(main())
+
+
+def system(http: httpx.AsyncClient, name: str = "platform API") -> OutsideSystem:
+    return OutsideSystem(
+        http, name=name, base_url="https://platform.test/platform/", api_key=SecretStr(API_KEY)
+    )
+
+
+def answer(status: int, body: Any = None, **headers: str) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json=body, headers=headers)
+
+    return handler
+
+
+def raises(
+    exc_type: type[BaseException], make: Callable[[httpx.AsyncClient], Awaitable[Any]],
+    handler: Handler,
+) -> Any:  # fmt: skip
+    with pytest.raises(exc_type) as info:
+        run(make, handler)
+    return info.value
+
+
+def create_account(http: httpx.AsyncClient) -> Awaitable[dict[str, Any]]:
+    return PlatformApi(system(http)).create_account(ACCOUNT_PAYLOAD, "job-1:account:0")
+
+
+# --- OutsideSystem.request ----------------------------------------------------------------
+
+
+def test_success_returns_the_json_body() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(201, json={"account_id": "acc-1", "status": "created"})
+
+    result = run(create_account, handler)
+    assert result == {"account_id": "acc-1", "status": "created"}
+    (request,) = seen
+    assert request.method == "POST"
+    assert str(request.url) == "https://platform.test/platform/api/v1/accounts"
+    assert json.loads(request.content) == ACCOUNT_PAYLOAD
+
+
+def test_sends_bearer_key_and_idempotency_key() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"ok": True})
+
+    run(create_account, handler)
+    assert seen[0].headers["Authorization"] == f"Bearer {API_KEY}"
+    assert seen[0].headers["Idempotency-Key"] == "job-1:account:0"
+
+
+def test_no_idempotency_key_header_when_none_given() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"status": "processing"})
+
+    result = run(lambda http: system(http).request("GET", "/api/batches/b1"), handler)
+    assert result == {"status": "processing"}
+    assert "Idempotency-Key" not in seen[0].headers
+    assert seen[0].headers["Authorization"] == f"Bearer {API_KEY}"
+    assert seen[0].content == b""
+
+
+def test_success_with_a_non_object_body_is_wrapped() -> None:
+    result = run(lambda http: system(http).request("GET", "/x"), answer(200, [1, 2]))
+    assert result == {"data": [1, 2]}
+
+
+def test_success_with_an_empty_body_is_an_empty_dict() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(204)
+
+    assert run(lambda http: system(http).request("DELETE", "/x"), handler) == {}
+
+
+def test_409_account_exists_raises_already_done_with_the_account() -> None:
+    body = {"detail": {"code": "account_exists", "account": EXISTING}}
+    exc = raises(AlreadyDone, create_account, answer(409, body))
+    assert exc.existing == EXISTING
+    assert exc.warning == "the account already exists; using it"
+    assert str(exc) == exc.warning
+
+
+def test_409_with_another_code_is_a_non_retryable_outside_system_error() -> None:
+    body = {"detail": {"code": "email_blocked", "message": "this email cannot register"}}
+    exc = raises(OutsideSystemError, create_account, answer(409, body))
+    assert exc.status_code == 409
+    assert exc.error_class is ErrorClass.NON_RETRYABLE
+    assert not classify(exc).retryable
+    assert "this email cannot register" in exc.message
+
+
+def test_409_account_exists_is_an_error_where_not_expected() -> None:
+    # Code generation does not treat "account_exists" as already done.
+    body = {"detail": {"code": "account_exists", "account": EXISTING}}
+    exc = raises(
+        OutsideSystemError,
+        lambda http: PlatformApi(system(http)).generate_code({"subdomain": "pizza"}, "k"),
+        answer(409, body),
+    )
+    assert exc.status_code == 409
+    assert "account_exists" in exc.message
+
+
+def test_503_with_retry_after_is_retryable_with_the_wait() -> None:
+    exc = raises(OutsideSystemError, create_account, answer(503, {"detail": "busy"},
+                                                            **{"Retry-After": "2"}))  # fmt: skip
+    assert exc.status_code == 503
+    assert exc.error_class is ErrorClass.RETRYABLE
+    assert exc.retry_after == 2.0
+    classified = classify(exc)
+    assert classified.retryable
+    assert classified.retry_after == 2.0
+
+
+def test_429_is_retryable_and_500_without_retry_after_has_no_wait() -> None:
+    limited = raises(OutsideSystemError, create_account,
+                     answer(429, {"detail": "slow down"}, **{"Retry-After": "5"}))  # fmt: skip
+    assert limited.error_class is ErrorClass.RETRYABLE
+    assert limited.retry_after == 5.0
+    crashed = raises(OutsideSystemError, create_account, answer(500, {"detail": "oops"}))
+    assert crashed.error_class is ErrorClass.RETRYABLE
+    assert crashed.retry_after is None
+
+
+def test_non_json_error_body_is_used_as_the_message() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(502, text="<html>Bad gateway</html>")
+
+    exc = raises(OutsideSystemError, create_account, handler)
+    assert exc.error_class is ErrorClass.RETRYABLE
+    assert "Bad gateway" in exc.message
+
+
+def test_error_without_body_uses_the_reason_phrase() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404)
+
+    exc = raises(OutsideSystemError, create_account, handler)
+    assert exc.message.endswith("Not Found")
+
+
+def test_error_message_names_system_method_and_path() -> None:
+    body = {"detail": {"code": "invalid_email", "message": "email is not valid"}}
+    exc = raises(OutsideSystemError, create_account, answer(400, body))
+    assert exc.message == (
+        "platform API answered HTTP 400 to POST /api/v1/accounts: email is not valid"
+    )
+    assert exc.error_class is ErrorClass.NON_RETRYABLE
+
+
+@pytest.mark.parametrize("status", [400, 401, 409, 422, 500, 503])
+def test_error_message_never_contains_the_password(status: int) -> None:
+    exc = raises(OutsideSystemError, create_account,
+                 answer(status, {"detail": {"code": "nope", "message": "rejected"}}))  # fmt: skip
+    assert PASSWORD not in exc.message
+    assert PASSWORD not in str(exc)
+    assert "platform API" in exc.message and "/api/v1/accounts" in exc.message
+
+
+def test_error_message_hides_a_password_the_outside_system_echoes() -> None:
+    # A FastAPI/pydantic service answers bad input with its default 422, which echoes the
+    # request body under "input". The client promises the body never reaches an error.
+    body = {
+        "detail": [
+            {
+                "type": "string_too_short",
+                "loc": ["body", "phone"],
+                "msg": "String should have at least 8 characters",
+                "input": ACCOUNT_PAYLOAD,
+            }
+        ]
+    }
+    exc = raises(OutsideSystemError, create_account, answer(422, body))
+    assert exc.status_code == 422
+    assert "/api/v1/accounts" in exc.message
+    assert PASSWORD not in exc.message
+
+
+# --- the systems --------------------------------------------------------------------------
+
+
+def test_onboarding_user_exists_is_already_done() -> None:
+    body = {"detail": {"code": "user_exists", "user": {"id": "u-1"}}}
+    exc = raises(
+        AlreadyDone,
+        lambda http: OnboardingService(system(http, "onboarding service")).create_user(
+            {"email": "a@b.test"}, "k"
+        ),
+        answer(409, body),
+    )
+    assert exc.existing == {"id": "u-1"}
+    assert "onboarding user already exists" in exc.warning
+
+
+def test_onboarding_sync_puts_the_record_by_subdomain() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"synced": True})
+
+    result = run(
+        lambda http: OnboardingService(system(http)).sync_record("pizza", {"a": 1}, "k-9"),
+        handler,
+    )
+    assert result == {"synced": True}
+    assert seen[0].method == "PUT"
+    assert seen[0].url.path == "/platform/api/records/pizza"
+    assert seen[0].headers["Idempotency-Key"] == "k-9"
+
+
+def test_app_endpoint_restaurant_exists_is_already_done() -> None:
+    seen: list[httpx.Request] = []
+    restaurant = {"restaurant_id": "r-1", "subdomain": "pizza"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(
+            409, json={"detail": {"code": "restaurant_exists", "restaurant": restaurant}}
+        )
+
+    exc = raises(
+        AlreadyDone,
+        lambda http: AppEndpoints(system(http)).call("restaurant_registration", {}, "k"),
+        handler,
+    )
+    assert exc.existing == restaurant
+    assert seen[0].url.path == "/platform/api/registration/register-restaurant"
+
+
+def test_app_endpoint_image_upload_path_takes_the_menu_id() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"uploaded": 3})
+
+    run(lambda http: AppEndpoints(system(http)).call("image_upload", {}, "k", menu_id="m-7"),
+        handler)  # fmt: skip
+    assert seen[0].url.path == "/platform/menus/m-7/upload-images"
+    assert seen[0].method == "POST"
+
+
+def test_app_endpoints_cover_every_step() -> None:
+    from regjobs.catalogue import STEP_IDS
+
+    assert set(ENDPOINT_PATHS) == set(STEP_IDS)
+
+
+def _cdn_handler(statuses: list[str], seen: list[httpx.Request]) -> Handler:
+    answers: Iterator[str] = iter(statuses)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        status = next(answers)
+        uploaded = {"processing": len(seen) - 1}.get(status, 3)
+        return httpx.Response(
+            200, json={"batch_id": "b-1", "status": status, "uploaded": uploaded, "total": 3}
+        )
+
+    return handler
+
+
+def test_image_upload_polls_until_completed_and_reports_progress() -> None:
+    seen: list[httpx.Request] = []
+    reports: list[str] = []
+
+    async def progress(text: str) -> None:
+        reports.append(text)
+
+    result = run(
+        lambda http: ImageCdn(system(http, "image CDN"), poll_seconds=0.001).upload(
+            "menu-1", "job-1:image_upload:0", progress
+        ),
+        _cdn_handler(["processing", "processing", "completed"], seen),
+    )
+    assert result["status"] == "completed"
+    assert result["batch_id"] == "b-1"
+    assert [r.method for r in seen] == ["POST", "GET", "GET"]
+    assert json.loads(seen[0].content) == {"menu_id": "menu-1", "images": []}
+    assert seen[0].headers["Idempotency-Key"] == "job-1:image_upload:0"
+    assert all(r.url.path == "/platform/api/batches/b-1" for r in seen[1:])
+    assert reports == ["0 of 3 images", "1 of 3 images"]
+
+
+def test_image_upload_batch_failed_is_retryable() -> None:
+    seen: list[httpx.Request] = []
+
+    async def progress(text: str) -> None:
+        pass
+
+    exc = raises(
+        RetryableStepError,
+        lambda http: ImageCdn(system(http, "image CDN"), poll_seconds=0.001).upload(
+            "menu-1", "k", progress
+        ),
+        _cdn_handler(["processing", "failed"], seen),
+    )
+    assert classify(exc).retryable
+    assert "b-1" in exc.message and "failed" in exc.message
+    assert len(seen) == 2
+
+
+def test_image_upload_completed_at_once_does_not_poll() -> None:
+    seen: list[httpx.Request] = []
+    reports: list[str] = []
+
+    async def progress(text: str) -> None:
+        reports.append(text)
+
+    result = run(
+        lambda http: ImageCdn(system(http), poll_seconds=0.001).upload("m", "k", progress),
+        _cdn_handler(["completed"], seen),
+    )
+    assert result["status"] == "completed"
+    assert len(seen) == 1
+    assert reports == []
+
+
+def test_clients_build_names_each_system_and_uses_its_key() -> None:
+    settings = Settings(
+        _env_file=None,
+        platform_api_url="https://platform.test/",
+        platform_api_key=SecretStr("pk"),
+        onboarding_url="https://onboarding.test",
+        onboarding_api_key=SecretStr("ok"),
+        cdn_url="https://cdn.test",
+        cdn_api_key=SecretStr("ck"),
+        app_endpoints_url="https://app.test",
+        app_endpoints_api_key=SecretStr("ak"),
+        cdn_poll_seconds=0.25,
+    )
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(500, json={"detail": "down"})
+
+    async def every_system(http: httpx.AsyncClient) -> list[str]:
+        clients = Clients.build(http, settings)
+        assert clients.cdn.poll_seconds == 0.25
+        calls: list[Awaitable[Any]] = [
+            clients.platform.generate_code({}, "k"),
+            clients.onboarding.create_user({}, "k"),
+            clients.cdn.system.request("GET", "/api/batches/b"),
+            clients.endpoints.call("code_generation", {}, "k"),
+        ]
+        messages = []
+        for call in calls:
+            with pytest.raises(OutsideSystemError) as info:
+                await call
+            messages.append(info.value.message)
+        return messages
+
+    messages = run(every_system, handler)
+    assert [m.split(" answered")[0] for m in messages] == [
+        "platform API",
+        "onboarding service",
+        "image CDN",
+        "app endpoint",
+    ]
+    assert [(r.url.host, r.headers["Authorization"]) for r in seen] == [
+        ("platform.test", "Bearer pk"),
+        ("onboarding.test", "Bearer ok"),
+        ("cdn.test", "Bearer ck"),
+        ("app.test", "Bearer ak"),
+    ]
+    assert str(seen[0].url) == "https://platform.test/api/v1/code-injections"

@@ -92,7 +92,10 @@ def step_view(
     ledger_status: StepStatusName = StepStatus(row.status).value
     if ledger_status in _FINAL_STEP:
         return ledger_status, row.error_message, row.skip_reason
-    if flow is None or flow.state.type in _QUEUED:
+    if flow is None:
+        # Never started, or Prefect did not answer just now: the ledger is all there is.
+        return ledger_status, row.error_message, None
+    if flow.state.type in _QUEUED:
         # Nothing runs while the flow run is queued, whatever an older run left behind.
         return "pending", None, None
     state = flow.state.type
@@ -210,7 +213,9 @@ def job_public(
         steps=steps,
         created_at=job.created_at,
         started_at=job.started_at,
-        completed_at=job.completed_at if status in ("completed", "failed", "cancelled") else None,
+        completed_at=_ended_at(job, flow)
+        if status in ("completed", "failed", "cancelled")
+        else None,
         error_message=error,
         flow_run_id=flow_run_id,
         flow_run_url=(
@@ -220,6 +225,14 @@ def job_public(
         ),
         flow_run_state=flow.state.name if flow else None,
     )
+
+
+def _ended_at(job: RegistrationJob, flow: FlowRunSnapshot | None) -> datetime | None:
+    """When the job ended: as the flow recorded it, else when Prefect saw the run end (a
+    crashed run never gets to record it)."""
+    if job.completed_at is not None:
+        return job.completed_at
+    return flow.state.timestamp if flow is not None else None
 
 
 def progress_public(job: JobPublic) -> ProgressPublic:

@@ -203,12 +203,6 @@ class Plan:
         return not self.ready and not self.skipped
 
 
-def _satisfied(status: StepStatus, reason: str | None) -> bool:
-    return status is StepStatus.COMPLETED or (
-        status is StepStatus.SKIPPED and reason == DISABLED_REASON
-    )
-
-
 def walk(
     statuses: Mapping[str, StepStatus],
     disabled: frozenset[str] | set[str] = frozenset(),
@@ -226,6 +220,29 @@ def walk(
     current = {sid: statuses.get(sid, StepStatus.PENDING) for sid in STEP_IDS}
     ready: list[str] = []
     skipped: dict[str, str] = {}
+
+    def standing(sid: str) -> tuple[str, tuple[str, ...]]:
+        """("ok", ()), ("wait", ()) or ("blocked", the steps that did not complete).
+
+        A step skipped as disabled stands in for its own needs, so that it neither lets
+        its dependents start early nor hides a failure above it.
+        """
+        status = current[sid]
+        if status is StepStatus.COMPLETED:
+            return "ok", ()
+        if status is StepStatus.SKIPPED and reasons.get(sid) == DISABLED_REASON:
+            return combined(BY_ID[sid].needs)
+        if status in (StepStatus.FAILED, StepStatus.CANCELLED, StepStatus.SKIPPED):
+            return "blocked", (sid,)
+        return "wait", ()
+
+    def combined(needs: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+        results = [standing(n) for n in needs]
+        blocked = tuple(dict.fromkeys(b for kind, names in results for b in names))
+        if blocked:
+            return "blocked", blocked
+        return ("ok" if all(kind == "ok" for kind, _ in results) else "wait"), ()
+
     # STEPS is in topological order, so a skip decided here is seen by later steps at once.
     for s in STEPS:
         if current[s.id] is not StepStatus.PENDING:
@@ -233,21 +250,15 @@ def walk(
         if s.id in disabled:
             skipped[s.id] = DISABLED_REASON
         else:
-            blocked = [
-                n
-                for n in s.needs
-                if current[n] in (StepStatus.FAILED, StepStatus.CANCELLED)
-                or (current[n] is StepStatus.SKIPPED and reasons.get(n) != DISABLED_REASON)
-            ]
-            if blocked:
-                names = ", ".join(BY_ID[n].label for n in blocked)
-                verb = "was" if len(blocked) == 1 else "were"
-                skipped[s.id] = f"not run: {names} {verb} not completed"
-            elif all(_satisfied(current[n], reasons.get(n)) for n in s.needs):
+            kind, blocked = combined(s.needs)
+            if kind == "wait":
+                continue
+            if kind == "ok":
                 ready.append(s.id)
                 continue
-            else:
-                continue
+            names = ", ".join(BY_ID[n].label for n in blocked)
+            verb = "was" if len(blocked) == 1 else "were"
+            skipped[s.id] = f"not run: {names} {verb} not completed"
         current[s.id] = StepStatus.SKIPPED
         reasons[s.id] = skipped[s.id]
     return Plan(ready=tuple(ready), skipped=skipped)

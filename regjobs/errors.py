@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -77,14 +78,25 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def scrubbed(error: Classified, secrets: list[str]) -> Classified:
+    """The same error with any of the given secrets masked in its message."""
+    message = error.message
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "**********")
+    return error if message == error.message else replace(error, message=message)
 
 
 def classify(exc: BaseException) -> Classified:

@@ -24,7 +24,7 @@ from prefect.logging import get_run_logger
 
 from regjobs import catalogue, ledger
 from regjobs.config import ExecutionConfig
-from regjobs.errors import AlreadyDone, classify
+from regjobs.errors import AlreadyDone, classify, scrubbed
 from regjobs.settings import Settings, get_settings
 from tasks.clients.systems import Clients
 from tasks.handlers import HANDLERS, StepContext
@@ -96,7 +96,8 @@ async def run_step(job_id: str, step_id: str) -> dict[str, Any]:
         result, warning = done.existing, done.warning
         logger.warning("%s: %s", step.label, warning)
     except Exception as exc:
-        error = classify(exc)
+        # Defence in depth: whatever an outside system echoed, no secret reaches a log.
+        error = scrubbed(classify(exc), ctx.config.secrets())
         run_count = task_run.run_count if task_run else 1
         will_retry = error.retryable and run_count <= settings.step_retries
         logger.error(

@@ -55,20 +55,42 @@ class OutsideSystem:
                 (v for k, v in detail.items() if isinstance(v, dict) and k != "code"), {}
             )
             raise AlreadyDone(already_done[code], existing)
-        if isinstance(detail, dict):
-            message = str(detail.get("message") or detail.get("code") or detail)
-        else:
-            message = str(detail) if detail else response.reason_phrase
         raise OutsideSystemError(
-            f"{self.name} answered HTTP {response.status_code} to {method} {path}: {message}",
+            f"{self.name} answered HTTP {response.status_code} to {method} {path}: "
+            f"{_message(detail) or response.reason_phrase}",
             status_code=response.status_code,
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
         )
+
+
+def _message(detail: Any) -> str:
+    """A person-readable message from an error answer, without anything it echoes back.
+
+    Only known message fields are taken: a validation error can echo the request (and so a
+    password) in other fields.
+    """
+    if isinstance(detail, str):
+        return detail[:300]
+    if isinstance(detail, dict):
+        text = detail.get("message") or detail.get("code")
+        field = detail.get("field")
+        if isinstance(text, str):
+            return f"{text} (field: {field})" if isinstance(field, str) else text
+        return ""
+    if isinstance(detail, list):
+        parts = []
+        for item in detail[:5]:
+            if isinstance(item, dict) and isinstance(item.get("msg"), str):
+                loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
+                parts.append(f"{loc}: {item['msg']}" if loc else item["msg"])
+        return "; ".join(parts)
+    return ""
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
     try:
         data = response.json()
     except ValueError:
-        return {"detail": response.text[:200]} if response.text else {}
+        # Not JSON (a proxy's error page, say): its text, short, is the best message there is.
+        return {"detail": " ".join(response.text.split())[:200]} if response.text else {}
     return data if isinstance(data, dict) else {"data": data}

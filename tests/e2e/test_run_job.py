@@ -89,8 +89,7 @@ def test_503_twice_completes_on_third_attempt(
 def test_429_waits_for_retry_after(
     api: httpx.Client, standin: httpx.Client, restaurant_id: str
 ) -> None:
-    fault(standin, step="account_registration", mode="status", status=429, times=1,
-          retry_after=1)
+    fault(standin, step="account_registration", mode="status", status=429, times=1, retry_after=1)
 
     watch = watch_job(api, create(api, restaurant_id))
 
@@ -118,8 +117,13 @@ def test_400_fails_the_step_and_skips_its_dependents_only(
     assert "HTTP 400" in steps["payment_configuration"]["error_message"]
     assert steps["onboarding_sync"]["status"] == "skipped"
     assert "Payment configuration" in steps["onboarding_sync"]["skip_reason"]
-    for independent in ("menu_import", "option_sets", "item_tags", "website_configuration",
-                        "services_configuration"):
+    for independent in (
+        "menu_import",
+        "option_sets",
+        "item_tags",
+        "website_configuration",
+        "services_configuration",
+    ):
         assert steps[independent]["status"] == "completed", independent
     assert len(calls_of(standin, "payment_configuration")) == 1
     assert job["progress_percent"] == 99
@@ -129,10 +133,14 @@ def test_existing_account_completes_with_a_warning(
     api: httpx.Client, standin: httpx.Client, restaurant_id: str
 ) -> None:
     config = full_config()
-    standin.post("/platform/api/v1/accounts", json={
-        "email": config["account"]["email"], "password": config["account"]["password"],
-        "phone": "",
-    }).raise_for_status()
+    standin.post(
+        "/platform/api/v1/accounts",
+        json={
+            "email": config["account"]["email"],
+            "password": config["account"]["password"],
+            "phone": "",
+        },
+    ).raise_for_status()
 
     watch = watch_job(api, create(api, restaurant_id))
 
@@ -156,8 +164,11 @@ def test_flow_run_retry_reuses_completed_steps(
 
     standin.delete("/_control/faults").raise_for_status()
     stack.run([stack_python(), "-m", "prefect", "flow-run", "retry", failed["flow_run_id"]])
-    wait_for(lambda: flow_run_state(failed["flow_run_id"]) == (StateType.COMPLETED, 2),
-             timeout=60, what="the retried flow run to complete")
+    wait_for(
+        lambda: flow_run_state(failed["flow_run_id"]) == (StateType.COMPLETED, 2),
+        timeout=60,
+        what="the retried flow run to complete",
+    )
 
     job = watch_job(api, failed["id"]).job
     assert job["status"] == "completed"
@@ -167,8 +178,11 @@ def test_flow_run_retry_reuses_completed_steps(
 
     # Re-running the now completed job's flow run executes nothing again.
     stack.run([stack_python(), "-m", "prefect", "flow-run", "retry", failed["flow_run_id"]])
-    wait_for(lambda: flow_run_state(failed["flow_run_id"]) == (StateType.COMPLETED, 3),
-             timeout=60, what="the second re-run to complete")
+    wait_for(
+        lambda: flow_run_state(failed["flow_run_id"]) == (StateType.COMPLETED, 3),
+        timeout=60,
+        what="the second re-run to complete",
+    )
     assert standin.get("/_control/effects").json() == effects
     assert watch_job(api, failed["id"]).job["status"] == "completed"
 

@@ -445,12 +445,18 @@ def test_walk_property_random_statuses(seed: int) -> None:
                 effective[s.id] = S
                 eff_reasons[s.id] = plan.skipped[s.id]
 
-        def satisfied(sid: str, eff: Mapping[str, StepStatus] = effective,
-                      why: Mapping[str, str | None] = eff_reasons) -> bool:
+        def satisfied(
+            sid: str,
+            eff: Mapping[str, StepStatus] = effective,
+            why: Mapping[str, str | None] = eff_reasons,
+        ) -> bool:
             return eff[sid] is C or (eff[sid] is S and why.get(sid) == DISABLED_REASON)
 
-        def blocked(sid: str, eff: Mapping[str, StepStatus] = effective,
-                    why: Mapping[str, str | None] = eff_reasons) -> bool:
+        def blocked(
+            sid: str,
+            eff: Mapping[str, StepStatus] = effective,
+            why: Mapping[str, str | None] = eff_reasons,
+        ) -> bool:
             return eff[sid] in (F, X) or (eff[sid] is S and why.get(sid) != DISABLED_REASON)
 
         assert not set(plan.ready) & set(plan.skipped)

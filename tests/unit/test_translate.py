@@ -95,9 +95,7 @@ def task(step_id: str, type_: StateType, name: str | None = None, *, run_count: 
 def flow(
     type_: StateType, name: str | None = None, *tasks: TaskRunSnapshot, message: str | None = None
 ) -> FlowRunSnapshot:
-    return FlowRunSnapshot(
-        FLOW_RUN_ID, state(type_, name, message), {t.id: t for t in tasks}
-    )
+    return FlowRunSnapshot(FLOW_RUN_ID, state(type_, name, message), {t.id: t for t in tasks})
 
 
 def by_id(job: JobPublic) -> dict[str, StepPublic]:
@@ -301,8 +299,11 @@ def test_failed_flow_run_is_failed_and_unfinished_steps_end() -> None:
 
 
 def test_failed_flow_run_prefers_the_jobs_own_error_message() -> None:
-    job = mixed(StateType.FAILED, message="Flow run encountered an exception",
-                job=make_job(status="failed", error_message="Payment configuration failed"))
+    job = mixed(
+        StateType.FAILED,
+        message="Flow run encountered an exception",
+        job=make_job(status="failed", error_message="Payment configuration failed"),
+    )
     assert job.error_message == "Payment configuration failed"
 
 

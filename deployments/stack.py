@@ -111,13 +111,13 @@ class Stack:
 
     # ------------------------------------------------------------------ processes
 
-    def spawn(self, name: str, args: list[str]) -> Child:
+    def spawn(self, name: str, args: list[str], env: Mapping[str, str] | None = None) -> Child:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.logs_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
         process = subprocess.Popen(
             args,
             cwd=PROJECT_DIR,
-            env=self.env(),
+            env={**self.env(), **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -217,7 +217,9 @@ class Stack:
 
         set_up(self.run)
 
-    def start_worker(self, name: str = "worker") -> Child:
+    def start_worker(self, name: str = "worker", env: Mapping[str, str] | None = None) -> Child:
+        """A process worker on the pool; `env` overrides settings for it and its flow runs."""
+        before = self.log_count(name, "started!")
         child = self.spawn(
             name,
             [
@@ -233,8 +235,9 @@ class Stack:
                 "--name",
                 f"{name}-{os.getpid()}",
             ],
+            env,
         )
-        self.wait_until(name, lambda: self.log_contains(name, "started!"), timeout=60)
+        self.wait_until(name, lambda: self.log_count(name, "started!") > before, timeout=60)
         return child
 
     def start_standin(self) -> None:
@@ -269,9 +272,9 @@ class Stack:
         )
         self.wait_until("api", lambda: _ok(f"{self.config.api_url}/healthz"))
 
-    def log_contains(self, name: str, text: str) -> bool:
+    def log_count(self, name: str, text: str) -> int:
         path = self.logs_dir / f"{name}.log"
-        return path.exists() and text in path.read_text(errors="replace")
+        return path.read_text(errors="replace").count(text) if path.exists() else 0
 
     def start_all(self) -> None:
         """Everything, in dependency order; stops what it started if a part fails."""

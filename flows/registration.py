@@ -29,13 +29,15 @@ async def registration_job(job_id: str) -> State[Any] | dict[str, Any]:
     logger = get_run_logger()
     run_id = flow_run.get_id()
     start = await asyncio.to_thread(ledger.begin_run, job_id=job_id, flow_run_id=run_id)
+    settings = get_settings()
+    logger.info("job %s, step mode %s", job_id, settings.step_mode.value)
     disabled = ledger.disabled_steps(start.config)
     reused = [s for s, st in start.steps.items() if st.status is StepStatus.COMPLETED]
     if reused:
         logger.info("reusing %d completed step(s): %s", len(reused), ", ".join(reused))
 
     running: dict[asyncio.Task[State[Any]], str] = {}
-    async with step_resources(start.config, get_settings()):
+    async with step_resources(start.config, settings):
         while True:
             states = await asyncio.to_thread(ledger.step_states, job_id=job_id)
             statuses = {sid: st.status for sid, st in states.items()}

@@ -191,3 +191,21 @@ def stack_python() -> str:
     import sys
 
     return sys.executable
+
+
+def test_endpoints_mode_runs_every_step_through_the_apps_endpoints(
+    api: httpx.Client, standin: httpx.Client, stack: Stack, restaurant_id: str
+) -> None:
+    stack.stop_child("worker")
+    stack.start_worker(env={"REGJOBS_STEP_MODE": "endpoints"})
+    try:
+        watch = watch_job(api, create(api, restaurant_id))
+    finally:
+        stack.stop_child("worker")
+        stack.start_worker()
+
+    assert watch.job["status"] == "completed", watch.job
+    calls = standin.get("/_control/calls").json()
+    assert {c["step"] for c in calls} == set(STEP_IDS)
+    assert all(c["path"].startswith(("/api/registration/", "/menus/")) for c in calls), calls
+    assert standin.get("/_control/effects").json() == {step: 1 for step in STEP_IDS}

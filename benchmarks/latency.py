@@ -70,8 +70,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         config = StackConfig(
-            state_dir=Path(tmp), api_port=free_port(), prefect_port=free_port(),
-            standin_port=free_port(), prefect_ui=False,
+            state_dir=Path(tmp),
+            api_port=free_port(),
+            prefect_port=free_port(),
+            standin_port=free_port(),
+            prefect_ui=False,
             env={"REGJOBS_DEV_API_KEY": KEY, "REGJOBS_CDN_POLL_SECONDS": "0.2"},
         )
         stack = Stack(config)

@@ -60,6 +60,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.include_router(jobs.router)
+    app.include_router(jobs.restaurants)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

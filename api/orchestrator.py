@@ -15,7 +15,7 @@ from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.client.schemas.objects import FlowRun, State
+from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.exceptions import ObjectNotFound
 
 from api.translate import FlowRunSnapshot, RunState, TaskRunSnapshot
@@ -29,8 +29,6 @@ class OrchestratorUnavailable(RuntimeError):
 
 def _run_state(state: State | None) -> RunState:
     if state is None:
-        from prefect.client.schemas.objects import StateType
-
         return RunState(StateType.PENDING, "Pending")
     return RunState(
         state.type, state.name or state.type.value.title(), state.message, state.timestamp
@@ -99,6 +97,12 @@ class Orchestrator:
             )
         self._cache.pop(job.id, None)
         return str(run.id)
+
+    def cancel(self, job_id: str, flow_run_id: str) -> None:
+        """Ask Prefect to cancel the flow run: its runner stops the flow-run process."""
+        with self._unavailable_as_error():
+            self.client.set_flow_run_state(UUID(flow_run_id), State(type=StateType.CANCELLING))
+        self._cache.pop(job_id, None)
 
     def snapshot(self, job_id: str, flow_run_id: str | None) -> FlowRunSnapshot | None:
         """The flow run's state and its task runs, at most `flow_state_ttl_seconds` old."""

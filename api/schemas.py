@@ -81,3 +81,20 @@ class HealthPublic(BaseModel):
     database: bool
     prefect: bool
     deployment: bool
+
+
+class RetryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    #: Also re-run this step and every step that depends on it, even when completed.
+    from_step: str | None = Field(default=None, examples=["website_configuration"])
+
+
+class ActionResult(BaseModel):
+    success: bool
+    status: JobStatus
+    flow_run_id: str | None = None
+
+
+class ActiveJobPublic(BaseModel):
+    job: JobPublic | None

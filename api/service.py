@@ -6,11 +6,13 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.orchestrator import Orchestrator
+from api.orchestrator import Orchestrator, OrchestratorUnavailable
 from api.schemas import JobCreate, JobPublic
 from api.translate import job_public
 from regjobs import ledger
 from regjobs.models import ACTIVE_JOB_STATUSES, Organisation, RegistrationJob, RegistrationJobStep
+
+FINAL_JOB = ("completed", "failed", "cancelled")
 
 
 class ActiveJobExists(Exception):
@@ -90,9 +92,73 @@ def discard_job(session: Session, *, job: RegistrationJob) -> None:
     session.commit()
 
 
+class JobStateConflict(Exception):
+    pass
+
+
 def read_job(session: Session, *, job: RegistrationJob, orchestrator: Orchestrator) -> JobPublic:
+    """The job as the frontend sees it; an end only Prefect saw (a dead flow-run process)
+    is written down on the way, so the database never keeps a dead job active."""
     rows = session.scalars(
         select(RegistrationJobStep).where(RegistrationJobStep.job_id == job.id)
     ).all()
     snapshot = orchestrator.snapshot(job.id, job.flow_run_id)
-    return job_public(job, rows, snapshot, prefect_ui_url=orchestrator.settings.prefect_ui_url)
+    public = job_public(job, rows, snapshot, prefect_ui_url=orchestrator.settings.prefect_ui_url)
+    if snapshot is not None and public.status in FINAL_JOB and job.status not in FINAL_JOB:
+        written = ledger.record_outcome(
+            session,
+            job=job,
+            flow_run_id=snapshot.id,
+            observed_at=snapshot.state.timestamp,
+            status=public.status,
+            error_message=public.error_message,
+            steps={s.step_id: (s.status, s.error_message, s.skip_reason) for s in public.steps},
+        )
+        if written:
+            session.commit()
+    return public
+
+
+def cancel_job(session: Session, *, job: RegistrationJob, orchestrator: Orchestrator) -> JobPublic:
+    """Cancel: Prefect first (so a flow run starting now sees it is cancelling), then the
+    ledger (from the commit on, no step starts)."""
+    public = read_job(session, job=job, orchestrator=orchestrator)
+    if public.status in FINAL_JOB:
+        raise JobStateConflict(f"the job is already {public.status}; nothing to cancel")
+    if job.flow_run_id is not None:
+        orchestrator.cancel(job.id, job.flow_run_id)
+    ledger.request_cancel(session, job=job)
+    session.commit()
+    return read_job(session, job=job, orchestrator=orchestrator)
+
+
+def retry_job(
+    session: Session,
+    *,
+    job: RegistrationJob,
+    organisation: Organisation,
+    orchestrator: Orchestrator,
+    from_step: str | None,
+) -> str:
+    """Queue the job's unfinished steps (and `from_step` onwards) in a new flow run."""
+    public = read_job(session, job=job, orchestrator=orchestrator)
+    if public.status not in ("failed", "cancelled", "completed"):
+        raise JobStateConflict(f"the job is {public.status}; only an ended job can be retried")
+    if public.status == "completed" and from_step is None:
+        raise JobStateConflict("the job completed: nothing to retry (name a from_step to re-run)")
+    ledger.queue_retry(session, job=job, from_step=from_step)
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        other = active_job(session, organisation=organisation, restaurant_id=job.restaurant_id)
+        raise ActiveJobExists(other.id if other else "unknown") from None
+    try:
+        flow_run_id = orchestrator.start(job, organisation.name)
+    except OrchestratorUnavailable:
+        session.rollback()
+        raise
+    job.flow_run_id = flow_run_id
+    job.flow_run_ids = [*job.flow_run_ids, flow_run_id]
+    session.commit()
+    return flow_run_id

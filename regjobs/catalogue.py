@@ -203,6 +203,13 @@ class Plan:
         return not self.ready and not self.skipped
 
 
+_ENDED_AS: Final[Mapping[StepStatus, str]] = {
+    StepStatus.FAILED: "failed",
+    StepStatus.CANCELLED: "was cancelled",
+    StepStatus.SKIPPED: "was skipped",
+}
+
+
 def walk(
     statuses: Mapping[str, StepStatus],
     disabled: frozenset[str] | set[str] = frozenset(),
@@ -220,6 +227,8 @@ def walk(
     current = {sid: statuses.get(sid, StepStatus.PENDING) for sid in STEP_IDS}
     ready: list[str] = []
     skipped: dict[str, str] = {}
+    #: For steps skipped in this walk, the failed or cancelled steps behind the skip.
+    roots: dict[str, tuple[str, ...]] = {}
 
     def standing(sid: str) -> tuple[str, tuple[str, ...]]:
         """("ok", ()), ("wait", ()) or ("blocked", the steps that did not complete).
@@ -232,7 +241,9 @@ def walk(
             return "ok", ()
         if status is StepStatus.SKIPPED and reasons.get(sid) == DISABLED_REASON:
             return combined(BY_ID[sid].needs)
-        if status in (StepStatus.FAILED, StepStatus.CANCELLED, StepStatus.SKIPPED):
+        if status is StepStatus.SKIPPED:
+            return "blocked", roots.get(sid, (sid,))
+        if status in (StepStatus.FAILED, StepStatus.CANCELLED):
             return "blocked", (sid,)
         return "wait", ()
 
@@ -256,9 +267,11 @@ def walk(
             if kind == "ok":
                 ready.append(s.id)
                 continue
-            names = ", ".join(BY_ID[n].label for n in blocked)
-            verb = "was" if len(blocked) == 1 else "were"
-            skipped[s.id] = f"not run: {names} {verb} not completed"
+            roots[s.id] = blocked
+            skipped[s.id] = "not run: " + "; ".join(
+                f"{BY_ID[n].label} {_ENDED_AS.get(current[n], 'was not completed')}"
+                for n in blocked
+            )
         current[s.id] = StepStatus.SKIPPED
         reasons[s.id] = skipped[s.id]
     return Plan(ready=tuple(ready), skipped=skipped)

@@ -20,12 +20,22 @@ from regjobs.catalogue import DISABLED_REASON, StepStatus
 from regjobs.config import ExecutionConfig
 from regjobs.crypto import decrypt_json, encrypt_json
 from regjobs.db import session_scope
-from regjobs.errors import Classified
+from regjobs.errors import Classified, NonRetryableStepError
 from regjobs.models import RegistrationJob, RegistrationJobStep, StepAttempt, utcnow
+
+FINAL = frozenset(s.value for s in catalogue.FINAL_STEP_STATUSES)
 
 
 class JobNotFound(LookupError):
     pass
+
+
+class JobCancelled(NonRetryableStepError):
+    """The job was cancelled: no step may start."""
+
+
+class RunRefused(Exception):
+    """This flow run must not run the job (it was cancelled before it began)."""
 
 
 # ---------------------------------------------------------------------------- creating
@@ -113,17 +123,22 @@ def _state(row: RegistrationJobStep) -> StepState:
     return StepState(StepStatus(row.status), row.skip_reason, row.result_data)
 
 
-def begin_run(*, job_id: str, flow_run_id: str | None) -> RunStart:
+def begin_run(*, job_id: str, flow_run_id: str | None, cancelling: bool = False) -> RunStart:
     """Mark the job in progress for this flow run and queue every step not completed.
 
     Completed steps keep their result (they are reused); everything else goes back to
-    pending, so a re-run executes exactly the steps that did not complete.
+    pending, so a re-run executes exactly the steps that did not complete. A job cancelled
+    through the API is run again only by a deliberate rerun: if this flow run is itself
+    being cancelled (`cancelling`), RunRefused.
     """
     now = utcnow()
     with session_scope() as session:
         job = _job(session, job_id, lock=True)
+        if job.cancel_requested_at is not None and cancelling:
+            raise RunRefused("the job was cancelled before this flow run began")
         job.status = "in_progress"
         job.started_at = job.started_at or now
+        job.run_started_at = now
         job.completed_at = None
         job.error_message = None
         job.cancel_requested_at = None
@@ -135,6 +150,18 @@ def begin_run(*, job_id: str, flow_run_id: str | None) -> RunStart:
             if row.status != StepStatus.COMPLETED:
                 _requeue(row)
         return RunStart(config=job_config(job), steps={k: _state(v) for k, v in rows.items()})
+
+
+def current_flow_run(*, job_id: str) -> tuple[str | None, str]:
+    """The flow run the job last ran in, and the job's recorded status."""
+    with session_scope() as session:
+        job = _job(session, job_id)
+        return job.flow_run_id, job.status
+
+
+def cancel_requested(*, job_id: str) -> bool:
+    with session_scope() as session:
+        return _job(session, job_id).cancel_requested_at is not None
 
 
 def _requeue(row: RegistrationJobStep) -> None:
@@ -179,6 +206,8 @@ def start_attempt(
     """Record that an attempt of a step starts; `retrying` from the second attempt on."""
     now = utcnow()
     with session_scope() as session:
+        if _job(session, job_id, lock=True).cancel_requested_at is not None:
+            raise JobCancelled("the job was cancelled; the step did not start")
         rows = _steps(session, job_id)
         row = rows[step_id]
         row.attempts += 1
@@ -287,10 +316,98 @@ def set_progress(*, job_id: str, step_id: str, progress: str) -> None:
 
 def finish_run(*, job_id: str, status: str, error_message: str | None) -> None:
     with session_scope() as session:
-        job = _job(session, job_id)
+        job = _job(session, job_id, lock=True)
+        if job.cancel_requested_at is not None:
+            return  # cancelled through the API, which recorded the end already
         job.status = status
         job.error_message = error_message
         job.completed_at = utcnow()
+
+
+# ------------------------------------------------------------------------- API side
+
+
+def request_cancel(session: Session, *, job: RegistrationJob) -> None:
+    """Record a cancel: no step starts from now on; unfinished steps are cancelled."""
+    now = utcnow()
+    job.cancel_requested_at = now
+    job.status = "cancelled"
+    job.completed_at = now
+    job.error_message = "cancelled on request"
+    for row in _steps(session, job.id).values():
+        if row.status in FINAL:
+            continue
+        was_running = row.status in (StepStatus.RUNNING, StepStatus.RETRYING)
+        row.status = StepStatus.CANCELLED
+        row.skip_reason = (
+            "the job was cancelled" if was_running else "the job was cancelled before it started"
+        )
+        row.finished_at = now
+        row.duration_ms = _ms(row.started_at, now)
+        row.progress = None
+    _close_open_attempts(session, job.id, StepStatus.CANCELLED, None)
+
+
+def queue_retry(session: Session, *, job: RegistrationJob, from_step: str | None) -> None:
+    """Queue the job again: every step not completed, and `from_step` with everything that
+    depends on it even when completed (each gets a new idempotency generation)."""
+    rerun = {from_step} | catalogue.dependents(from_step) if from_step else set()
+    for row in _steps(session, job.id).values():
+        if row.step_id in rerun and row.status == StepStatus.COMPLETED:
+            row.generation += 1
+            row.result_data = None
+            _requeue(row)
+        elif row.status != StepStatus.COMPLETED:
+            _requeue(row)
+    job.status = "in_progress"
+    job.cancel_requested_at = None
+    job.completed_at = None
+    job.error_message = None
+
+
+def record_outcome(
+    session: Session,
+    *,
+    job: RegistrationJob,
+    flow_run_id: str,
+    observed_at: datetime | None,
+    status: str,
+    error_message: str | None,
+    steps: Mapping[str, tuple[str, str | None, str | None]],
+) -> bool:
+    """Write down an end the flow could not record itself (its process died), as seen in
+    Prefect. Only for the job's current flow run, and only if what was seen is newer than
+    that run's start; returns whether anything was written."""
+    if job.status in ("completed", "failed", "cancelled") or job.flow_run_id != flow_run_id:
+        return False
+    if observed_at and job.run_started_at and observed_at < job.run_started_at:
+        return False
+    now = utcnow()
+    job.status = status
+    job.error_message = error_message
+    job.completed_at = now
+    for row in _steps(session, job.id).values():
+        if row.status in FINAL or row.step_id not in steps:
+            continue
+        row.status, row.error_message, row.skip_reason = steps[row.step_id]
+        row.finished_at = now
+        row.duration_ms = _ms(row.started_at, now)
+        row.progress = None
+    if status == "cancelled":
+        _close_open_attempts(session, job.id, StepStatus.CANCELLED, None)
+    else:
+        _close_open_attempts(session, job.id, StepStatus.FAILED, "the flow-run process ended")
+    return True
+
+
+def _close_open_attempts(
+    session: Session, job_id: str, status: StepStatus, error: str | None
+) -> None:
+    session.execute(
+        update(StepAttempt)
+        .where(StepAttempt.job_id == job_id, StepAttempt.finished_at.is_(None))
+        .values(finished_at=utcnow(), status=status, error_message=error)
+    )
 
 
 def failure_summary(states: Mapping[str, StepState]) -> str | None:

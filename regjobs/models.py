@@ -96,6 +96,8 @@ class RegistrationJob(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
+    #: When the current (latest) flow run of the job began; older Prefect states are stale.
+    run_started_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
     cancel_requested_at: Mapped[datetime | None]
     error_message: Mapped[str | None] = mapped_column(Text)

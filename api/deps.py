@@ -24,12 +24,12 @@ def get_db() -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
-_bearer = HTTPBearer(auto_error=False, description="An API key of your organisation")
+bearer = HTTPBearer(auto_error=False, description="An API key of your organisation")
 
 
 def current_organisation(
     session: SessionDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Organisation:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise HTTPException(

@@ -24,6 +24,12 @@ class JobCreate(BaseModel):
     execution_config: ExecutionConfig
 
 
+class EvidencePublic(BaseModel):
+    attempt: int
+    #: A screenshot (PNG, password fields masked); the link works without an API key.
+    url: str
+
+
 class StepPublic(BaseModel):
     step_id: str
     step_number: int
@@ -39,8 +45,10 @@ class StepPublic(BaseModel):
     result_data: dict[str, Any] | None
     #: Why a skipped or cancelled step did not run.
     skip_reason: str | None = None
-    #: Progress inside a long step ("option set 14 of 73").
+    #: Progress inside a long step ("option set 14 of 73"), or why it waits.
     progress: str | None = None
+    #: Screenshots of failed browser attempts.
+    evidence: list[EvidencePublic] = Field(default_factory=list)
 
 
 class JobPublic(BaseModel):

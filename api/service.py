@@ -7,9 +7,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.orchestrator import Orchestrator, OrchestratorUnavailable
-from api.schemas import JobCreate, JobPublic
+from api.schemas import EvidencePublic, JobCreate, JobPublic
 from api.translate import job_public
 from regjobs import ledger
+from regjobs.evidence import evidence_url
 from regjobs.models import ACTIVE_JOB_STATUSES, Organisation, RegistrationJob, RegistrationJobStep
 
 FINAL_JOB = ("completed", "failed", "cancelled")
@@ -103,7 +104,16 @@ def read_job(session: Session, *, job: RegistrationJob, orchestrator: Orchestrat
         select(RegistrationJobStep).where(RegistrationJobStep.job_id == job.id)
     ).all()
     snapshot = orchestrator.snapshot(job.id, job.flow_run_id)
-    public = job_public(job, rows, snapshot, prefect_ui_url=orchestrator.settings.prefect_ui_url)
+    settings = orchestrator.settings
+    evidence = {
+        step_id: [
+            EvidencePublic(attempt=a, url=evidence_url(settings, job.id, e)) for a, e in shots
+        ]
+        for step_id, shots in ledger.evidence_index(session, job_id=job.id).items()
+    }
+    public = job_public(
+        job, rows, snapshot, prefect_ui_url=settings.prefect_ui_url, evidence=evidence
+    )
     if snapshot is not None and public.status in FINAL_JOB and job.status not in FINAL_JOB:
         written = ledger.record_outcome(
             session,

@@ -19,7 +19,15 @@ from datetime import datetime
 
 from prefect.client.schemas.objects import StateType
 
-from api.schemas import JobPublic, JobStatus, Phase, ProgressPublic, StepPublic, StepStatusName
+from api.schemas import (
+    EvidencePublic,
+    JobPublic,
+    JobStatus,
+    Phase,
+    ProgressPublic,
+    StepPublic,
+    StepStatusName,
+)
 from regjobs import catalogue
 from regjobs.catalogue import DISABLED_REASON, StepStatus
 from regjobs.models import RegistrationJob, RegistrationJobStep
@@ -56,6 +64,7 @@ _QUEUED = {StateType.SCHEDULED, StateType.PENDING}
 _ACTIVE = {StateType.RUNNING, StateType.PAUSED}
 _CANCEL = {StateType.CANCELLING, StateType.CANCELLED}
 _FINAL_STEP = {s.value for s in catalogue.FINAL_STEP_STATUSES}
+_LIVE_STEP = {"pending", "running", "retrying"}
 
 
 @dataclass(frozen=True)
@@ -176,6 +185,7 @@ def job_public(
     flow: FlowRunSnapshot | None,
     *,
     prefect_ui_url: str | None = None,
+    evidence: Mapping[str, Sequence[EvidencePublic]] | None = None,
 ) -> JobPublic:
     steps: list[StepPublic] = []
     for row in sorted(rows, key=lambda r: r.step_number):
@@ -197,7 +207,13 @@ def job_public(
                 warning=row.warning,
                 result_data=row.result_data if step_status == "completed" else None,
                 skip_reason=reason if step_status in ("skipped", "cancelled") else None,
-                progress=row.progress if step_status in ("running", "retrying") else None,
+                # What a live step says it is doing (or waiting for); nothing stale.
+                progress=(
+                    row.progress
+                    if step_status == row.status and step_status in _LIVE_STEP
+                    else None
+                ),
+                evidence=list((evidence or {}).get(row.step_id, ())),
             )
         )
     status, error = job_status(job, steps, flow)

@@ -1,20 +1,17 @@
-"""Create the work pool and apply prefect.yaml; safe to run again (idempotent).
+"""Create the work pool, the browser concurrency limit and the deployment; safe to run
+again (idempotent). Reads the same settings as everything else.
 
-PREFECT_API_URL=http://127.0.0.1:4200/api python -m deployments.setup
+    PREFECT_API_URL=http://127.0.0.1:4200/api python -m deployments.setup
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable
 
-from regjobs.settings import PROJECT_DIR
+from regjobs.settings import PROJECT_DIR, Settings, get_settings
 
 PREFECT = [sys.executable, "-m", "prefect"]
-WORK_POOL = "registration-jobs"
-
-Runner = Callable[[list[str]], str]
 
 
 def _run(args: list[str]) -> str:
@@ -24,14 +21,30 @@ def _run(args: list[str]) -> str:
     return result.stdout
 
 
-def set_up(run: Runner = _run) -> None:
+def _exists(args: list[str]) -> bool:
     try:
-        run([*PREFECT, "work-pool", "inspect", WORK_POOL])
+        _run(args)
     except RuntimeError:
-        run([*PREFECT, "work-pool", "create", WORK_POOL, "--type", "process"])
-    run([*PREFECT, "--no-prompt", "deploy", "--all"])
+        return False
+    return True
+
+
+def set_up(settings: Settings) -> None:
+    if not _exists([*PREFECT, "work-pool", "inspect", settings.work_pool]):
+        _run([*PREFECT, "work-pool", "create", settings.work_pool, "--type", "process"])
+    # One limit for the browser steps of every worker on every machine.
+    limit = [settings.browser_limit_name, "--limit", str(settings.browser_limit)]
+    if _exists([*PREFECT, "gcl", "inspect", settings.browser_limit_name]):
+        _run([*PREFECT, "gcl", "update", *limit])
+    else:
+        _run([*PREFECT, "gcl", "create", *limit])
+    _run([*PREFECT, "--no-prompt", "deploy", "--all"])
 
 
 if __name__ == "__main__":
-    set_up()
-    sys.stdout.write(f"work pool {WORK_POOL!r} and deployment 'registration-job' are ready\n")
+    current = get_settings()
+    set_up(current)
+    sys.stdout.write(
+        f"work pool {current.work_pool!r}, browser limit {current.browser_limit_name!r} "
+        f"({current.browser_limit}) and deployment 'registration-job' are ready\n"
+    )

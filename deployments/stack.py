@@ -104,6 +104,7 @@ class Stack:
             "REGJOBS_PORTAL_URL": f"{c.standin_url}/portal",
             "REGJOBS_APP_ENDPOINTS_URL": c.standin_url,
             "REGJOBS_PREFECT_UI_URL": c.prefect_url,
+            "REGJOBS_PUBLIC_API_URL": c.api_url,
             "PYTHONUNBUFFERED": "1",
         }
         env.update(c.env)
@@ -213,9 +214,7 @@ class Stack:
         )
 
     def set_up_deployment(self) -> None:
-        from deployments.setup import set_up
-
-        set_up(self.run)
+        self.run([PYTHON, "-m", "deployments.setup"])
 
     def start_worker(self, name: str = "worker", env: Mapping[str, str] | None = None) -> Child:
         """A process worker on the pool; `env` overrides settings for it and its flow runs."""

@@ -57,7 +57,7 @@ async def registration_job(job_id: str) -> State[Any] | dict[str, Any]:
         logger.info("reusing %d completed step(s): %s", len(reused), ", ".join(reused))
 
     running: dict[asyncio.Task[State[Any]], str] = {}
-    async with step_resources(start.config, settings):
+    async with step_resources(job_id, run_id or job_id, start.config, settings):
         while True:
             states = await asyncio.to_thread(ledger.step_states, job_id=job_id)
             statuses = {sid: st.status for sid, st in states.items()}

@@ -21,7 +21,13 @@ from regjobs.config import ExecutionConfig
 from regjobs.crypto import decrypt_json, encrypt_json
 from regjobs.db import session_scope
 from regjobs.errors import Classified, NonRetryableStepError
-from regjobs.models import RegistrationJob, RegistrationJobStep, StepAttempt, utcnow
+from regjobs.models import (
+    RegistrationJob,
+    RegistrationJobStep,
+    StepAttempt,
+    StepEvidence,
+    utcnow,
+)
 
 FINAL = frozenset(s.value for s in catalogue.FINAL_STEP_STATUSES)
 
@@ -277,13 +283,15 @@ def fail_attempt(
     attempt: int,
     error: Classified,
     will_retry: bool,
-    evidence_path: str | None = None,
-) -> None:
-    """Record a failed attempt: `retrying` when another attempt follows, else `failed`."""
+    evidence: bytes | None = None,
+) -> int | None:
+    """Record a failed attempt: `retrying` when another attempt follows, else `failed`.
+    A screenshot of the attempt is kept with it; returns its id."""
     now = utcnow()
     with session_scope() as session:
         row = _steps(session, job_id)[step_id]
         row.error_message = error.message
+        row.progress = None
         if will_retry:
             row.status = StepStatus.RETRYING
             row.not_before = (
@@ -293,6 +301,12 @@ def fail_attempt(
             row.status = StepStatus.FAILED
             row.finished_at = now
             row.duration_ms = _ms(row.started_at, now)
+        evidence_id = None
+        if evidence is not None:
+            shot = StepEvidence(job_id=job_id, step_id=step_id, attempt=attempt, data=evidence)
+            session.add(shot)
+            session.flush()
+            evidence_id = shot.id
         _finish_attempt(
             session,
             job_id,
@@ -301,8 +315,22 @@ def fail_attempt(
             status=StepStatus.FAILED,
             error_class=error.error_class.value,
             error_message=error.message,
-            evidence_path=evidence_path,
+            evidence_path=f"evidence:{evidence_id}" if evidence_id else None,
         )
+        return evidence_id
+
+
+def evidence_index(session: Session, *, job_id: str) -> dict[str, list[tuple[int, int]]]:
+    """(attempt, evidence id) of every screenshot of the job, by step."""
+    rows = session.execute(
+        select(StepEvidence.step_id, StepEvidence.attempt, StepEvidence.id)
+        .where(StepEvidence.job_id == job_id)
+        .order_by(StepEvidence.id)
+    ).tuples()
+    index: dict[str, list[tuple[int, int]]] = {}
+    for step_id, attempt, evidence_id in rows:
+        index.setdefault(step_id, []).append((attempt, evidence_id))
+    return index
 
 
 def set_progress(*, job_id: str, step_id: str, progress: str) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -173,3 +174,18 @@ class StepAttempt(Base):
     warning: Mapped[str | None] = mapped_column(Text)
     #: Evidence of a failed attempt (a screenshot with secrets masked), if any.
     evidence_path: Mapped[str | None] = mapped_column(Text)
+
+
+class StepEvidence(Base):
+    """A screenshot of a failed browser attempt (password fields masked), kept in the
+    database so the API can serve it whichever machine's worker took it."""
+
+    __tablename__ = "registration_step_evidence"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("registration_jobs.id"), index=True)
+    step_id: Mapped[str] = mapped_column(String(40))
+    attempt: Mapped[int] = mapped_column(Integer)
+    content_type: Mapped[str] = mapped_column(String(50), default="image/png")
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -61,6 +61,18 @@ class Settings(BaseSettings):
     #: Multiplies every catalogue timeout (tests shrink it; 1.0 in production).
     step_timeout_scale: float = Field(default=1.0, gt=0)
 
+    #: Browser steps: Chromium to launch (Playwright's own where installed, else Debian's).
+    chromium_executable: str | None = None
+    browser_headless: bool = True
+    #: How many browser steps may run at once across every worker (a Prefect global
+    #: concurrency limit, created by the deployment set-up).
+    browser_limit: int = Field(default=2, ge=1)
+    browser_limit_name: str = "registration-browser"
+    #: Waiting for one element or one navigation in the portal.
+    browser_action_timeout_seconds: float = Field(default=15.0, gt=0)
+    #: Where operators reach the API (links to evidence in Prefect artifacts).
+    public_api_url: str = "http://127.0.0.1:8000"
+
     #: Prefect deployment the API starts flow runs of ("flow-name/deployment-name").
     deployment: str = "registration-job/registration-job"
     work_pool: str = "registration-jobs"
@@ -79,6 +91,16 @@ class Settings(BaseSettings):
             if self.database_url is None:
                 raise ValueError("DATABASE_URL must be set in production")
         return self
+
+    def chromium_path(self) -> str | None:
+        """The Chromium to launch: the setting, else Playwright's own if present, else
+        Debian's; None lets Playwright decide. Never downloads a browser."""
+        if self.chromium_executable:
+            return self.chromium_executable
+        for candidate in (_playwright_chromium(), "/usr/bin/chromium"):
+            if candidate and Path(candidate).exists():
+                return candidate
+        return None
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -106,6 +128,13 @@ class Settings(BaseSettings):
                 path.hardlink_to(tmp)
             tmp.unlink()
         return path.read_bytes().strip()
+
+
+def _playwright_chromium() -> str | None:
+    """Where Playwright's own Chromium would be, without starting anything."""
+    base = Path(os.environ.get("PLAYWRIGHT_BROWSERS_PATH", Path.home() / ".cache/ms-playwright"))
+    found = sorted(base.glob("chromium-*/chrome-linux*/chrome"))
+    return str(found[-1]) if found else None
 
 
 @lru_cache

@@ -80,7 +80,9 @@ class PortalLogin(Body):
     password: str = Field(min_length=1, repr=False)
 
 
-class RestaurantRegister(PortalLogin):
+class RestaurantDetails(Body):
+    """What registering a restaurant needs besides the login (the portal form's fields)."""
+
     registration_mode: RegistrationMode = "new_account_with_restaurant"
     name: str = Field(min_length=1)
     address: str | None = None
@@ -91,33 +93,96 @@ class RestaurantRegister(PortalLogin):
     opening_hours: dict[str, Any] | None = None
 
 
-class RestaurantScoped(PortalLogin):
+class RestaurantRegister(RestaurantDetails, PortalLogin):
+    pass
+
+
+# Each restaurant-scoped operation has a body without the login (what a logged-in portal
+# session sends) and the app endpoint's body, the same plus `email` and `password`. Fields
+# of the second come in the order email, password, subdomain, ... (pydantic collects them
+# from the most basic class up).
+
+
+class InRestaurant(Body):
     subdomain: str = Field(min_length=1)
 
 
-class WebsiteConfigure(RestaurantScoped):
+class RestaurantScoped(InRestaurant, PortalLogin):
+    pass
+
+
+class WebsiteSettings(InRestaurant):
     head_injection: str | None = None
     body_injection: str | None = None
     website: dict[str, Any] = Field(default_factory=dict)
 
 
-class ServicesConfigure(RestaurantScoped):
+class WebsiteConfigure(WebsiteSettings, PortalLogin):
     pass
 
 
-class PaymentConfigure(RestaurantScoped):
+class ServicesSettings(InRestaurant):
+    pass
+
+
+class ServicesConfigure(ServicesSettings, PortalLogin):
+    pass
+
+
+class PaymentSettings(InRestaurant):
     include_stripe_link: bool = False
 
 
-class MenuImport(RestaurantScoped):
+class PaymentConfigure(PaymentSettings, PortalLogin):
+    pass
+
+
+class MenuSource(InRestaurant):
     menu_id: str | None = None
     csv_path: str | None = None
 
 
-class MenuStep(RestaurantScoped):
+class MenuImport(MenuSource, PortalLogin):
+    pass
+
+
+class MenuScope(InRestaurant):
     """Option sets and item tags: `menu_id` null means the restaurant's last imported menu."""
 
     menu_id: str | None = None
+
+
+class MenuStep(MenuScope, PortalLogin):
+    pass
+
+
+class OptionSetCreate(MenuScope):
+    """One option set, as the portal's option-set form creates it."""
+
+    name: str = Field(min_length=1)
+    choices: list[str] = Field(default_factory=list)
+
+
+_URL: Final = r"^https?://\S+$"
+
+
+class WebsiteForm(Body):
+    """The portal's website settings form, checked field by field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    theme: Literal["light", "dark"] = "light"
+    primary_color: Color | None = None
+    secondary_color: Color | None = None
+    disable_gradients: bool = False
+    item_layout: Literal["list", "card"] = "list"
+    configure_header: bool = False
+    header_image_url: Annotated[str, Field(pattern=_URL)] | None = None
+    header_logo_url: Annotated[str, Field(pattern=_URL)] | None = None
+    nav_logo_url: Annotated[str, Field(pattern=_URL)] | None = None
+    favicon_url: Annotated[str, Field(pattern=_URL)] | None = None
+    nav_text_color: Color | None = None
+    card_text_color: Color | None = None
 
 
 class ConfigUpdate(Body):

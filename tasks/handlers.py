@@ -2,20 +2,32 @@
 
 One handler per step, each a thin adapter. In `endpoints` mode every step goes through the
 app's existing per-step endpoint; in `direct` mode the API steps talk to the platform API,
-the onboarding service and the CDN (the browser steps still use the endpoints).
+the onboarding service and the CDN, and the browser steps drive the admin portal in
+Chromium (the page objects in `tasks.portal`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from regjobs.catalogue import StepKind, step
 from regjobs.config import ExecutionConfig
-from regjobs.errors import ConfigError
+from regjobs.errors import AlreadyDone, ConfigError
 from regjobs.settings import StepMode
+from tasks.browser import BrowserPool
 from tasks.clients.systems import Clients
+from tasks.portal.item_tags import ItemTagsPage
+from tasks.portal.menu_import import MenuImportPage
+from tasks.portal.option_sets import OptionSetsPage
+from tasks.portal.payments import PaymentsPage
+from tasks.portal.restaurant import RestaurantPage
+from tasks.portal.services import ServicesPage
+from tasks.portal.session import PortalSession
+from tasks.portal.website import WebsitePage
 
 Result = dict[str, Any]
 
@@ -32,10 +44,40 @@ class StepContext:
     clients: Clients
     mode: StepMode
     progress: Callable[[str], Awaitable[None]]
+    #: The flow run's browser (direct mode, browser steps) and the portal's base URL.
+    browser: BrowserPool | None = None
+    portal_url: str = ""
+    #: Screenshots taken when a browser attempt failed (password fields masked).
+    evidence: list[bytes] = field(default_factory=list)
 
     @property
     def direct(self) -> bool:
         return self.mode is StepMode.DIRECT and step(self.step_id).kind is StepKind.API
+
+    @property
+    def in_portal(self) -> bool:
+        return self.mode is StepMode.DIRECT and step(self.step_id).kind is StepKind.BROWSER
+
+    @contextlib.asynccontextmanager
+    async def portal(self) -> AsyncIterator[PortalSession]:
+        """A logged-in portal session in a fresh browser context; on failure a screenshot
+        with every password field masked is kept as evidence."""
+        if self.browser is None:
+            raise ConfigError("no browser is available to this step")
+        login = self.portal_login()
+        async with self.browser.page() as page:
+            try:
+                yield PortalSession(page, self.portal_url, login["email"], login["password"])
+            except AlreadyDone:
+                raise
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self.evidence.append(
+                        await page.screenshot(
+                            full_page=True, mask=[page.locator("input[type=password]")]
+                        )
+                    )
+                raise
 
     def need(self, step_id: str, field: str) -> Any:
         value = self.inputs.get(step_id, {}).get(field)
@@ -104,46 +146,73 @@ async def image_upload(ctx: StepContext) -> Result:
 
 async def restaurant_registration(ctx: StepContext) -> Result:
     r = ctx.config.restaurant
+    hours: dict[str, list[dict[str, str]]] = {
+        day: [i.model_dump(mode="json") for i in intervals]
+        for day, intervals in r.opening_hours.items()
+    }
+    values = {
+        "name": r.name,
+        "address": r.address,
+        "city": r.city,
+        "phone": r.phone,
+        "cuisine": r.cuisine,
+        "subdomain": r.subdomain,
+    }
+    if ctx.in_portal:
+        async with ctx.portal() as portal:
+            page = RestaurantPage(portal.page, ctx.portal_url)
+            return await portal.run(lambda: page.register(values, r.registration_mode, hours))
     return await ctx.endpoint(
         {
             **ctx.portal_login(),
             "registration_mode": r.registration_mode,
-            "name": r.name,
-            "address": r.address,
-            "city": r.city,
-            "phone": r.phone,
-            "cuisine": r.cuisine,
-            "subdomain": r.subdomain,
-            "opening_hours": {
-                day: [i.model_dump(mode="json") for i in intervals]
-                for day, intervals in r.opening_hours.items()
-            },
+            **values,
+            "opening_hours": hours,
         }
     )
 
 
 async def website_configuration(ctx: StepContext) -> Result:
+    head = ctx.need("code_generation", "head_injection")
+    body = ctx.need("code_generation", "body_injection")
+    settings = ctx.config.website.model_dump(mode="json")
+    if ctx.in_portal:
+        async with ctx.portal() as portal:
+            page = WebsitePage(portal.page, ctx.portal_url)
+            await portal.run(lambda: page.apply(ctx.subdomain, head, body, settings))
+        return {"subdomain": ctx.subdomain, "applied": settings}
     return await ctx.endpoint(
         {
             **ctx.portal_login(),
             "subdomain": ctx.subdomain,
-            "head_injection": ctx.need("code_generation", "head_injection"),
-            "body_injection": ctx.need("code_generation", "body_injection"),
-            "website": ctx.config.website.model_dump(mode="json"),
+            "head_injection": head,
+            "body_injection": body,
+            "website": settings,
         }
     )
 
 
 async def services_configuration(ctx: StepContext) -> Result:
+    if ctx.in_portal:
+        async with ctx.portal() as portal:
+            page = ServicesPage(portal.page, ctx.portal_url)
+            await portal.run(lambda: page.apply(ctx.subdomain))
+        return {"subdomain": ctx.subdomain, "services": ["pickup", "delivery"]}
     return await ctx.endpoint({**ctx.portal_login(), "subdomain": ctx.subdomain})
 
 
 async def payment_configuration(ctx: StepContext) -> Result:
+    stripe = ctx.config.payment.include_stripe_link
+    if ctx.in_portal:
+        async with ctx.portal() as portal:
+            page = PaymentsPage(portal.page, ctx.portal_url)
+            url = await portal.run(lambda: page.apply(ctx.subdomain, stripe))
+        return {"subdomain": ctx.subdomain, "stripe_connect_url": url}
     return await ctx.endpoint(
         {
             **ctx.portal_login(),
             "subdomain": ctx.subdomain,
-            "include_stripe_link": ctx.config.payment.include_stripe_link,
+            "include_stripe_link": stripe,
         }
     )
 
@@ -164,6 +233,12 @@ async def onboarding_sync(ctx: StepContext) -> Result:
 
 async def menu_import(ctx: StepContext) -> Result:
     menu = ctx.config.menu
+    if ctx.in_portal:
+        async with ctx.portal() as portal:
+            page = MenuImportPage(portal.page, ctx.portal_url)
+            return await portal.run(
+                lambda: page.import_menu(ctx.subdomain, menu.menu_id, menu.csv_path)
+            )
     return await ctx.endpoint(
         {
             **ctx.portal_login(),
@@ -175,21 +250,40 @@ async def menu_import(ctx: StepContext) -> Result:
 
 
 async def option_sets(ctx: StepContext) -> Result:
-    return await ctx.endpoint(
-        {
-            **ctx.portal_login(),
-            "subdomain": ctx.subdomain,
-            "menu_id": ctx.need("menu_import", "menu_id"),
-        }
-    )
+    menu_id = str(ctx.need("menu_import", "menu_id"))
+    if not ctx.in_portal:
+        return await ctx.endpoint(
+            {
+                **ctx.portal_login(),
+                "subdomain": ctx.subdomain,
+                "menu_id": menu_id,
+            }
+        )
+    async with ctx.portal() as portal:
+        page = OptionSetsPage(portal.page, ctx.portal_url)
+        missing, total = await portal.run(lambda: page.missing(ctx.subdomain, menu_id))
+        done = total - len(missing)
+        # One form per option set; each is safe to repeat (the portal keys them by name),
+        # so an expired session only costs a login and the set in hand.
+        for name in missing:
+            await ctx.progress(f"option set {done + 1} of {total}")
+            await portal.run(functools.partial(page.create, ctx.subdomain, menu_id, name))
+            done += 1
+    return {"menu_id": menu_id, "option_sets": total, "created": len(missing)}
 
 
 async def item_tags(ctx: StepContext) -> Result:
+    menu_id = str(ctx.need("menu_import", "menu_id"))
+    if ctx.in_portal:
+        async with ctx.portal() as portal:
+            page = ItemTagsPage(portal.page, ctx.portal_url)
+            tags = await portal.run(lambda: page.apply(ctx.subdomain, menu_id))
+        return {"menu_id": menu_id, "tags": tags}
     return await ctx.endpoint(
         {
             **ctx.portal_login(),
             "subdomain": ctx.subdomain,
-            "menu_id": ctx.need("menu_import", "menu_id"),
+            "menu_id": menu_id,
         }
     )
 

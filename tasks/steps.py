@@ -8,43 +8,65 @@ attempt is decided by `regjobs.errors.classify` alone, both here and in that fun
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
 import httpx
 from prefect import Task, task
+from prefect.artifacts import acreate_link_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
+from prefect.concurrency.asyncio import concurrency
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
 from regjobs import catalogue, ledger
+from regjobs.catalogue import StepKind
 from regjobs.config import ExecutionConfig
 from regjobs.errors import AlreadyDone, classify, scrubbed
-from regjobs.settings import Settings, get_settings
+from regjobs.evidence import evidence_url
+from regjobs.settings import Settings, StepMode, get_settings
+from tasks.browser import BrowserPool
 from tasks.clients.systems import Clients
 from tasks.handlers import HANDLERS, StepContext
 
-_clients: contextvars.ContextVar[Clients] = contextvars.ContextVar("regjobs_clients")
-_config: contextvars.ContextVar[ExecutionConfig] = contextvars.ContextVar("regjobs_config")
+
+@dataclass(frozen=True)
+class Resources:
+    """What every step of one flow run shares."""
+
+    config: ExecutionConfig
+    clients: Clients
+    browser: BrowserPool
+
+
+_resources: contextvars.ContextVar[Resources] = contextvars.ContextVar("regjobs_resources")
+_job_id: contextvars.ContextVar[str] = contextvars.ContextVar("regjobs_job_id")
 
 
 @asynccontextmanager
-async def step_resources(config: ExecutionConfig, settings: Settings) -> AsyncIterator[None]:
-    """Clients shared by every step of one flow run (one connection pool per run)."""
+async def step_resources(
+    job_id: str, run_id: str, config: ExecutionConfig, settings: Settings
+) -> AsyncIterator[None]:
+    """One HTTP connection pool and (when a browser step needs it) one Chromium per flow
+    run; the browser is closed when the run's steps are over, however they ended."""
     timeout = httpx.Timeout(settings.http_timeout_seconds)
+    browser = BrowserPool(settings, run_id)
     async with httpx.AsyncClient(timeout=timeout) as http:
-        clients_token = _clients.set(Clients.build(http, settings))
-        config_token = _config.set(config)
+        token = _resources.set(Resources(config, Clients.build(http, settings), browser))
+        job_token = _job_id.set(job_id)
         try:
             yield
         finally:
-            _clients.reset(clients_token)
-            _config.reset(config_token)
+            await browser.close()
+            _resources.reset(token)
+            _job_id.reset(job_token)
 
 
 def should_retry(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -59,6 +81,25 @@ async def run_step(job_id: str, step_id: str) -> dict[str, Any]:
     step = catalogue.step(step_id)
     context = TaskRunContext.get()
     task_run = context.task_run if context else None
+    in_portal = settings.step_mode is StepMode.DIRECT and step.kind is StepKind.BROWSER
+    if not in_portal:
+        return await _attempt(settings, step, task_run)
+    # Browser steps share one limit across every worker; waiting for a slot is `pending`
+    # (or `retrying`) with the reason, not `running`.
+    await asyncio.to_thread(
+        ledger.set_progress,
+        job_id=job_id,
+        step_id=step_id,
+        progress=f"waiting for a browser slot (at most {settings.browser_limit} at once)",
+    )
+    async with concurrency(settings.browser_limit_name, occupy=1, strict=True):
+        return await _attempt(settings, step, task_run)
+
+
+async def _attempt(
+    settings: Settings, step: catalogue.Step, task_run: TaskRun | None
+) -> dict[str, Any]:
+    job_id, step_id = _job_id.get(), step.id
     flow_run_id = str(task_run.flow_run_id) if task_run and task_run.flow_run_id else None
     attempt = await asyncio.to_thread(
         ledger.start_attempt,
@@ -78,15 +119,18 @@ async def run_step(job_id: str, step_id: str) -> dict[str, Any]:
     async def progress(text: str) -> None:
         await asyncio.to_thread(ledger.set_progress, job_id=job_id, step_id=step_id, progress=text)
 
+    resources = _resources.get()
     ctx = StepContext(
         job_id=job_id,
         step_id=step_id,
-        config=_config.get(),
+        config=resources.config,
         inputs=attempt.inputs,
         idempotency_key=f"{job_id}:{step_id}:{attempt.generation}",
-        clients=_clients.get(),
+        clients=resources.clients,
         mode=settings.step_mode,
         progress=progress,
+        browser=resources.browser,
+        portal_url=settings.portal_url,
     )
     warning: str | None = None
     try:
@@ -108,14 +152,17 @@ async def run_step(job_id: str, step_id: str) -> dict[str, Any]:
             error.message,
             "; will retry" if will_retry else "",
         )
-        await asyncio.to_thread(
+        evidence_id = await asyncio.to_thread(
             ledger.fail_attempt,
             job_id=job_id,
             step_id=step_id,
             attempt=attempt.number,
             error=error,
             will_retry=will_retry,
+            evidence=ctx.evidence[-1] if ctx.evidence else None,
         )
+        if evidence_id is not None:
+            await _link_evidence(settings, job_id, step, attempt.number, evidence_id)
         raise
     await asyncio.to_thread(
         ledger.complete_attempt,
@@ -126,6 +173,21 @@ async def run_step(job_id: str, step_id: str) -> dict[str, Any]:
         warning=warning,
     )
     return result
+
+
+async def _link_evidence(
+    settings: Settings, job_id: str, step: catalogue.Step, attempt: int, evidence_id: int
+) -> None:
+    """A Prefect artifact linking to the screenshot of a failed attempt."""
+    url = evidence_url(settings, job_id, evidence_id)
+    with contextlib.suppress(Exception):  # evidence must never fail the step's own handling
+        await acreate_link_artifact(
+            link=url,
+            link_text=f"{step.label}, attempt {attempt}: screenshot",
+            key=f"evidence-{step.id.replace('_', '-')}-{job_id[:8]}",
+            description=f"What the portal showed when {step.label} attempt {attempt} failed "
+            "(password fields masked).",
+        )
 
 
 @cache

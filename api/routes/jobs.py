@@ -5,9 +5,17 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Header, HTTPException, Path, Response, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response, status
+from fastapi.security import HTTPAuthorizationCredentials
 
-from api.deps import OrchestratorDep, OrganisationDep, SessionDep
+from api.deps import (
+    OrchestratorDep,
+    OrganisationDep,
+    SessionDep,
+    SettingsDep,
+    bearer,
+    current_organisation,
+)
 from api.orchestrator import OrchestratorUnavailable
 from api.schemas import (
     ActionResult,
@@ -32,7 +40,8 @@ from api.service import (
 )
 from api.translate import progress_public
 from regjobs import catalogue
-from regjobs.models import RegistrationJob
+from regjobs.evidence import valid
+from regjobs.models import RegistrationJob, StepEvidence
 
 router = APIRouter(prefix="/api/registration-jobs", tags=["registration-jobs"])
 
@@ -214,6 +223,32 @@ def retry(
     except OrchestratorUnavailable as exc:
         raise _unavailable(exc) from None
     return ActionResult(success=True, status="in_progress", flow_run_id=flow_run_id)
+
+
+@router.get(
+    "/{job_id}/evidence/{evidence_id}",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, 404: _ERRORS[404]},
+    dependencies=[],
+)
+def evidence(
+    job_id: UUID,
+    evidence_id: int,
+    session: SessionDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    sig: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    """A screenshot of a failed browser attempt: with an API key of the job's organisation,
+    or with the signed link the job and its Prefect artifact give."""
+    if sig is None or not valid(settings, str(job_id), evidence_id, sig):
+        organisation = current_organisation(session, credentials)
+        if find_job(session, organisation=organisation, job_id=str(job_id)) is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"registration job {job_id} not found")
+    shot = session.get(StepEvidence, evidence_id)
+    if shot is None or shot.job_id != str(job_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"evidence {evidence_id} not found")
+    return Response(shot.data, media_type=shot.content_type)
 
 
 def _active_conflict(exists: ActiveJobExists) -> HTTPException:

@@ -1,0 +1,97 @@
+"""One Chromium per flow-run process, started when a browser step first needs it, shared by
+the job's browser steps, each in a fresh context; closed when the flow run ends.
+
+Playwright's temporary files go to a folder of this flow run (TMPDIR), removed on close and
+swept at the next start if a killed process left it behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from playwright.async_api import Browser, Page, Playwright, async_playwright
+
+from regjobs.settings import Settings
+
+#: Flags for a closed network (as on this machine): no background chatter to Google.
+CHROMIUM_ARGS = [
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-gpu",
+]
+
+
+class BrowserPool:
+    def __init__(self, settings: Settings, run_id: str) -> None:
+        self.settings = settings
+        self.tmp_dir = settings.state_dir / "browser-tmp" / run_id
+        self._lock = asyncio.Lock()
+        self._playwright: Playwright | None = None
+        self._browser: Browser | None = None
+        #: How many times a browser was launched (a crashed one is replaced).
+        self.launches = 0
+
+    async def browser(self) -> Browser:
+        async with self._lock:
+            if self._browser is not None and self._browser.is_connected():
+                return self._browser
+            if self._playwright is None:
+                sweep(self.settings.state_dir / "browser-tmp")
+                self.tmp_dir.mkdir(parents=True, exist_ok=True)
+                (self.tmp_dir / "pid").write_text(str(os.getpid()))
+                # The Playwright driver and Chromium inherit TMPDIR: their profiles land here.
+                os.environ["TMPDIR"] = str(self.tmp_dir)
+                self._playwright = await async_playwright().start()
+            self._browser = await self._playwright.chromium.launch(
+                executable_path=self.settings.chromium_path(),
+                headless=self.settings.browser_headless,
+                args=CHROMIUM_ARGS,
+            )
+            self.launches += 1
+            return self._browser
+
+    @contextlib.asynccontextmanager
+    async def page(self) -> AsyncIterator[Page]:
+        """A page in a fresh context (no cookies shared between steps)."""
+        browser = await self.browser()
+        context = await browser.new_context()
+        timeout_ms = self.settings.browser_action_timeout_seconds * 1000
+        context.set_default_timeout(timeout_ms)
+        context.set_default_navigation_timeout(timeout_ms)
+        try:
+            yield await context.new_page()
+        finally:
+            with contextlib.suppress(Exception):
+                await context.close()
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._browser is not None:
+                with contextlib.suppress(Exception):
+                    await self._browser.close()
+                self._browser = None
+            if self._playwright is not None:
+                with contextlib.suppress(Exception):
+                    await self._playwright.stop()
+                self._playwright = None
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+
+def sweep(root: Path) -> None:
+    """Remove temporary folders of flow-run processes that no longer exist."""
+    if not root.exists():
+        return
+    for folder in root.iterdir():
+        try:
+            pid = int((folder / "pid").read_text())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,97 @@
+"""What every portal page shares: navigation, waiting for elements, reading the portal's
+error pages, and logging in again when the session expired."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import ClassVar
+from urllib.parse import urlsplit
+
+from playwright.async_api import Locator, Page
+from playwright.async_api import TimeoutError as PlaywrightTimeout
+
+from regjobs.errors import NonRetryableStepError, RetryableStepError
+
+LOGIN_PATH = "/portal/login"
+
+
+class SessionExpired(RetryableStepError):
+    """The portal sent us back to its login page."""
+
+
+class PortalPage:
+    #: How the page is named in error messages.
+    name: ClassVar[str] = "portal"
+
+    def __init__(self, page: Page, base_url: str) -> None:
+        self.page = page
+        self.base_url = base_url.rstrip("/")
+        self.origin = "{0.scheme}://{0.netloc}".format(urlsplit(self.base_url))
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    async def open(self, path: str) -> None:
+        """Go to a portal page; raise if the portal answered with an error page."""
+        try:
+            response = await self.page.goto(self.url(path))
+        except PlaywrightTimeout:
+            raise RetryableStepError(f"{self.name} page: {path} did not load in time") from None
+        await self.check(response.status if response else None)
+
+    async def check(self, status: int | None = None) -> None:
+        """Turn the portal's answer into an error a person can act on, if it is one."""
+        if urlsplit(self.page.url).path.startswith(LOGIN_PATH):
+            raise SessionExpired(f"{self.name} page: the portal session expired")
+        if status is not None and status >= 500:
+            raise RetryableStepError(f"{self.name} page: the portal answered HTTP {status}")
+        error = self.page.locator(".portal-error")
+        if await error.count():
+            raise NonRetryableStepError(f"{self.name} page: {await error.first.inner_text()}")
+        fields = self.page.locator(".field-error")
+        if await fields.count():
+            problems = [
+                f"{await f.get_attribute('data-field')}: {await f.inner_text()}"
+                for f in await fields.all()
+            ]
+            raise NonRetryableStepError(
+                f"{self.name} page: the portal rejected the form: {'; '.join(problems)}"
+            )
+
+    async def element(self, selector: str) -> Locator:
+        """The element, once visible; a retryable error naming page and element if it never
+        appears."""
+        locator = self.page.locator(selector).first
+        try:
+            await locator.wait_for(state="visible")
+        except PlaywrightTimeout:
+            raise RetryableStepError(
+                f"{self.name} page: element {selector} did not appear "
+                f"(at {urlsplit(self.page.url).path})"
+            ) from None
+        return locator
+
+    async def fill(self, selector: str, value: str | None) -> None:
+        await (await self.element(selector)).fill(value or "")
+
+    async def check_box(self, selector: str, on: bool) -> None:
+        await (await self.element(selector)).set_checked(on)
+
+    async def select(self, selector: str, value: str) -> None:
+        await (await self.element(selector)).select_option(value)
+
+    async def submit(self, selector: str) -> None:
+        """Click a submit button and wait for the page it leads to."""
+        button = await self.element(selector)
+        try:
+            async with self.page.expect_navigation() as navigation:
+                await button.click()
+            response = await navigation.value
+        except PlaywrightTimeout:
+            raise RetryableStepError(
+                f"{self.name} page: no answer after clicking {selector}"
+            ) from None
+        await self.check(response.status if response else None)
+
+
+Action = Callable[[], Awaitable[None]]

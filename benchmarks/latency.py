@@ -48,10 +48,17 @@ def ts(value: str) -> float:
 
 
 def create(api: httpx.Client) -> tuple[str, float]:
+    """A job for a new restaurant of a new account (jobs at once must not share them)."""
+    tag = uuid.uuid4().hex[:8]
+    config = {
+        **DEMO_CONFIG,
+        "account": {**DEMO_CONFIG["account"], "email": f"bench-{tag}@example.com"},
+        "restaurant": {**DEMO_CONFIG["restaurant"], "name": f"Bench {tag}"},
+    }
     sent = time.time()
     response = api.post(
         "/api/registration-jobs",
-        json={"restaurant_id": f"bench-{uuid.uuid4().hex[:8]}", "execution_config": DEMO_CONFIG},
+        json={"restaurant_id": f"bench-{tag}", "execution_config": config},
     )
     response.raise_for_status()
     return str(response.json()["job_id"]), sent

@@ -111,7 +111,9 @@ def classify(exc: BaseException) -> Classified:
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return Classified(ErrorClass.RETRYABLE, "the step took longer than its timeout")
     # Anything else is a script that crashed: worth another attempt (SPEC, retryable).
-    return Classified(ErrorClass.RETRYABLE, f"{type(exc).__name__}: {exc}")
+    # Its first line only: a browser's launch error carries pages of logs.
+    first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+    return Classified(ErrorClass.RETRYABLE, f"{type(exc).__name__}: {first_line}")
 
 
 def _request_of(exc: httpx.RequestError) -> str:

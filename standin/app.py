@@ -1,41 +1,23 @@
 """The stand-in web service: platform API, onboarding service, image CDN, the app's per-step
-endpoints, and the `/_control` interface tests drive it with."""
+endpoints, the admin portal's HTML pages (`standin.portal`), and the `/_control` interface
+tests drive it with."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, Final
+from typing import Final
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
-from starlette.routing import compile_path
-from starlette.types import Scope
 
-from regjobs.catalogue import STEP_IDS
 from standin import schemas, services
 from standin.faults import FaultCreate
 from standin.gate import StepGate
+from standin.portal import portal
+from standin.routing import StateDep, serves, step_resolver
 from standin.services import ServiceError
 from standin.state import JSON, Reply, StandinState
-
-_STEP_KEY: Final = "x-standin-step"
-
-
-def serves(step: str) -> dict[str, Any]:
-    """Route metadata naming the step a route serves; the gate reads it."""
-    assert step in STEP_IDS, step
-    return {_STEP_KEY: step}
-
-
-def get_state(request: Request) -> StandinState:
-    state = request.app.state.standin
-    assert isinstance(state, StandinState)
-    return state
-
-
-StateDep = Annotated[StandinState, Depends(get_state)]
 
 
 def serve(
@@ -343,26 +325,7 @@ async def _validation_failed(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-_STEP_ROUTERS: Final = (platform, onboarding, cdn, endpoints, menus)
-
-
-def _step_resolver(routers: tuple[APIRouter, ...]) -> Callable[[Scope], str | None]:
-    """Which step a request serves, from the step each route was declared with."""
-    table = [
-        (route.methods or set(), compile_path(route.path)[0], route.openapi_extra[_STEP_KEY])
-        for router in routers
-        for route in router.routes
-        if isinstance(route, APIRoute) and route.openapi_extra and _STEP_KEY in route.openapi_extra
-    ]
-
-    def resolve(scope: Scope) -> str | None:
-        for methods, pattern, step in table:
-            if scope["method"] in methods and pattern.match(scope["path"]):
-                assert isinstance(step, str)
-                return step
-        return None
-
-    return resolve
+_STEP_ROUTERS: Final = (platform, onboarding, cdn, endpoints, menus, portal)
 
 
 def create_app() -> FastAPI:
@@ -381,5 +344,5 @@ def create_app() -> FastAPI:
         return {"status": "ok"}
 
     app.add_exception_handler(RequestValidationError, _validation_failed)
-    app.add_middleware(StepGate, state=state, resolve=_step_resolver(_STEP_ROUTERS))
+    app.add_middleware(StepGate, state=state, resolve=step_resolver(_STEP_ROUTERS))
     return app

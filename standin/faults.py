@@ -1,15 +1,42 @@
-"""Fault instructions: which step misbehaves next, how, and how many more times."""
+"""Fault instructions: which step misbehaves next, how, and how many more times.
+
+Modes (`POST /_control/faults` `{"step", "mode", "times", ...}`; `times` absent: until cleared):
+
+- `status`: answer HTTP `status` (with `Retry-After` when `retry_after` is given); JSON
+  `{"detail": ...}`, or an HTML error page (`<h1>Internal Server Error</h1>`) when the request
+  accepts `text/html`.
+- `timeout`: hang past the caller's timeout (`seconds`, default 600), then answer 504.
+- `reset`: start the answer, then drop the connection.
+- `slow`: answer correctly after `seconds` (default 5).
+
+The first four apply to every request that serves the step (the gate applies them). Two more
+apply to the admin portal's pages only (`standin.portal` applies them), and never use up a
+turn on a request they cannot apply to:
+
+- `hide_element` with `"element": "#some-id"`: the next `times` GET pages of the step that
+  contain the element with that id are rendered without it (so a browser waiting for it
+  times out).
+- `expire_session`: the next `times` logged-in portal requests of the step find their session
+  expired: the session is deleted and the request, GET or POST, is redirected (303) to
+  `/portal/login?next=<path>` without doing anything else.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from regjobs.catalogue import STEP_IDS
 
-FaultMode = Literal["status", "timeout", "reset", "slow"]
+FaultMode = Literal["status", "timeout", "reset", "slow", "hide_element", "expire_session"]
+
+#: The modes the gate applies to any request of a step.
+NETWORK_MODES: Final = frozenset({"status", "timeout", "reset", "slow"})
+#: The modes only the admin portal's pages apply.
+PORTAL_MODES: Final = frozenset({"hide_element", "expire_session"})
 
 #: How long a `timeout` fault hangs when no `seconds` is given: past any caller's timeout.
 DEFAULT_TIMEOUT_SECONDS: Final = 600.0
@@ -28,6 +55,19 @@ class FaultCreate(BaseModel):
     times: int | None = Field(None, ge=1)
     seconds: float | None = Field(None, ge=0)
     retry_after: int | None = Field(None, ge=0)
+    #: `hide_element` only: the id of the element to leave out, as `#some-id`.
+    element: str | None = Field(None, pattern=r"^#?[A-Za-z][A-Za-z0-9_:.-]*$")
+
+    @field_validator("element")
+    @classmethod
+    def _as_css_id(cls, value: str | None) -> str | None:
+        return None if value is None else "#" + value.removeprefix("#")
+
+    @model_validator(mode="after")
+    def _element_for_hide(self) -> FaultCreate:
+        if self.mode == "hide_element" and self.element is None:
+            raise ValueError("element: hide_element needs the element's id, like #save-website")
+        return self
 
     @field_validator("step")
     @classmethod
@@ -47,6 +87,12 @@ class Fault:
     times: int | None
     seconds: float | None
     retry_after: int | None
+    element: str | None = None
+
+    @property
+    def element_id(self) -> str:
+        """The id `hide_element` leaves out, without the `#`."""
+        return (self.element or "").removeprefix("#")
 
     @property
     def delay(self) -> float:
@@ -56,7 +102,7 @@ class Fault:
         return DEFAULT_TIMEOUT_SECONDS if self.mode == "timeout" else DEFAULT_SLOW_SECONDS
 
     def public(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "id": self.id,
             "step": self.step,
             "mode": self.mode,
@@ -65,6 +111,9 @@ class Fault:
             "seconds": self.seconds,
             "retry_after": self.retry_after,
         }
+        if self.element is not None:
+            data["element"] = self.element
+        return data
 
 
 class FaultBook:
@@ -83,15 +132,26 @@ class FaultBook:
             times=spec.times,
             seconds=spec.seconds,
             retry_after=spec.retry_after,
+            element=spec.element,
         )
         self._next_id += 1
         self._faults.append(fault)
         return fault
 
-    def take(self, step: str) -> Fault | None:
-        """Use up one turn of the first fault for `step`, if any."""
+    def take(
+        self,
+        step: str,
+        modes: Collection[str] | None = None,
+        where: Callable[[Fault], bool] | None = None,
+    ) -> Fault | None:
+        """Use up one turn of the first fault for `step` (of one of `modes`, and for which
+        `where` holds, when given), if any."""
         for fault in self._faults:
             if fault.step != step:
+                continue
+            if modes is not None and fault.mode not in modes:
+                continue
+            if where is not None and not where(fault):
                 continue
             if fault.times is not None:
                 fault.times -= 1

@@ -1,5 +1,9 @@
 """The pure-ASGI layer in front of every step-serving route: records calls, applies faults.
 
+It applies the network fault modes (status, timeout, reset, slow); the admin portal's own
+modes (hide_element, expire_session) need the page and the session, so `standin.portal`
+applies them, finding the request's `Call` in the scope under `CALL_SCOPE_KEY`.
+
 It works below FastAPI on purpose: a `reset` fault must start a response and then break it
 off, which only raw ASGI messages can do.
 """
@@ -7,16 +11,22 @@ off, which only raw ASGI messages can do.
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import logging
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from standin.faults import Fault
-from standin.state import StandinState
+from standin.faults import NETWORK_MODES, Fault
+from standin.state import Call, StandinState
+
+#: The scope key under which a gated request's `Call` travels to the app (the admin portal
+#: reads it to apply its own fault modes and to mark the call with them).
+CALL_SCOPE_KEY = "standin.call"
 
 #: Body length announced by a `reset` answer, of which only a few bytes are ever sent.
 _RESET_ANNOUNCED_LENGTH = 64
@@ -62,6 +72,46 @@ async def _send_json(
     await send({"type": "http.response.body", "body": payload})
 
 
+def _accepts_html(scope: Scope) -> bool:
+    accept = b", ".join(v for k, v in scope.get("headers", ()) if k.lower() == b"accept")
+    return b"text/html" in accept.lower()
+
+
+async def _send_error(
+    send: Send,
+    scope: Scope,
+    status: int,
+    detail: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """An error answer: an HTML page for a browser (it accepts text/html), JSON otherwise."""
+    if not _accepts_html(scope):
+        await _send_json(send, status, {"detail": detail}, headers)
+        return
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    page = (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{status} {html.escape(phrase)}</title></head>\n"
+        f"<body><h1>{html.escape(phrase)}</h1>\n"
+        f'<p class="fault-detail">{html.escape(detail)}</p></body></html>\n'
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/html; charset=utf-8"),
+                (b"content-length", str(len(page)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": page})
+
+
 async def _until_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
@@ -82,9 +132,14 @@ class StepGate:
         if step is None:
             await self.app(scope, receive, send)
             return
-        call = self.state.begin_call(step, scope["method"], scope["path"])
-        fault = self.state.faults.take(step)
+        client = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"x-registration-step"),
+            None,
+        )
+        call = self.state.begin_call(step, scope["method"], scope["path"], client)
+        fault = self.state.faults.take(step, NETWORK_MODES)
         call.fault = fault.mode if fault else None
+        scope = {**scope, CALL_SCOPE_KEY: call}
 
         async def recording_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -114,14 +169,14 @@ class StepGate:
             headers = []
             if fault.retry_after is not None:
                 headers.append((b"retry-after", str(fault.retry_after).encode()))
-            await _send_json(
-                send, fault.status, {"detail": f"injected fault: HTTP {fault.status}"}, headers
+            await _send_error(
+                send, scope, fault.status, f"injected fault: HTTP {fault.status}", headers
             )
         elif fault.mode == "timeout":
             try:
                 await asyncio.wait_for(_until_disconnect(receive), fault.delay)
             except TimeoutError:
-                await _send_json(send, 504, {"detail": "injected fault: timeout"})
+                await _send_error(send, scope, 504, "injected fault: timeout")
             # Otherwise the caller gave up first: nobody is left to answer.
         else:
             await send(
@@ -136,3 +191,9 @@ class StepGate:
             )
             await send({"type": "http.response.body", "body": b'{"', "more_body": True})
             raise InjectedConnectionReset(f"{scope['method']} {scope['path']}")
+
+
+def request_call(scope: Scope) -> Call | None:
+    """The `Call` the gate recorded for this request, if it serves a step."""
+    call = scope.get(CALL_SCOPE_KEY)
+    return call if isinstance(call, Call) else None

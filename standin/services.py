@@ -9,6 +9,7 @@ import hashlib
 import html
 import json
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -266,22 +267,26 @@ def upload_images_now(state: StandinState, menu_id: str, body: schemas.UploadIma
 
 
 # -- admin portal -------------------------------------------------------------------------
+#
+# Each operation has two entry points: `op(state, body)` for the app endpoint, which logs in
+# with the body's email and password first, and `op_as(state, account, body)` for a
+# logged-in portal session. Both run the same code after the login.
 
 
-def _login(state: StandinState, body: schemas.PortalLogin) -> Account:
+def login(state: StandinState, body: schemas.PortalLogin) -> Account:
+    """The account these credentials open; 401 `invalid_credentials` otherwise."""
     account = state.accounts.get(body.email)
     if account is None or not account.secret.matches(body.password):
         raise invalid_credentials()
     return account
 
 
-def _restaurant(state: StandinState, body: schemas.RestaurantScoped) -> Restaurant:
-    """Log in, then open the restaurant: it must exist under that account."""
-    account = _login(state, body)
-    restaurant = state.restaurants.get(body.subdomain.lower())
+def open_restaurant(state: StandinState, account: Account, subdomain: str) -> Restaurant:
+    """The restaurant with this subdomain; it must exist under `account`."""
+    restaurant = state.restaurants.get(subdomain.lower())
     if restaurant is None or restaurant.account_id != account.account_id:
         raise precondition_failed(
-            f"no restaurant with subdomain {body.subdomain!r} under {account.email}"
+            f"no restaurant with subdomain {subdomain!r} under {account.email}"
         )
     return restaurant
 
@@ -300,6 +305,12 @@ def register_restaurant(
         )
     if not account.secret.matches(body.password):
         raise invalid_credentials()
+    return register_restaurant_as(state, account, body, base_url)
+
+
+def register_restaurant_as(
+    state: StandinState, account: Account, body: schemas.RestaurantDetails, base_url: str
+) -> Reply:
     owned = [r for r in state.restaurants.values() if r.account_id == account.account_id]
     name = body.name.strip()
     same = next((r for r in owned if r.name.casefold() == name.casefold()), None)
@@ -344,7 +355,13 @@ def register_restaurant(
 
 
 def configure_website(state: StandinState, body: schemas.WebsiteConfigure) -> Reply:
-    restaurant = _restaurant(state, body)
+    return configure_website_as(state, login(state, body), body)
+
+
+def configure_website_as(
+    state: StandinState, account: Account, body: schemas.WebsiteSettings
+) -> Reply:
+    restaurant = open_restaurant(state, account, body.subdomain)
     restaurant.website = {
         "head_injection": body.head_injection,
         "body_injection": body.body_injection,
@@ -361,18 +378,43 @@ def configure_website(state: StandinState, body: schemas.WebsiteConfigure) -> Re
 
 
 def configure_services(state: StandinState, body: schemas.ServicesConfigure) -> Reply:
-    restaurant = _restaurant(state, body)
-    restaurant.services = list(SERVICES)
+    return configure_services_as(state, login(state, body), body)
+
+
+def configure_services_as(
+    state: StandinState,
+    account: Account,
+    body: schemas.ServicesSettings,
+    services: Sequence[str] | None = None,
+) -> Reply:
+    """Turn on `services` (all of them when None) and every other one off."""
+    restaurant = open_restaurant(state, account, body.subdomain)
+    if services is None:
+        chosen = list(SERVICES)
+    else:
+        unknown = sorted(set(services) - set(SERVICES))
+        if unknown:
+            raise validation_failed(f"unknown services: {', '.join(unknown)}", "services")
+        chosen = [s for s in SERVICES if s in services]
+    restaurant.services = chosen
     _record(restaurant, "services_configuration", body)
     state.effect("services_configuration")
-    return Reply(200, {"success": True, "services": list(SERVICES)})
+    return Reply(200, {"success": True, "services": list(chosen)})
 
 
 def configure_payment(state: StandinState, body: schemas.PaymentConfigure) -> Reply:
-    restaurant = _restaurant(state, body)
-    url = (
-        f"https://connect.stripe.test/{restaurant.subdomain}" if body.include_stripe_link else None
-    )
+    return configure_payment_as(state, login(state, body), body)
+
+
+def stripe_connect_url(restaurant: Restaurant) -> str:
+    return f"https://connect.stripe.test/{restaurant.subdomain}"
+
+
+def configure_payment_as(
+    state: StandinState, account: Account, body: schemas.PaymentSettings
+) -> Reply:
+    restaurant = open_restaurant(state, account, body.subdomain)
+    url = stripe_connect_url(restaurant) if body.include_stripe_link else None
     restaurant.stripe_connect_url = url
     _record(restaurant, "payment_configuration", body)
     state.effect("payment_configuration")
@@ -405,7 +447,11 @@ def synthesise_menu(state: StandinState, menu_id: str, source: JSON) -> Menu:
 
 
 def import_menu(state: StandinState, body: schemas.MenuImport) -> Reply:
-    restaurant = _restaurant(state, body)
+    return import_menu_as(state, login(state, body), body)
+
+
+def import_menu_as(state: StandinState, account: Account, body: schemas.MenuSource) -> Reply:
+    restaurant = open_restaurant(state, account, body.subdomain)
     if body.menu_id:
         menu_id = body.menu_id
     elif body.csv_path:
@@ -417,9 +463,8 @@ def import_menu(state: StandinState, body: schemas.MenuImport) -> Reply:
     )
     state.menus[menu_id] = menu
     # Re-importing replaces the menu: what was added to the old copy is gone.
-    held = restaurant.menus.pop(menu_id, None) or RestaurantMenu(menu_id=menu_id)
-    held.imports += 1
-    held.option_sets_added, held.option_sets, held.tags = False, [], []
+    old = restaurant.menus.pop(menu_id, None)
+    held = RestaurantMenu(menu_id=menu_id, imports=(old.imports if old else 0) + 1)
     restaurant.menus[menu_id] = held  # last in order: the menu a null menu_id means
     _record(restaurant, "menu_import", body)
     state.effect("menu_import")
@@ -435,7 +480,8 @@ def import_menu(state: StandinState, body: schemas.MenuImport) -> Reply:
     )
 
 
-def _imported_menu(restaurant: Restaurant, menu_id: str | None) -> RestaurantMenu:
+def imported_menu(restaurant: Restaurant, menu_id: str | None) -> RestaurantMenu:
+    """The menu imported into `restaurant` (the last one when `menu_id` is None)."""
     if menu_id is None and restaurant.menus:
         return list(restaurant.menus.values())[-1]
     held = restaurant.menus.get(menu_id or "")
@@ -445,11 +491,23 @@ def _imported_menu(restaurant: Restaurant, menu_id: str | None) -> RestaurantMen
     return held
 
 
+def require_option_sets(held: RestaurantMenu) -> None:
+    """Item tags need the menu's option sets complete."""
+    if not held.option_sets_added:
+        raise precondition_failed(f"add the option sets of menu {held.menu_id!r} first")
+
+
 def add_option_sets(state: StandinState, body: schemas.MenuStep) -> Reply:
-    restaurant = _restaurant(state, body)
-    held = _imported_menu(restaurant, body.menu_id)
+    return add_option_sets_as(state, login(state, body), body)
+
+
+def add_option_sets_as(state: StandinState, account: Account, body: schemas.MenuScope) -> Reply:
+    """Create every option set the menu needs; those that exist are left as they are."""
+    restaurant = open_restaurant(state, account, body.subdomain)
+    held = imported_menu(restaurant, body.menu_id)
     menu = state.menus[held.menu_id]
-    held.option_sets = list(menu.option_sets)  # each option set exists once, however often
+    for name in menu.option_sets:
+        _create_option_set(held, name, [])
     held.option_sets_added = True
     _record(restaurant, "option_sets", body)
     state.effect("option_sets")
@@ -458,13 +516,78 @@ def add_option_sets(state: StandinState, body: schemas.MenuStep) -> Reply:
     )
 
 
-def add_item_tags(state: StandinState, body: schemas.MenuStep) -> Reply:
-    restaurant = _restaurant(state, body)
-    held = _imported_menu(restaurant, body.menu_id)
+def _create_option_set(held: RestaurantMenu, name: str, choices: list[str]) -> bool:
+    """Ask for one option set; True when it was created (it exists once, however often)."""
+    held.option_set_requests[name] = held.option_set_requests.get(name, 0) + 1
+    if name in held.option_sets:
+        return False
+    held.option_sets.append(name)
+    held.option_set_choices[name] = list(choices)
+    held.option_set_creations[name] = held.option_set_creations.get(name, 0) + 1
+    return True
+
+
+def add_option_set_as(
+    state: StandinState, account: Account, body: schemas.OptionSetCreate
+) -> Reply:
+    """Create one option set of the menu (the portal's form does one at a time).
+
+    The step's side effect is "the menu's option sets are complete": it is counted once, when
+    the last missing set is created.
+    """
+    restaurant = open_restaurant(state, account, body.subdomain)
+    held = imported_menu(restaurant, body.menu_id)
     menu = state.menus[held.menu_id]
-    if not held.option_sets_added:
-        raise precondition_failed(f"add the option sets of menu {held.menu_id!r} first")
-    held.tags = list(menu.tags)
+    wanted = body.name.strip().casefold()
+    name = next((n for n in menu.option_sets if n.casefold() == wanted), None)
+    if name is None:
+        raise validation_failed(
+            f"menu {held.menu_id!r} has no option set {body.name.strip()!r}", "name"
+        )
+    choices = [c.strip() for c in body.choices if c.strip()]
+    created = _create_option_set(held, name, choices)
+    if not held.option_sets_added and all(n in held.option_sets for n in menu.option_sets):
+        held.option_sets_added = True
+        state.effect("option_sets")
+    _record(restaurant, "option_sets", body)
+    return Reply(
+        201 if created else 200,
+        {
+            "success": True,
+            "menu_id": held.menu_id,
+            "name": name,
+            "created": created,
+            "complete": held.option_sets_added,
+            "option_sets": len(held.option_sets),
+        },
+    )
+
+
+def add_item_tags(state: StandinState, body: schemas.MenuStep) -> Reply:
+    return add_item_tags_as(state, login(state, body), body)
+
+
+def add_item_tags_as(
+    state: StandinState,
+    account: Account,
+    body: schemas.MenuScope,
+    tags: Sequence[str] | None = None,
+) -> Reply:
+    """Tag the menu's items with `tags` (every tag the menu needs when None)."""
+    restaurant = open_restaurant(state, account, body.subdomain)
+    held = imported_menu(restaurant, body.menu_id)
+    menu = state.menus[held.menu_id]
+    require_option_sets(held)
+    if tags is None:
+        chosen = list(menu.tags)
+    else:
+        unknown = sorted(set(tags) - set(menu.tags))
+        if unknown:
+            raise validation_failed(
+                f"menu {held.menu_id!r} has no tag {', '.join(map(repr, unknown))}", "tag"
+            )
+        chosen = [t for t in menu.tags if t in tags]
+    held.tags = chosen
     _record(restaurant, "item_tags", body)
     state.effect("item_tags")
     return Reply(200, {"success": True, "menu_id": held.menu_id, "tags": len(held.tags)})

@@ -95,9 +95,17 @@ class RestaurantMenu:
 
     menu_id: str
     imports: int = 0
+    #: True once every option set the menu needs exists.
     option_sets_added: bool = False
+    #: The option sets that exist, each once, in the order they were created.
     option_sets: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
+    #: Per option set: the choices it was created with (the portal's form gives them).
+    option_set_choices: dict[str, list[str]] = field(default_factory=dict)
+    #: Per option set: how often it was created; 1 for every set that exists.
+    option_set_creations: dict[str, int] = field(default_factory=dict)
+    #: Per option set: how often creating it was asked for, repeats included.
+    option_set_requests: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -203,6 +211,8 @@ class Call:
     status: int | None = None
     #: The fault mode applied to this call, if any.
     fault: str | None = None
+    #: The caller's `X-Registration-Step` header ("<job id>:<step id>"), if it sent one.
+    client: str | None = None
 
     def public(self) -> JSON:
         return asdict(self)
@@ -234,15 +244,24 @@ class StandinState:
         self.onboarding_records: dict[str, OnboardingRecord] = {}
         self.batches: dict[str, Batch] = {}
         self.images: dict[str, list[str]] = {}
+        #: Admin-portal sessions: cookie token -> account email.
+        self.portal_sessions: dict[str, str] = {}
 
     def effect(self, step: str) -> None:
         """Count one side effect of `step`."""
         self.effects[step] += 1
 
-    def begin_call(self, step: str, method: str, path: str) -> Call:
-        call = Call(step=step, method=method, path=path, start=time.time())
+    def begin_call(self, step: str, method: str, path: str, client: str | None = None) -> Call:
+        call = Call(step=step, method=method, path=path, start=time.time(), client=client)
         self.calls.append(call)
         return call
+
+    def _session_counts(self) -> dict[str, int]:
+        """Live portal sessions per account email (the tokens themselves stay private)."""
+        counts: dict[str, int] = {}
+        for email in self.portal_sessions.values():
+            counts[email] = counts.get(email, 0) + 1
+        return counts
 
     def public(self) -> JSON:
         """The whole state as JSON; no password or password hash in it."""
@@ -262,6 +281,7 @@ class StandinState:
                 },
                 "images": {k: list(v) for k, v in self.images.items()},
             },
+            "portal": {"sessions": self._session_counts()},
             "config": self.config.public(),
             "faults": self.faults.public(),
             "effects": dict(self.effects),

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -29,10 +30,15 @@ CHROMIUM_ARGS = [
 ]
 
 
+TMP_ROOT = Path(tempfile.gettempdir())
+TMP_PREFIX = "regjobs-pw-"
+
+
 class BrowserPool:
     def __init__(self, settings: Settings, run_id: str) -> None:
         self.settings = settings
-        self.tmp_dir = settings.state_dir / "browser-tmp" / run_id
+        # Short on purpose: Chromium puts a Unix socket in it (108 bytes at most).
+        self.tmp_dir = TMP_ROOT / f"{TMP_PREFIX}{run_id[:13]}"
         self._lock = asyncio.Lock()
         self._playwright: Playwright | None = None
         self._browser: Browser | None = None
@@ -44,7 +50,7 @@ class BrowserPool:
             if self._browser is not None and self._browser.is_connected():
                 return self._browser
             if self._playwright is None:
-                sweep(self.settings.state_dir / "browser-tmp")
+                sweep()
                 self.tmp_dir.mkdir(parents=True, exist_ok=True)
                 (self.tmp_dir / "pid").write_text(str(os.getpid()))
                 # The Playwright driver and Chromium inherit TMPDIR: their profiles land here.
@@ -59,10 +65,11 @@ class BrowserPool:
             return self._browser
 
     @contextlib.asynccontextmanager
-    async def page(self) -> AsyncIterator[Page]:
-        """A page in a fresh context (no cookies shared between steps)."""
+    async def page(self, headers: dict[str, str] | None = None) -> AsyncIterator[Page]:
+        """A page in a fresh context (no cookies shared between steps); `headers` go with
+        every request it makes."""
         browser = await self.browser()
-        context = await browser.new_context()
+        context = await browser.new_context(extra_http_headers=headers)
         timeout_ms = self.settings.browser_action_timeout_seconds * 1000
         context.set_default_timeout(timeout_ms)
         context.set_default_navigation_timeout(timeout_ms)
@@ -85,11 +92,9 @@ class BrowserPool:
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 
-def sweep(root: Path) -> None:
+def sweep() -> None:
     """Remove temporary folders of flow-run processes that no longer exist."""
-    if not root.exists():
-        return
-    for folder in root.iterdir():
+    for folder in TMP_ROOT.glob(f"{TMP_PREFIX}*"):
         try:
             pid = int((folder / "pid").read_text())
             os.kill(pid, 0)

@@ -19,6 +19,7 @@ from regjobs.config import ExecutionConfig
 from regjobs.errors import AlreadyDone, ConfigError
 from regjobs.settings import StepMode
 from tasks.browser import BrowserPool
+from tasks.clients.http import TRACE_HEADER
 from tasks.clients.systems import Clients
 from tasks.portal.item_tags import ItemTagsPage
 from tasks.portal.menu_import import MenuImportPage
@@ -55,6 +56,11 @@ class StepContext:
         return self.mode is StepMode.DIRECT and step(self.step_id).kind is StepKind.API
 
     @property
+    def trace(self) -> str:
+        """Which job and step a request belongs to, for the outside systems' logs."""
+        return f"{self.job_id}:{self.step_id}"
+
+    @property
     def in_portal(self) -> bool:
         return self.mode is StepMode.DIRECT and step(self.step_id).kind is StepKind.BROWSER
 
@@ -65,7 +71,7 @@ class StepContext:
         if self.browser is None:
             raise ConfigError("no browser is available to this step")
         login = self.portal_login()
-        async with self.browser.page() as page:
+        async with self.browser.page({TRACE_HEADER: self.trace}) as page:
             try:
                 yield PortalSession(page, self.portal_url, login["email"], login["password"])
             except AlreadyDone:

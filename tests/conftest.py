@@ -70,6 +70,8 @@ def stack_env(database_url: str, state_dir: Path) -> dict[str, str]:
         "REGJOBS_RETRY_JITTER_FACTOR": "0.2",
         "REGJOBS_HTTP_TIMEOUT_SECONDS": "3",
         "REGJOBS_CDN_POLL_SECONDS": "0.2",
+        # A missing element fails an attempt after 3 s, not 15.
+        "REGJOBS_BROWSER_ACTION_TIMEOUT_SECONDS": "3",
     }
     for key, value in env.items():
         os.environ[key] = value

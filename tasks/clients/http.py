@@ -10,6 +10,9 @@ from pydantic import SecretStr
 
 from regjobs.errors import AlreadyDone, OutsideSystemError, parse_retry_after
 
+#: Names the job and step a request belongs to ("<job id>:<step id>").
+TRACE_HEADER = "X-Registration-Step"
+
 
 class OutsideSystem:
     """A JSON HTTP API with a bearer key; errors raised as classified step errors."""
@@ -30,6 +33,7 @@ class OutsideSystem:
         json: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         already_done: Mapping[str, str] | None = None,
+        trace: str | None = None,
     ) -> dict[str, Any]:
         """Send one request; `already_done` maps an answer's error code to the warning to give.
 
@@ -38,6 +42,10 @@ class OutsideSystem:
         headers = {"Authorization": f"Bearer {self._api_key.get_secret_value()}"}
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
+            # The key is "<job>:<step>:<generation>": the trace is its first two parts.
+            trace = trace or idempotency_key.rsplit(":", 1)[0]
+        if trace:
+            headers[TRACE_HEADER] = trace
         response = await self.http.request(method, self.base_url + path, json=json, headers=headers)
         body = _json(response)
         if response.is_success:

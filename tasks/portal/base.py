@@ -12,7 +12,7 @@ from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from regjobs.errors import NonRetryableStepError, RetryableStepError
 
-LOGIN_PATH = "/portal/login"
+LOGIN_PATH = "/login"
 
 
 class SessionExpired(RetryableStepError):
@@ -26,7 +26,7 @@ class PortalPage:
     def __init__(self, page: Page, base_url: str) -> None:
         self.page = page
         self.base_url = base_url.rstrip("/")
-        self.origin = "{0.scheme}://{0.netloc}".format(urlsplit(self.base_url))
+        self.base_path = urlsplit(self.base_url).path
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -39,9 +39,13 @@ class PortalPage:
             raise RetryableStepError(f"{self.name} page: {path} did not load in time") from None
         await self.check(response.status if response else None)
 
+    #: Landing on the login page means the session expired (except for the login page).
+    expects_login: ClassVar[bool] = False
+
     async def check(self, status: int | None = None) -> None:
         """Turn the portal's answer into an error a person can act on, if it is one."""
-        if urlsplit(self.page.url).path.startswith(LOGIN_PATH):
+        on_login = urlsplit(self.page.url).path.startswith(self.base_path + LOGIN_PATH)
+        if on_login and not self.expects_login:
             raise SessionExpired(f"{self.name} page: the portal session expired")
         if status is not None and status >= 500:
             raise RetryableStepError(f"{self.name} page: the portal answered HTTP {status}")

@@ -15,7 +15,7 @@ class ItemTagsPage(PortalPage):
     name = "item tags"
 
     async def apply(self, subdomain: str, menu_id: str) -> int:
-        await self.open(f"/portal/r/{subdomain}/menu/{quote(menu_id)}/tags")
+        await self.open(f"/r/{subdomain}/menu/{quote(menu_id)}/tags")
         await self.element("#tags-form")
         tags = await self.page.locator(TAG).all()
         for tag in tags:

@@ -16,9 +16,10 @@ ERROR = ".login-error"
 
 class LoginPage(PortalPage):
     name = "login"
+    expects_login = True
 
-    async def log_in(self, email: str, password: str, next_path: str = "/portal/") -> None:
-        await self.open(f"{LOGIN_PATH}?next={quote(next_path)}")
+    async def log_in(self, email: str, password: str, next_path: str = "/") -> None:
+        await self.open(f"{LOGIN_PATH}?next={quote(self.base_path + next_path)}")
         await self.fill(EMAIL, email)
         await self.fill(PASSWORD, password)
         button = await self.element(SUBMIT)

@@ -14,7 +14,7 @@ class OptionSetsPage(PortalPage):
     name = "option sets"
 
     def path(self, subdomain: str, menu_id: str) -> str:
-        return f"/portal/r/{subdomain}/menu/{quote(menu_id)}/option-sets"
+        return f"/r/{subdomain}/menu/{quote(menu_id)}/option-sets"
 
     async def missing(self, subdomain: str, menu_id: str) -> tuple[list[str], int]:
         """The option sets not created yet, and how many the menu needs in all."""

@@ -14,7 +14,7 @@ class PaymentsPage(PortalPage):
 
     async def apply(self, subdomain: str, include_stripe_link: bool) -> str | None:
         """Save the payment settings; the Stripe Connect URL when one was asked for."""
-        await self.open(f"/portal/r/{subdomain}/settings/payments")
+        await self.open(f"/r/{subdomain}/settings/payments")
         await self.check_box("input[name=include_stripe_link]", include_stripe_link)
         await self.submit(SUBMIT)
         await self.element(SAVED)

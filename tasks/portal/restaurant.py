@@ -8,7 +8,7 @@ from typing import Any
 from regjobs.errors import AlreadyDone
 from tasks.portal.base import PortalPage
 
-PATH = "/portal/restaurants/new"
+PATH = "/restaurants/new"
 FIELDS = ("name", "address", "city", "phone", "cuisine", "subdomain")
 MODE = "select[name=registration_mode]"
 SUBMIT = "button#register-restaurant"

@@ -12,7 +12,7 @@ class ServicesPage(PortalPage):
     name = "services"
 
     async def apply(self, subdomain: str, *, pickup: bool = True, delivery: bool = True) -> None:
-        await self.open(f"/portal/r/{subdomain}/settings/services")
+        await self.open(f"/r/{subdomain}/settings/services")
         await self.check_box("input[name=pickup]", pickup)
         await self.check_box("input[name=delivery]", delivery)
         await self.submit(SUBMIT)

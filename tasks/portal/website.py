@@ -29,7 +29,7 @@ class WebsitePage(PortalPage):
     async def apply(
         self, subdomain: str, head: str, body: str, settings: Mapping[str, Any]
     ) -> None:
-        await self.open(f"/portal/r/{subdomain}/settings/website")
+        await self.open(f"/r/{subdomain}/settings/website")
         await self.fill("textarea[name=head_injection]", head)
         await self.fill("textarea[name=body_injection]", body)
         for field in SELECTS:

@@ -1,0 +1,224 @@
+"""The seven browser steps through real Chromium against the stand-in's admin portal."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from deployments.stack import Stack
+from regjobs.catalogue import STEPS, StepKind
+from tests.e2e.test_control import progress, wait_step
+from tests.e2e.test_run_job import create, fault
+from tests.helpers import steps_by_id, wait_for, watch_job
+
+pytestmark = [pytest.mark.e2e, pytest.mark.database]
+
+BROWSER_STEPS = [s.id for s in STEPS if s.kind is StepKind.BROWSER]
+
+
+def chromium_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"chrom" in cmdline.split(b"\0")[0]:
+                pids.append(int(entry.name))
+    return pids
+
+
+def portal_calls(standin: httpx.Client) -> list[dict[str, Any]]:
+    return [c for c in standin.get("/_control/calls").json() if c["path"].startswith("/portal")]
+
+
+def test_direct_mode_drives_the_portal_in_chromium(
+    api: httpx.Client, standin: httpx.Client, restaurant_id: str
+) -> None:
+    watch = watch_job(api, create(api, restaurant_id))
+
+    job = watch.job
+    assert job["status"] == "completed", job
+    assert [s["status"] for s in job["steps"]] == ["completed"] * 12
+    calls = portal_calls(standin)
+    assert {c["step"] for c in calls} == set(BROWSER_STEPS)
+    assert standin.get("/_control/effects").json() == {s.id: 1 for s in STEPS}
+    state = standin.get("/_control/state").json()
+    steps = steps_by_id(job)
+    subdomain = steps["restaurant_registration"]["result_data"]["subdomain"]
+    restaurant = state["restaurants"][subdomain]
+    assert restaurant["name"] == "Demo Pizza"
+    website = restaurant["website"]
+    # Every form's submission as the portal received it.
+    assert set(restaurant["received"]) >= {
+        "website_configuration",
+        "services_configuration",
+        "payment_configuration",
+    }
+    code = steps["code_generation"]["result_data"]
+    assert website["head_injection"] == code["head_injection"]
+    assert website["body_injection"] == code["body_injection"]
+    assert website["settings"]["theme"] == "light"
+    assert website["settings"]["primary_color"] == "#c0392b"
+    print("browser step durations (ms):", {s: steps[s]["duration_ms"] for s in BROWSER_STEPS})
+
+
+def test_a_missing_element_retries_then_fails_naming_page_and_element(
+    api: httpx.Client, standin: httpx.Client, restaurant_id: str
+) -> None:
+    fault(standin, step="website_configuration", mode="hide_element", element="#save-website")
+
+    job = watch_job(api, create(api, restaurant_id), timeout=180).job
+
+    step = steps_by_id(job)["website_configuration"]
+    assert job["status"] == "failed"
+    assert step["status"] == "failed"
+    assert step["attempts"] == 4
+    assert "website settings page" in step["error_message"]
+    assert "#save-website" in step["error_message"]
+    assert steps_by_id(job)["menu_import"]["status"] == "completed"
+    assert len(step["evidence"]) == 4
+    shot = httpx.get(step["evidence"][-1]["url"])
+    assert shot.status_code == 200
+    assert shot.headers["content-type"] == "image/png"
+    assert shot.content.startswith(b"\x89PNG")
+    # Without the signature the screenshot needs a key of the job's organisation.
+    unsigned = step["evidence"][-1]["url"].split("?")[0]
+    assert httpx.get(unsigned).status_code == 401
+    assert api.get(unsigned).status_code == 200
+
+
+def test_session_expiry_midway_through_option_sets(
+    api: httpx.Client, standin: httpx.Client, restaurant_id: str
+) -> None:
+    standin.post("/_control/config", json={"menu_option_sets": 40}).raise_for_status()
+    job_id = create(api, restaurant_id)
+
+    def midway() -> bool:
+        text = (
+            steps_by_id(api.get(f"/api/registration-jobs/{job_id}").json())["option_sets"][
+                "progress"
+            ]
+            or ""
+        )
+        return text.startswith("option set ") and int(text.split()[2]) >= 5
+
+    wait_for(midway, timeout=120, interval=0.05, what="option sets to be under way")
+    fault(standin, step="option_sets", mode="expire_session", times=1)
+    job = watch_job(api, job_id, timeout=180).job
+
+    assert job["status"] == "completed", job
+    assert steps_by_id(job)["option_sets"]["attempts"] == 1
+    expired = [
+        c
+        for c in standin.get("/_control/calls").json()
+        if c["step"] == "option_sets" and c.get("fault") == "expire_session"
+    ]
+    assert len(expired) == 1
+    state = standin.get("/_control/state").json()
+    steps = steps_by_id(job)
+    subdomain = steps["restaurant_registration"]["result_data"]["subdomain"]
+    menu = steps["menu_import"]["result_data"]["menu_id"]
+    counts = state["restaurants"][subdomain]["menus"][menu]["option_set_creations"]
+    assert len(counts) == 40
+    assert set(counts.values()) == {1}
+
+
+def test_cancel_during_a_browser_step_leaves_no_browser(
+    api: httpx.Client, standin: httpx.Client, stack: Stack, restaurant_id: str
+) -> None:
+    fault(standin, step="services_configuration", mode="slow", seconds=30)
+    job_id = create(api, restaurant_id)
+    wait_step(api, job_id, "services_configuration", "running")
+    assert chromium_pids(), "a browser should be running the step"
+
+    api.post(f"/api/registration-jobs/{job_id}/cancel").raise_for_status()
+    cancelled_at = time.monotonic()
+    wait_for(
+        lambda: progress(api, job_id)["status"] == "cancelled",
+        timeout=10,
+        what="the job to be cancelled",
+    )
+    wait_for(lambda: not chromium_pids(), timeout=10, what="every chromium process to end")
+    print(f"no chromium {time.monotonic() - cancelled_at:.1f} s after the cancel")
+    leftovers = list((stack.config.state_dir / "browser-tmp").glob("*"))
+    wait_for(
+        lambda: not list((stack.config.state_dir / "browser-tmp").glob("*")),
+        timeout=10,
+        what=f"Playwright's temporary folders to go: {leftovers}",
+    )
+
+
+def test_browser_limit_holds_across_three_jobs(
+    api: httpx.Client, standin: httpx.Client, stack: Stack
+) -> None:
+    for step in BROWSER_STEPS:
+        fault(standin, step=step, mode="slow", seconds=0.3)
+    stack.run(
+        [sys.executable, "-m", "prefect", "gcl", "update", "registration-browser", "--limit", "1"]
+    )
+    try:
+        # Three different restaurants of three different accounts.
+        jobs = [
+            create(
+                api,
+                f"limit-{n}-{time.time_ns()}",
+                restaurant={"name": f"Limit {n}"},
+                account={"email": f"limit{n}@example.com"},
+            )
+            for n in range(3)
+        ]
+        waiting_seen: set[str] = set()
+
+        def all_ended() -> bool:
+            views = [api.get(f"/api/registration-jobs/{j}").json() for j in jobs]
+            for view in views:
+                for step in view["steps"]:
+                    if step["status"] == "pending" and (step["progress"] or "").startswith(
+                        "waiting for a browser slot"
+                    ):
+                        waiting_seen.add(step["step_id"])
+                    assert (
+                        step["status"] != "running"
+                        or step["step_id"] not in waiting_seen
+                        or step["progress"] is None
+                        or "waiting" not in step["progress"]
+                    )
+            return all(v["status"] in ("completed", "failed", "cancelled") for v in views)
+
+        wait_for(all_ended, timeout=300, interval=0.2, what="the three jobs to end")
+        ends = [api.get(f"/api/registration-jobs/{j}").json() for j in jobs]
+    finally:
+        stack.run(
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "gcl",
+                "update",
+                "registration-browser",
+                "--limit",
+                "2",
+            ]
+        )
+    assert [j["status"] for j in ends] == ["completed"] * 3
+    # Steps queued for the one browser slot showed as pending, with the reason.
+    assert waiting_seen
+    # Group the portal calls by the job and step that made them (a header every request of
+    # a step carries), and check no two of those intervals overlap.
+    spans: dict[str, list[float]] = {}
+    for call in portal_calls(standin):
+        key = call["client"]
+        span = spans.setdefault(key, [call["start"], call["end"]])
+        span[0], span[1] = min(span[0], call["start"]), max(span[1], call["end"])
+    assert len(spans) == 3 * len(BROWSER_STEPS)
+    ordered = sorted(spans.values())
+    overlaps = [(a, b) for a, b in itertools.pairwise(ordered) if b[0] < a[1]]
+    assert overlaps == []

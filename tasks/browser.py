@@ -92,6 +92,11 @@ class BrowserPool:
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 
+async def masked_screenshot(page: Page) -> bytes:
+    """The whole page as PNG, every password field painted over."""
+    return await page.screenshot(full_page=True, mask=[page.locator("input[type=password]")])
+
+
 def sweep() -> None:
     """Remove temporary folders of flow-run processes that no longer exist."""
     for folder in TMP_ROOT.glob(f"{TMP_PREFIX}*"):

@@ -18,7 +18,7 @@ from regjobs.catalogue import StepKind, step
 from regjobs.config import ExecutionConfig
 from regjobs.errors import AlreadyDone, ConfigError
 from regjobs.settings import StepMode
-from tasks.browser import BrowserPool
+from tasks.browser import BrowserPool, masked_screenshot
 from tasks.clients.http import TRACE_HEADER
 from tasks.clients.systems import Clients
 from tasks.portal.item_tags import ItemTagsPage
@@ -78,11 +78,7 @@ class StepContext:
                 raise
             except BaseException:
                 with contextlib.suppress(Exception):
-                    self.evidence.append(
-                        await page.screenshot(
-                            full_page=True, mask=[page.locator("input[type=password]")]
-                        )
-                    )
+                    self.evidence.append(await masked_screenshot(page))
                 raise
 
     def need(self, step_id: str, field: str) -> Any:

@@ -185,12 +185,6 @@ def test_browser_limit_holds_across_three_jobs(
                         "waiting for a browser slot"
                     ):
                         waiting_seen.add(step["step_id"])
-                    assert (
-                        step["status"] != "running"
-                        or step["step_id"] not in waiting_seen
-                        or step["progress"] is None
-                        or "waiting" not in step["progress"]
-                    )
             return all(v["status"] in ("completed", "failed", "cancelled") for v in views)
 
         wait_for(all_ended, timeout=300, interval=0.2, what="the three jobs to end")

@@ -72,6 +72,10 @@ def stack_env(database_url: str, state_dir: Path) -> dict[str, str]:
         "REGJOBS_CDN_POLL_SECONDS": "0.2",
         # A missing element fails an attempt after 3 s, not 15.
         "REGJOBS_BROWSER_ACTION_TIMEOUT_SECONDS": "3",
+        # Most end-to-end tests are about orchestration, not the portal: their steps go
+        # through the app's endpoints, which is quicker than Chromium. The tests of the
+        # browser steps switch the worker to direct mode (the `direct_mode` fixture).
+        "REGJOBS_STEP_MODE": "endpoints",
     }
     for key, value in env.items():
         os.environ[key] = value
@@ -120,3 +124,16 @@ def standin(stack: Stack) -> Iterator[httpx.Client]:
 @pytest.fixture
 def restaurant_id() -> str:
     return f"rest-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="module")
+def direct_mode(stack: Stack) -> Iterator[None]:
+    """The worker (and its flow runs) in direct mode for this module: the API steps call
+    the platform API, onboarding service and CDN; the browser steps drive the portal."""
+    stack.stop_child("worker")
+    stack.start_worker(env={"REGJOBS_STEP_MODE": "direct"})
+    try:
+        yield
+    finally:
+        stack.stop_child("worker")
+        stack.start_worker()

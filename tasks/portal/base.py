@@ -47,7 +47,7 @@ class PortalPage:
         on_login = urlsplit(self.page.url).path.startswith(self.base_path + LOGIN_PATH)
         if on_login and not self.expects_login:
             raise SessionExpired(f"{self.name} page: the portal session expired")
-        if status is not None and status >= 500:
+        if status is not None and (status >= 500 or status == 429):
             raise RetryableStepError(f"{self.name} page: the portal answered HTTP {status}")
         error = self.page.locator(".portal-error")
         if await error.count():
@@ -61,6 +61,8 @@ class PortalPage:
             raise NonRetryableStepError(
                 f"{self.name} page: the portal rejected the form: {'; '.join(problems)}"
             )
+        if status is not None and 400 <= status < 500:
+            raise NonRetryableStepError(f"{self.name} page: the portal answered HTTP {status}")
 
     async def element(self, selector: str) -> Locator:
         """The element, once visible; a retryable error naming page and element if it never

@@ -17,7 +17,7 @@ from tests.e2e.test_control import progress, wait_step
 from tests.e2e.test_run_job import create, fault
 from tests.helpers import steps_by_id, wait_for, watch_job
 
-pytestmark = [pytest.mark.e2e, pytest.mark.database]
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("direct_mode")]
 
 BROWSER_STEPS = [s.id for s in STEPS if s.kind is StepKind.BROWSER]
 
@@ -49,6 +49,11 @@ def test_direct_mode_drives_the_portal_in_chromium(
     assert [s["status"] for s in job["steps"]] == ["completed"] * 12
     calls = portal_calls(standin)
     assert {c["step"] for c in calls} == set(BROWSER_STEPS)
+    # Direct mode: the API steps call the platform API, onboarding service and CDN.
+    api_calls = [c for c in standin.get("/_control/calls").json() if c["step"] not in BROWSER_STEPS]
+    assert all(c["path"].startswith(("/platform/", "/onboarding/", "/cdn/")) for c in api_calls), (
+        api_calls
+    )
     assert standin.get("/_control/effects").json() == {s.id: 1 for s in STEPS}
     state = standin.get("/_control/state").json()
     steps = steps_by_id(job)

@@ -194,15 +194,11 @@ def stack_python() -> str:
 
 
 def test_endpoints_mode_runs_every_step_through_the_apps_endpoints(
-    api: httpx.Client, standin: httpx.Client, stack: Stack, restaurant_id: str
+    api: httpx.Client, standin: httpx.Client, restaurant_id: str
 ) -> None:
-    stack.stop_child("worker")
-    stack.start_worker(env={"REGJOBS_STEP_MODE": "endpoints"})
-    try:
-        watch = watch_job(api, create(api, restaurant_id))
-    finally:
-        stack.stop_child("worker")
-        stack.start_worker()
+    # The suite's worker runs in endpoints mode (see conftest); direct mode is
+    # tests/e2e/test_browser.py.
+    watch = watch_job(api, create(api, restaurant_id))
 
     assert watch.job["status"] == "completed", watch.job
     calls = standin.get("/_control/calls").json()

@@ -1,0 +1,237 @@
+"""One case per row of SPEC.md's error table, end to end against the stand-in: the step's
+final status, its attempt count and the job's outcome."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.test_run_job import create
+from tests.helpers import full_config, steps_by_id, watch_job
+
+pytestmark = pytest.mark.e2e
+
+Setup = Callable[[httpx.Client], None]
+
+
+def faults(*specs: dict[str, Any]) -> Setup:
+    def apply(standin: httpx.Client) -> None:
+        for spec in specs:
+            standin.post("/_control/faults", json=spec).raise_for_status()
+
+    return apply
+
+
+def existing_account(password: str) -> Setup:
+    def apply(standin: httpx.Client) -> None:
+        account = full_config()["account"]
+        standin.post(
+            "/platform/api/v1/accounts",
+            json={
+                "email": account["email"],
+                "password": password,
+                "phone": "",
+            },
+        ).raise_for_status()
+
+    return apply
+
+
+def existing_restaurant(email: str, name: str) -> Setup:
+    """An account with the job's password and a restaurant already registered under it."""
+
+    def apply(standin: httpx.Client) -> None:
+        password = full_config()["account"]["password"]
+        standin.post(
+            "/platform/api/v1/accounts",
+            json={
+                "email": email,
+                "password": password,
+                "phone": "",
+            },
+        ).raise_for_status()
+        standin.post(
+            "/api/registration/register-restaurant",
+            json={
+                "email": email,
+                "password": password,
+                "name": name,
+                "registration_mode": "new_account_with_restaurant",
+                "address": "",
+                "city": "",
+                "phone": "",
+                "cuisine": None,
+                "subdomain": None,
+                "opening_hours": {},
+            },
+        ).raise_for_status()
+
+    return apply
+
+
+@dataclass(frozen=True)
+class Case:
+    step: str
+    setup: Setup
+    status: str
+    attempts: int
+    job: str
+    message: str | None = None
+    warning: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+CASES = {
+    "network timeout": Case(
+        "code_generation",
+        faults({"step": "code_generation", "mode": "timeout", "times": 1}),
+        "completed",
+        2,
+        "completed",
+    ),
+    "connection reset": Case(
+        "onboarding_user",
+        faults({"step": "onboarding_user", "mode": "reset", "times": 2}),
+        "completed",
+        3,
+        "completed",
+    ),
+    "HTTP 5xx, retries exhausted": Case(
+        "image_upload",
+        faults({"step": "image_upload", "mode": "status", "status": 502}),
+        "failed",
+        4,
+        "failed",
+        message="HTTP 502",
+    ),
+    "HTTP 429 with Retry-After": Case(
+        "account_registration",
+        faults(
+            {
+                "step": "account_registration",
+                "mode": "status",
+                "status": 429,
+                "times": 1,
+                "retry_after": 1,
+            }
+        ),
+        "completed",
+        2,
+        "completed",
+    ),
+    "HTTP 4xx": Case(
+        "onboarding_sync",
+        faults({"step": "onboarding_sync", "mode": "status", "status": 404}),
+        "failed",
+        1,
+        "failed",
+        message="HTTP 404",
+    ),
+}
+
+#: Rows that only the browser steps meet, run with the portal in Chromium.
+PORTAL_CASES = {
+    "portal page 5xx": Case(
+        "services_configuration",
+        faults({"step": "services_configuration", "mode": "status", "status": 500, "times": 1}),
+        "completed",
+        2,
+        "completed",
+    ),
+    "portal navigation timeout": Case(
+        "payment_configuration",
+        faults({"step": "payment_configuration", "mode": "slow", "seconds": 5, "times": 1}),
+        "completed",
+        2,
+        "completed",
+    ),
+    "bad credentials at the portal's login": Case(
+        "restaurant_registration",
+        existing_account("someone-elses-password"),
+        "failed",
+        1,
+        "failed",
+        message="refused the credentials",
+    ),
+    "validation failure in the portal's form": Case(
+        "restaurant_registration",
+        existing_restaurant("first-owner@example.com", "Demo Pizza"),
+        "failed",
+        1,
+        "failed",
+        message="subdomain",
+    ),
+}
+
+CASES = {
+    **CASES,
+    "bad credentials": Case(
+        "restaurant_registration",
+        existing_account("someone-elses-password"),
+        "failed",
+        1,
+        "failed",
+        message="HTTP 401",
+    ),
+    "validation failure (subdomain taken)": Case(
+        "restaurant_registration",
+        existing_restaurant("first-owner@example.com", "Demo Pizza"),
+        "failed",
+        1,
+        "failed",
+        message="HTTP 422",
+    ),
+    "duplicate account": Case(
+        "account_registration",
+        existing_account(full_config()["account"]["password"]),
+        "completed",
+        1,
+        "completed",
+        warning="already exists",
+    ),
+    "restaurant already registered": Case(
+        "restaurant_registration",
+        existing_restaurant(full_config()["account"]["email"], "Demo Pizza"),
+        "completed",
+        1,
+        "completed",
+        warning="already registered",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_fault_matrix(
+    name: str, api: httpx.Client, standin: httpx.Client, restaurant_id: str
+) -> None:
+    check(CASES[name], api, standin, restaurant_id)
+
+
+# Last in the module: from here on the worker runs in direct mode.
+@pytest.mark.parametrize("name", list(PORTAL_CASES))
+@pytest.mark.usefixtures("direct_mode")
+def test_fault_matrix_at_the_portal(
+    name: str, api: httpx.Client, standin: httpx.Client, restaurant_id: str
+) -> None:
+    check(PORTAL_CASES[name], api, standin, restaurant_id)
+
+
+def check(case: Case, api: httpx.Client, standin: httpx.Client, restaurant_id: str) -> None:
+    case.setup(standin)
+
+    job = watch_job(api, create(api, restaurant_id, **case.config), timeout=180).job
+
+    step = steps_by_id(job)[case.step]
+    assert (step["status"], step["attempts"], job["status"]) == (
+        case.status,
+        case.attempts,
+        case.job,
+    ), step
+    if case.message:
+        assert case.message in step["error_message"]
+    if case.warning:
+        assert case.warning in step["warning"]

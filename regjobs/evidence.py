@@ -24,4 +24,6 @@ def evidence_url(settings: Settings, job_id: str, evidence_id: int) -> str:
 
 
 def valid(settings: Settings, job_id: str, evidence_id: int, sig: str) -> bool:
-    return hmac.compare_digest(signature(settings, job_id, evidence_id), sig)
+    # Bytes, not str: compare_digest refuses non-ASCII strings (a 500 the fuzzer found).
+    expected = signature(settings, job_id, evidence_id).encode()
+    return hmac.compare_digest(expected, sig.encode("utf-8", "replace"))

@@ -228,7 +228,7 @@ def retry(
 @router.get(
     "/{job_id}/evidence/{evidence_id}",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}, 404: _ERRORS[404]},
+    responses={200: {"content": {"image/png": {}}}, **_ERRORS},
     dependencies=[],
 )
 def evidence(

@@ -199,3 +199,15 @@ def test_parse_retry_after_non_finite_number_is_garbage(value: str) -> None:
 
 def test_parse_retry_after_negative_is_clamped_to_zero() -> None:
     assert parse_retry_after("-5") == 0.0
+
+
+def test_evidence_signature_refuses_any_string_without_raising(tmp_path) -> None:
+    from regjobs.evidence import signature, valid
+    from regjobs.settings import Settings
+
+    settings = Settings(state_dir=tmp_path)
+    good = signature(settings, "job", 1)
+    assert valid(settings, "job", 1, good)
+    assert not valid(settings, "job", 2, good)
+    assert not valid(settings, "job", 1, "\x80")
+    assert not valid(settings, "job", 1, "")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,10 +15,13 @@ from sqlalchemy import text
 from api.orchestrator import Orchestrator
 from api.routes import jobs
 from api.schemas import HealthPublic
+from api.service import fail_jobs_without_heartbeat
 from regjobs.auth import add_key, ensure_organisation
 from regjobs.config import public_errors
 from regjobs.db import get_engine, migrate, session_scope
 from regjobs.settings import Environment, Settings, get_settings
+
+logger = logging.getLogger("regjobs.api")
 
 
 def ensure_dev_key(settings: Settings) -> str | None:
@@ -40,6 +45,15 @@ def ensure_dev_key(settings: Settings) -> str | None:
     return key
 
 
+def _watch_leases(orchestrator: Orchestrator, stop: threading.Event) -> None:
+    """Fail jobs whose worker is gone, whether or not anybody is looking at them."""
+    while not stop.wait(orchestrator.settings.heartbeat_seconds):
+        try:
+            fail_jobs_without_heartbeat(orchestrator)
+        except Exception:
+            logger.exception("checking the jobs' leases failed; trying again")
+
+
 def create_app(
     settings: Settings | None = None, orchestrator: Orchestrator | None = None
 ) -> FastAPI:
@@ -50,7 +64,17 @@ def create_app(
         migrate()
         ensure_dev_key(settings)
         app.state.orchestrator = orchestrator or Orchestrator(settings)
+        stop = threading.Event()
+        watcher = threading.Thread(
+            target=_watch_leases,
+            args=(app.state.orchestrator, stop),
+            daemon=True,
+            name="lease-watcher",
+        )
+        watcher.start()
         yield
+        stop.set()
+        watcher.join(timeout=10)
         app.state.orchestrator.close()
 
     app = FastAPI(

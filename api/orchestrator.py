@@ -7,6 +7,7 @@ callers; concurrent callers of one job wait for a single read.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -102,6 +103,14 @@ class Orchestrator:
         """Ask Prefect to cancel the flow run: its runner stops the flow-run process."""
         with self._unavailable_as_error():
             self.client.set_flow_run_state(UUID(flow_run_id), State(type=StateType.CANCELLING))
+        self._cache.pop(job_id, None)
+
+    def mark_crashed(self, job_id: str, flow_run_id: str, message: str) -> None:
+        """Tell Prefect a run is dead (so the UI agrees and it can be retried)."""
+        with contextlib.suppress(Exception):
+            self.client.set_flow_run_state(
+                UUID(flow_run_id), State(type=StateType.CRASHED, message=message), force=True
+            )
         self._cache.pop(job_id, None)
 
     def snapshot(self, job_id: str, flow_run_id: str | None) -> FlowRunSnapshot | None:

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from prefect.client.schemas.objects import StateType
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.orchestrator import Orchestrator, OrchestratorUnavailable
 from api.schemas import EvidencePublic, JobCreate, JobPublic
-from api.translate import job_public
+from api.translate import job_public, lease_expired
 from regjobs import ledger
+from regjobs.db import session_scope
 from regjobs.evidence import evidence_url
-from regjobs.models import ACTIVE_JOB_STATUSES, Organisation, RegistrationJob, RegistrationJobStep
+from regjobs.models import (
+    ACTIVE_JOB_STATUSES,
+    Organisation,
+    RegistrationJob,
+    RegistrationJobStep,
+    utcnow,
+)
 
 FINAL_JOB = ("completed", "failed", "cancelled")
 
@@ -103,8 +113,9 @@ def read_job(session: Session, *, job: RegistrationJob, orchestrator: Orchestrat
     rows = session.scalars(
         select(RegistrationJobStep).where(RegistrationJobStep.job_id == job.id)
     ).all()
-    snapshot = orchestrator.snapshot(job.id, job.flow_run_id)
+    seen = orchestrator.snapshot(job.id, job.flow_run_id)
     settings = orchestrator.settings
+    snapshot = lease_expired(job, seen, utcnow(), settings.worker_lost_seconds)
     evidence = {
         step_id: [
             EvidencePublic(attempt=a, url=evidence_url(settings, job.id, e)) for a, e in shots
@@ -126,7 +137,22 @@ def read_job(session: Session, *, job: RegistrationJob, orchestrator: Orchestrat
         )
         if written:
             session.commit()
+            if seen is not None and seen.state.type is StateType.RUNNING:
+                # Prefect would keep the dead run Running forever (and refuse to retry it).
+                orchestrator.mark_crashed(job.id, seen.id, public.error_message or "worker lost")
     return public
+
+
+def fail_jobs_without_heartbeat(orchestrator: Orchestrator) -> int:
+    """Fail every job whose worker stopped renewing its lease; how many there were."""
+    settings = orchestrator.settings
+    with session_scope() as session:
+        stale = ledger.jobs_without_heartbeat(
+            session, older_than=timedelta(seconds=settings.worker_lost_seconds)
+        )
+        for job in stale:
+            read_job(session, job=job, orchestrator=orchestrator)
+        return len(stale)
 
 
 def cancel_job(session: Session, *, job: RegistrationJob, orchestrator: Orchestrator) -> JobPublic:

@@ -14,7 +14,7 @@ What Prefect really does, and so what this must not believe (DESIGN.md, measured
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from prefect.client.schemas.objects import StateType
@@ -177,6 +177,26 @@ def _percent(status: JobStatus, steps: Sequence[StepPublic]) -> int:
         return 100
     done = sum(1 for s in steps if s.status in _FINAL_STEP)
     return min(99, done * 100 // len(steps)) if steps else 0
+
+
+def lease_expired(
+    job: RegistrationJob, flow: FlowRunSnapshot | None, now: datetime, lease_seconds: float
+) -> FlowRunSnapshot | None:
+    """The flow run as it really is: one that Prefect believes running, whose process has not
+    renewed the job's lease in `lease_seconds`, is dead (its worker died with it, or it
+    hangs); Prefect would keep it Running forever."""
+    if (
+        flow is None
+        or flow.state.type is not StateType.RUNNING
+        or job.status != "in_progress"
+        or job.heartbeat_at is None
+    ):
+        return flow
+    silent = (now - job.heartbeat_at).total_seconds()
+    if silent <= lease_seconds:
+        return flow
+    message = f"no heartbeat from the flow-run process for {silent:.0f} s"
+    return replace(flow, state=RunState(StateType.CRASHED, "Crashed", message, now))
 
 
 def job_public(

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from regjobs import catalogue, ledger
 from regjobs.catalogue import StepStatus
-from regjobs.settings import get_settings
+from regjobs.settings import Settings, get_settings
 from tasks.steps import step_resources, step_task
 
 
@@ -56,6 +56,33 @@ async def registration_job(job_id: str) -> State[Any] | dict[str, Any]:
     if reused:
         logger.info("reusing %d completed step(s): %s", len(reused), ", ".join(reused))
 
+    lease = asyncio.ensure_future(_keep_alive(job_id, settings.heartbeat_seconds))
+    try:
+        return await _run_steps(job_id, run_id, start, disabled, settings)
+    finally:
+        lease.cancel()
+
+
+async def _keep_alive(job_id: str, every: float) -> None:
+    """Renew the job's lease while this process works on it (the API fails a job whose
+    lease runs out: its worker died with it, or it hangs)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await asyncio.to_thread(ledger.heartbeat, job_id=job_id)
+        except Exception:  # a missed beat is not fatal; several are, by design
+            get_run_logger().warning("could not renew the job's lease", exc_info=True)
+
+
+async def _run_steps(
+    job_id: str,
+    run_id: str | None,
+    start: ledger.RunStart,
+    disabled: frozenset[str],
+    settings: Settings,
+) -> State[Any] | dict[str, Any]:
+    """Submit every step as soon as its needs are met, until none is left to run."""
+    logger = get_run_logger()
     running: dict[asyncio.Task[State[Any]], str] = {}
     async with step_resources(job_id, run_id or job_id, start.config, settings):
         while True:

@@ -145,6 +145,7 @@ def begin_run(*, job_id: str, flow_run_id: str | None, cancelling: bool = False)
         job.status = "in_progress"
         job.started_at = job.started_at or now
         job.run_started_at = now
+        job.heartbeat_at = now
         job.completed_at = None
         job.error_message = None
         job.cancel_requested_at = None
@@ -163,6 +164,29 @@ def current_flow_run(*, job_id: str) -> tuple[str | None, str]:
     with session_scope() as session:
         job = _job(session, job_id)
         return job.flow_run_id, job.status
+
+
+def heartbeat(*, job_id: str) -> None:
+    """Renew the job's lease: its flow-run process is alive and working on it."""
+    with session_scope() as session:
+        session.execute(
+            update(RegistrationJob)
+            .where(RegistrationJob.id == job_id)
+            .values(heartbeat_at=utcnow())
+        )
+
+
+def jobs_without_heartbeat(session: Session, *, older_than: timedelta) -> list[RegistrationJob]:
+    """In-progress jobs whose lease ran out: their worker is gone."""
+    cutoff = utcnow() - older_than
+    return list(
+        session.scalars(
+            select(RegistrationJob).where(
+                RegistrationJob.status == "in_progress",
+                RegistrationJob.heartbeat_at < cutoff,
+            )
+        )
+    )
 
 
 def cancel_requested(*, job_id: str) -> bool:

@@ -99,6 +99,8 @@ class RegistrationJob(Base):
     started_at: Mapped[datetime | None]
     #: When the current (latest) flow run of the job began; older Prefect states are stale.
     run_started_at: Mapped[datetime | None]
+    #: Renewed every few seconds by the flow-run process while it runs the job: a lease.
+    heartbeat_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
     cancel_requested_at: Mapped[datetime | None]
     error_message: Mapped[str | None] = mapped_column(Text)

@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     #: Where operators reach the API (links to evidence in Prefect artifacts).
     public_api_url: str = "http://127.0.0.1:8000"
 
+    #: The flow-run process renews the job's lease this often; a job whose lease is older
+    #: than `worker_lost_seconds` has lost its worker (killed with it, machine gone, hung).
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
+    worker_lost_seconds: float = Field(default=20.0, gt=0)
+
     #: Prefect deployment the API starts flow runs of ("flow-name/deployment-name").
     deployment: str = "registration-job/registration-job"
     work_pool: str = "registration-jobs"

@@ -92,7 +92,11 @@ async def run_step(job_id: str, step_id: str) -> dict[str, Any]:
         step_id=step_id,
         progress=f"waiting for a browser slot (at most {settings.browser_limit} at once)",
     )
-    async with concurrency(settings.browser_limit_name, occupy=1, strict=True):
+    # The slot's lease outlives a killed process by at most this (Prefect's minimum: 60 s).
+    lease = max(60.0, settings.worker_lost_seconds)
+    async with concurrency(
+        settings.browser_limit_name, occupy=1, strict=True, lease_duration=lease
+    ):
         return await _attempt(settings, step, task_run)
 
 

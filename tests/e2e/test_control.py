@@ -320,3 +320,45 @@ def test_idempotency_key_returns_the_original_job(api: httpx.Client, restaurant_
     assert (first.status_code, second.status_code) == (201, 200)
     assert first.json()["job_id"] == second.json()["job_id"]
     api.post(f"/api/registration-jobs/{first.json()['job_id']}/cancel").raise_for_status()
+
+
+def test_kill_the_worker_with_its_flow_runs_fails_the_job_within_30_s(
+    api: httpx.Client, standin: httpx.Client, stack: Stack, restaurant_id: str
+) -> None:
+    fault(standin, step="menu_import", mode="slow", seconds=30, times=1)
+    job_id = create(api, restaurant_id)
+    wait_step(api, job_id, "menu_import", "running")
+    flow_run_id = api.get(f"/api/registration-jobs/{job_id}").json()["flow_run_id"]
+    victims = flow_run_pids(flow_run_id)
+    assert victims, "the flow-run process was not found"
+
+    # The whole worker goes, as with a machine that dies: no process is left to report.
+    os.killpg(stack.children["worker"].process.pid, signal.SIGKILL)
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    try:
+
+        def failed() -> dict[str, Any] | None:
+            job = dict(api.get(f"/api/registration-jobs/{job_id}").json())
+            return job if job["status"] == "failed" else None
+
+        job = wait_for(failed, timeout=30, interval=0.5, what="the job to fail")
+        print(f"job failed {time.monotonic() - killed:.1f} s after the worker was killed")
+        step = steps_by_id(job)["menu_import"]
+        assert step["status"] == "failed"
+        assert "worker was lost" in step["error_message"]
+        # Prefect agrees, so the run can be retried from there too.
+        assert flow_run_state(flow_run_id)[0] is StateType.CRASHED
+    finally:
+        stack.stop_child("worker")
+        stack.start_worker()
+
+    api.post(f"/api/registration-jobs/{job_id}/retry").raise_for_status()
+    assert watch_job(api, job_id).job["status"] == "completed"
+    wait_for(
+        lambda: all(c["end"] for c in calls_of(standin, "menu_import")),
+        timeout=70,
+        what="the held menu import to end",
+    )
+    assert effects(standin) == dict.fromkeys(STEP_IDS, 1)

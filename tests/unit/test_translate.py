@@ -588,3 +588,42 @@ def test_job_identity_fields() -> None:
     assert job.restaurant_id == "rest-1"
     assert job.created_at == T0
     assert job.started_at == T0 + timedelta(seconds=1)
+
+
+# --- the job's lease -----------------------------------------------------------------------
+
+
+def _leased_job(seconds_ago: float) -> tuple[Any, datetime]:
+    from datetime import timedelta
+
+    now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    job = make_job(status="in_progress")
+    job.heartbeat_at = now - timedelta(seconds=seconds_ago)
+    return job, now
+
+
+def test_a_running_flow_whose_lease_ran_out_is_crashed() -> None:
+    from api.translate import lease_expired
+
+    job, now = _leased_job(seconds_ago=25)
+    rows = make_rows(**MIXED)
+    seen = flow(StateType.RUNNING, "Running")
+    real = lease_expired(job, seen, now, 20)
+    assert real is not None and real.state.type is StateType.CRASHED
+    assert "no heartbeat" in (real.state.message or "")
+    public = job_public(job, rows, real)
+    assert public.status == "failed"
+    assert by_id(public)["restaurant_registration"].status == "failed"
+    assert "worker was lost" in (by_id(public)["restaurant_registration"].error_message or "")
+
+
+def test_a_fresh_lease_or_an_ended_run_is_left_alone() -> None:
+    from api.translate import lease_expired
+
+    job, now = _leased_job(seconds_ago=5)
+    running = flow(StateType.RUNNING, "Running")
+    assert lease_expired(job, running, now, 20) is running
+    old_job, now = _leased_job(seconds_ago=500)
+    completed = flow(StateType.COMPLETED, "Completed")
+    assert lease_expired(old_job, completed, now, 20) is completed
+    assert lease_expired(old_job, None, now, 20) is None

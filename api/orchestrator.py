@@ -18,6 +18,7 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
 from api.translate import FlowRunSnapshot, RunState, TaskRunSnapshot
 from regjobs.models import RegistrationJob
@@ -50,7 +51,7 @@ class Orchestrator:
     @property
     def client(self) -> SyncPrefectClient:
         if self._client is None:
-            self._client = get_client(sync_client=True)
+            self._client = get_client(httpx_settings={"timeout": 10}, sync_client=True)
             self._client.__enter__()
         return self._client
 
@@ -136,10 +137,13 @@ class Orchestrator:
     def _read(self, flow_run_id: str) -> FlowRunSnapshot | None:
         self.state_reads += 1
         try:
-            run = self.client.read_flow_run(UUID(flow_run_id))
-            task_runs = self.client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
-            )
+            # No retries here: while Prefect is down, answer from the ledger at once rather
+            # than hold every poller for the client's retry backoff.
+            with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+                run = self.client.read_flow_run(UUID(flow_run_id))
+                task_runs = self.client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+                )
         except ObjectNotFound:
             return None
         except Exception:

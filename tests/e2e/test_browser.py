@@ -221,3 +221,65 @@ def test_browser_limit_holds_across_three_jobs(
     ordered = sorted(spans.values())
     overlaps = [(a, b) for a, b in itertools.pairwise(ordered) if b[0] < a[1]]
     assert overlaps == []
+
+
+def test_secrets_audit_after_a_browser_job(
+    api: httpx.Client, standin: httpx.Client, stack: Stack, db: Any, restaurant_id: str
+) -> None:
+    """A job with a distinctive password, through the portal, with a failed attempt that
+    leaves a screenshot and an artifact: the password is nowhere in the clear."""
+    import json
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from sqlalchemy import inspect, text
+
+    password = f"Audit-{time.time_ns()}-pw"
+    fault(
+        standin,
+        step="services_configuration",
+        mode="hide_element",
+        element="#save-services",
+        times=1,
+    )
+    job_id = create(api, restaurant_id, account={"password": password})
+    job = watch_job(api, job_id, timeout=120).job
+    assert job["status"] == "completed"
+    shots = steps_by_id(job)["services_configuration"]["evidence"]
+    assert len(shots) == 1
+
+    haystacks: dict[str, bytes] = {
+        "GET job": json.dumps(job).encode(),
+        "screenshot": httpx.get(shots[0]["url"]).content,
+    }
+    with db.connect() as connection:
+        for table in inspect(db).get_table_names():
+            rows = connection.execute(text(f'SELECT * FROM "{table}"')).all()
+            haystacks[f"table {table}"] = repr(rows).encode()
+    with get_client(sync_client=True) as client:
+        run_id = UUID(job["flow_run_id"])
+        run = client.read_flow_run(run_id)
+        haystacks["flow-run parameters"] = json.dumps(run.parameters).encode()
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        haystacks["Prefect logs"] = "\n".join(log.message for log in logs).encode()
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+        )
+        assert artifacts, "the failed attempt's screenshot is linked from an artifact"
+        haystacks["artifacts"] = repr([(a.data, a.description) for a in artifacts]).encode()
+    prefect_home = stack.config.state_dir / "prefect"
+    for path in prefect_home.rglob("*"):
+        if path.is_file():
+            haystacks[f"Prefect file {path.name}"] = path.read_bytes()
+    for path in stack.logs_dir.glob("*.log"):
+        haystacks[f"log {path.name}"] = path.read_bytes()
+
+    found = [name for name, data in haystacks.items() if password.encode() in data]
+    assert found == []
+    assert any(b"Services configuration" in d for d in haystacks.values())

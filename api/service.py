@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from api.orchestrator import Orchestrator, OrchestratorUnavailable
 from api.schemas import EvidencePublic, JobCreate, JobPublic
-from api.translate import job_public, lease_expired
+from api.translate import PENDING_GRACE_SECONDS, job_public, lease_expired
 from regjobs import ledger
 from regjobs.db import session_scope
 from regjobs.evidence import evidence_url
@@ -137,7 +137,7 @@ def read_job(session: Session, *, job: RegistrationJob, orchestrator: Orchestrat
         )
         if written:
             session.commit()
-            if seen is not None and seen.state.type is StateType.RUNNING:
+            if seen is not None and seen.state.type in (StateType.RUNNING, StateType.PENDING):
                 # Prefect would keep the dead run Running forever (and refuse to retry it).
                 orchestrator.mark_crashed(job.id, seen.id, public.error_message or "worker lost")
     return public
@@ -149,6 +149,11 @@ def fail_jobs_without_heartbeat(orchestrator: Orchestrator) -> int:
     with session_scope() as session:
         stale = ledger.jobs_without_heartbeat(
             session, older_than=timedelta(seconds=settings.worker_lost_seconds)
+        ) + ledger.jobs_queued_since(
+            session,
+            older_than=timedelta(
+                seconds=max(PENDING_GRACE_SECONDS, 3 * settings.worker_lost_seconds)
+            ),
         )
         for job in stale:
             read_job(session, job=job, orchestrator=orchestrator)

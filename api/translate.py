@@ -32,6 +32,8 @@ from regjobs import catalogue
 from regjobs.catalogue import DISABLED_REASON, StepStatus
 from regjobs.models import RegistrationJob, RegistrationJobStep
 
+#: A flow-run process starts in a few seconds; a run Pending much longer has no worker.
+PENDING_GRACE_SECONDS = 30.0
 WORKER_LOST = "the worker was lost: the flow-run process ended while this step was running"
 
 
@@ -182,20 +184,30 @@ def _percent(status: JobStatus, steps: Sequence[StepPublic]) -> int:
 def lease_expired(
     job: RegistrationJob, flow: FlowRunSnapshot | None, now: datetime, lease_seconds: float
 ) -> FlowRunSnapshot | None:
-    """The flow run as it really is: one that Prefect believes running, whose process has not
-    renewed the job's lease in `lease_seconds`, is dead (its worker died with it, or it
-    hangs); Prefect would keep it Running forever."""
-    if (
-        flow is None
-        or flow.state.type is not StateType.RUNNING
-        or job.status != "in_progress"
-        or job.heartbeat_at is None
-    ):
+    """The flow run as it really is, where Prefect cannot know it is dead and would keep it
+    Running (or Pending) forever:
+    - Running, but its process has not renewed the job's lease in `lease_seconds` (its
+      worker died with it, or it hangs);
+    - Pending (a worker claimed it) far longer than a flow-run process takes to start: the
+      worker died before the job began.
+    """
+    if flow is None or job.status not in ("pending", "in_progress"):
         return flow
-    silent = (now - job.heartbeat_at).total_seconds()
-    if silent <= lease_seconds:
+    state = flow.state
+    since = state.timestamp
+    if state.type is StateType.RUNNING:
+        # The latest sign of life: the lease, or the run's start if it began since.
+        if job.heartbeat_at is not None and (since is None or job.heartbeat_at > since):
+            since = job.heartbeat_at
+        limit, what = lease_seconds, "no heartbeat from the flow-run process"
+    elif state.type is StateType.PENDING:
+        limit = max(PENDING_GRACE_SECONDS, 3 * lease_seconds)
+        what = "the worker was lost before the job started: Pending"
+    else:
         return flow
-    message = f"no heartbeat from the flow-run process for {silent:.0f} s"
+    if since is None or (now - since).total_seconds() <= limit:
+        return flow
+    message = f"{what} for {(now - since).total_seconds():.0f} s"
     return replace(flow, state=RunState(StateType.CRASHED, "Crashed", message, now))
 
 

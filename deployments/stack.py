@@ -254,7 +254,7 @@ class Stack:
         )
         self.wait_until("standin", lambda: _ok(f"{self.config.standin_url}/_control/effects"))
 
-    def start_api(self) -> None:
+    def start_api(self, env: Mapping[str, str] | None = None) -> None:
         self.spawn(
             "api",
             [
@@ -268,6 +268,7 @@ class Stack:
                 str(self.config.api_port),
                 "--no-access-log",
             ],
+            env,
         )
         self.wait_until("api", lambda: _ok(f"{self.config.api_url}/healthz"))
 

@@ -189,6 +189,21 @@ def jobs_without_heartbeat(session: Session, *, older_than: timedelta) -> list[R
     )
 
 
+def jobs_queued_since(session: Session, *, older_than: timedelta) -> list[RegistrationJob]:
+    """Started jobs whose flow run has not begun for a while (queued, or claimed by a worker
+    that died): the translation tells which."""
+    cutoff = utcnow() - older_than
+    return list(
+        session.scalars(
+            select(RegistrationJob).where(
+                RegistrationJob.status == "pending",
+                RegistrationJob.flow_run_id.is_not(None),
+                RegistrationJob.created_at < cutoff,
+            )
+        )
+    )
+
+
 def cancel_requested(*, job_id: str) -> bool:
     with session_scope() as session:
         return _job(session, job_id).cancel_requested_at is not None

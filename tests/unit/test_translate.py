@@ -627,3 +627,27 @@ def test_a_fresh_lease_or_an_ended_run_is_left_alone() -> None:
     completed = flow(StateType.COMPLETED, "Completed")
     assert lease_expired(old_job, completed, now, 20) is completed
     assert lease_expired(old_job, None, now, 20) is None
+
+
+def test_a_run_that_died_before_the_job_began_is_crashed() -> None:
+    from dataclasses import replace as _replace
+
+    from api.translate import lease_expired
+
+    now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    job = make_job(status="pending", started=False)
+    job.heartbeat_at = None
+    running = flow(StateType.RUNNING, "Running")
+    started = _replace(
+        running, state=_replace(running.state, timestamp=now - timedelta(seconds=30))
+    )
+    assert lease_expired(job, started, now, 20).state.type is StateType.CRASHED
+    pending = flow(StateType.PENDING, "Pending")
+    claimed = _replace(
+        pending, state=_replace(pending.state, timestamp=now - timedelta(seconds=30))
+    )
+    assert lease_expired(job, claimed, now, 20) is claimed  # a slow start, not yet dead
+    long_ago = _replace(
+        pending, state=_replace(pending.state, timestamp=now - timedelta(minutes=5))
+    )
+    assert lease_expired(job, long_ago, now, 20).state.type is StateType.CRASHED

@@ -1,0 +1,164 @@
+"""Soak: many jobs at once on two workers, with faults from the matrix. Prints a report.
+
+    .venv/bin/python -m benchmarks.soak [--jobs 50] [--mode endpoints|direct] [--seed N]
+
+Not a test: it runs for minutes. Each job gets its own account and restaurant and one of
+these fates, drawn from the seed:
+- clean: completes;
+- transient faults (a 503, a 429 with Retry-After, a reset connection, a timeout) on some of
+  its steps, fewer than the retries: completes;
+- the account exists already (same password): completes with a warning;
+- the account exists with another password: fails at restaurant registration (bad
+  credentials), its dependents skipped.
+Transient faults are injected on the stand-in per step for the next calls, whichever job
+makes them; the retries absorb them. The report: jobs completed/failed against what each
+fate expects, side effects against the number each step should have had (duplicates must be
+0), jobs not ended by the deadline (stuck, must be 0), and the peak memory of the two
+workers' process trees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+from benchmarks.browser import tree_rss
+from benchmarks.latency import KEY
+from deployments.demo import DEMO_CONFIG
+from deployments.stack import Stack, StackConfig, free_port
+from regjobs.catalogue import STEP_IDS
+
+FINAL = {"completed", "failed", "cancelled"}
+FATES = ("clean", "transient", "account exists", "bad credentials")
+TRANSIENT = (
+    {"mode": "status", "status": 503, "times": 1},
+    {"mode": "status", "status": 429, "retry_after": 1, "times": 1},
+    {"mode": "reset", "times": 1},
+    {"mode": "timeout", "times": 1},
+)
+#: The steps a bad-credentials job performs before it fails (the rest never run).
+BAD_CREDENTIALS_EFFECTS = ("code_generation", "onboarding_user", "image_upload")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=50)
+    parser.add_argument("--mode", choices=("endpoints", "direct"), default="endpoints")
+    parser.add_argument("--seed", type=int, default=20261129)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = StackConfig(
+            state_dir=Path(tmp),
+            api_port=free_port(),
+            prefect_port=free_port(),
+            standin_port=free_port(),
+            prefect_ui=False,
+            env={
+                "REGJOBS_DEV_API_KEY": KEY,
+                "REGJOBS_STEP_MODE": args.mode,
+                "REGJOBS_RETRY_BASE_SECONDS": "0.5",
+                "REGJOBS_HTTP_TIMEOUT_SECONDS": "3",
+                "REGJOBS_CDN_POLL_SECONDS": "0.2",
+            },
+        )
+        stack = Stack(config)
+        stack.start_all()
+        stack.start_worker("worker2")
+        try:
+            soak(stack, args.jobs, args.mode, random.Random(args.seed))
+        finally:
+            stack.stop()
+
+
+def soak(stack: Stack, jobs: int, mode: str, rng: random.Random) -> None:
+    api = httpx.Client(
+        base_url=stack.config.api_url, timeout=60, headers={"Authorization": f"Bearer {KEY}"}
+    )
+    standin = httpx.Client(base_url=stack.config.standin_url, timeout=30)
+    workers = [stack.children[n].process.pid for n in ("worker", "worker2")]
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, sum(tree_rss(pid) for pid in workers))
+            stop.wait(0.5)
+
+    threading.Thread(target=sample, daemon=True).start()
+    fates = [rng.choice(FATES) for _ in range(jobs)]
+    expected_effects: Counter[str] = Counter()
+    created: list[tuple[str, str]] = []
+    started = time.monotonic()
+    for n, fate in enumerate(fates):
+        tag = uuid.uuid4().hex[:8]
+        email = f"soak-{tag}@example.com"
+        password = DEMO_CONFIG["account"]["password"]
+        if fate in ("account exists", "bad credentials"):
+            other = password if fate == "account exists" else "another-password-123"
+            standin.post(
+                "/platform/api/v1/accounts", json={"email": email, "password": other, "phone": ""}
+            ).raise_for_status()
+        if fate == "transient":
+            for step in rng.sample(STEP_IDS, 2):
+                standin.post(
+                    "/_control/faults", json={"step": step, **rng.choice(TRANSIENT)}
+                ).raise_for_status()
+        if fate == "bad credentials":
+            expected_effects.update(BAD_CREDENTIALS_EFFECTS)
+        else:
+            expected_effects.update(
+                s
+                for s in STEP_IDS
+                if not (fate == "account exists" and s == "account_registration")
+            )
+        body = {
+            "restaurant_id": f"soak-{n}-{tag}",
+            "execution_config": {
+                **DEMO_CONFIG,
+                "account": {**DEMO_CONFIG["account"], "email": email},
+                "restaurant": {**DEMO_CONFIG["restaurant"], "name": f"Soak {tag}"},
+            },
+        }
+        response = api.post("/api/registration-jobs", json=body)
+        response.raise_for_status()
+        created.append((response.json()["job_id"], fate))
+
+    deadline = time.monotonic() + 60 + jobs * (20 if mode == "direct" else 5)
+    ends: dict[str, str] = {}
+    while time.monotonic() < deadline and len(ends) < len(created):
+        for job_id, _ in created:
+            if job_id not in ends:
+                status = api.get(f"/api/registration-jobs/{job_id}/progress").json()["status"]
+                if status in FINAL:
+                    ends[job_id] = status
+        time.sleep(1)
+    wall = time.monotonic() - started
+    stop.set()
+
+    expected = {
+        job_id: "failed" if fate == "bad credentials" else "completed" for job_id, fate in created
+    }
+    as_expected = sum(1 for j, s in ends.items() if s == expected[j])
+    stuck = len(created) - len(ends)
+    actual = standin.get("/_control/effects").json()
+    duplicated = sum(max(0, actual[s] - expected_effects[s]) for s in STEP_IDS)
+    missing = sum(max(0, expected_effects[s] - actual[s]) for s in STEP_IDS)
+    print(f"soak: {jobs} jobs, mode {mode}, 2 workers, fates {dict(Counter(fates))}")
+    print(
+        f"  ended in {wall:.0f} s: {dict(Counter(ends.values()))}; as expected {as_expected}/{jobs}"
+    )
+    print(f"  duplicated effects: {duplicated}; missing effects: {missing}; stuck jobs: {stuck}")
+    print(f"  peak RSS of the two workers' process trees: {peak / 2**20:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

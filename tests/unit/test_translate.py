@@ -641,7 +641,8 @@ def test_a_run_that_died_before_the_job_began_is_crashed() -> None:
     started = _replace(
         running, state=_replace(running.state, timestamp=now - timedelta(seconds=30))
     )
-    assert lease_expired(job, started, now, 20).state.type is StateType.CRASHED
+    dead = lease_expired(job, started, now, 20)
+    assert dead is not None and dead.state.type is StateType.CRASHED
     pending = flow(StateType.PENDING, "Pending")
     claimed = _replace(
         pending, state=_replace(pending.state, timestamp=now - timedelta(seconds=30))
@@ -650,4 +651,5 @@ def test_a_run_that_died_before_the_job_began_is_crashed() -> None:
     long_ago = _replace(
         pending, state=_replace(pending.state, timestamp=now - timedelta(minutes=5))
     )
-    assert lease_expired(job, long_ago, now, 20).state.type is StateType.CRASHED
+    lost = lease_expired(job, long_ago, now, 20)
+    assert lost is not None and lost.state.type is StateType.CRASHED

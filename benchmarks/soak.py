@@ -98,20 +98,16 @@ def soak(stack: Stack, jobs: int, mode: str, rng: random.Random) -> None:
     expected_effects: Counter[str] = Counter()
     created: list[tuple[str, str]] = []
     started = time.monotonic()
-    for n, fate in enumerate(fates):
-        tag = uuid.uuid4().hex[:8]
-        email = f"soak-{tag}@example.com"
-        password = DEMO_CONFIG["account"]["password"]
+    # Accounts first (the stand-in's own calls must not meet the injected faults), then the
+    # faults, then the jobs.
+    emails = [f"soak-{uuid.uuid4().hex[:8]}@example.com" for _ in fates]
+    password = DEMO_CONFIG["account"]["password"]
+    for email, fate in zip(emails, fates, strict=True):
         if fate in ("account exists", "bad credentials"):
             other = password if fate == "account exists" else "another-password-123"
             standin.post(
                 "/platform/api/v1/accounts", json={"email": email, "password": other, "phone": ""}
             ).raise_for_status()
-        if fate == "transient":
-            for step in rng.sample(STEP_IDS, 2):
-                standin.post(
-                    "/_control/faults", json={"step": step, **rng.choice(TRANSIENT)}
-                ).raise_for_status()
         if fate == "bad credentials":
             expected_effects.update(BAD_CREDENTIALS_EFFECTS)
         else:
@@ -120,12 +116,19 @@ def soak(stack: Stack, jobs: int, mode: str, rng: random.Random) -> None:
                 for s in STEP_IDS
                 if not (fate == "account exists" and s == "account_registration")
             )
+    for fate in fates:
+        if fate == "transient":
+            for step in rng.sample(STEP_IDS, 2):
+                standin.post(
+                    "/_control/faults", json={"step": step, **rng.choice(TRANSIENT)}
+                ).raise_for_status()
+    for n, (email, fate) in enumerate(zip(emails, fates, strict=True)):
         body = {
-            "restaurant_id": f"soak-{n}-{tag}",
+            "restaurant_id": f"soak-{n}",
             "execution_config": {
                 **DEMO_CONFIG,
                 "account": {**DEMO_CONFIG["account"], "email": email},
-                "restaurant": {**DEMO_CONFIG["restaurant"], "name": f"Soak {tag}"},
+                "restaurant": {**DEMO_CONFIG["restaurant"], "name": f"Soak {email[5:13]}"},
             },
         }
         response = api.post("/api/registration-jobs", json=body)

@@ -213,6 +213,7 @@ def test_prefect_deployment_run_resumes_the_same_job(
     assert effects(standin) == dict.fromkeys(STEP_IDS, 1)
 
 
+@pytest.mark.slow
 def test_kill_the_flow_run_process_fails_the_job_and_retry_completes(
     api: httpx.Client, standin: httpx.Client, restaurant_id: str
 ) -> None:
@@ -322,6 +323,7 @@ def test_idempotency_key_returns_the_original_job(api: httpx.Client, restaurant_
     api.post(f"/api/registration-jobs/{first.json()['job_id']}/cancel").raise_for_status()
 
 
+@pytest.mark.slow
 def test_kill_the_worker_with_its_flow_runs_fails_the_job_within_30_s(
     api: httpx.Client, standin: httpx.Client, stack: Stack, restaurant_id: str
 ) -> None:

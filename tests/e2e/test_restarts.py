@@ -11,7 +11,7 @@ from tests.e2e.test_control import effects, wait_step
 from tests.e2e.test_run_job import create, fault
 from tests.helpers import watch_job
 
-pytestmark = [pytest.mark.e2e, pytest.mark.database]
+pytestmark = pytest.mark.e2e
 
 
 def test_prefect_server_restart_mid_job(

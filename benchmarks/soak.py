@@ -129,6 +129,7 @@ def soak(stack: Stack, jobs: int, mode: str, rng: random.Random) -> None:
                 **DEMO_CONFIG,
                 "account": {**DEMO_CONFIG["account"], "email": email},
                 "restaurant": {**DEMO_CONFIG["restaurant"], "name": f"Soak {email[5:13]}"},
+                "onboarding": {**DEMO_CONFIG["onboarding"], "user_email": f"owner-{email}"},
             },
         }
         response = api.post("/api/registration-jobs", json=body)
@@ -160,6 +161,9 @@ def soak(stack: Stack, jobs: int, mode: str, rng: random.Random) -> None:
         f"  ended in {wall:.0f} s: {dict(Counter(ends.values()))}; as expected {as_expected}/{jobs}"
     )
     print(f"  duplicated effects: {duplicated}; missing effects: {missing}; stuck jobs: {stuck}")
+    for step in STEP_IDS:
+        if actual[step] != expected_effects[step]:
+            print(f"  {step}: {actual[step]} effects, {expected_effects[step]} expected")
     print(f"  peak RSS of the two workers' process trees: {peak / 2**20:.0f} MiB")
 
 

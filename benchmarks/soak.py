@@ -108,6 +108,7 @@ def soak(stack: Stack, jobs: int, mode: str, rng: random.Random) -> None:
             standin.post(
                 "/platform/api/v1/accounts", json={"email": email, "password": other, "phone": ""}
             ).raise_for_status()
+            expected_effects["account_registration"] += 1  # this set-up call is one
         if fate == "bad credentials":
             expected_effects.update(BAD_CREDENTIALS_EFFECTS)
         else:

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from regjobs.settings import get_settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -59,6 +65,31 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def retry_on_disconnect(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run a short transaction again when the database dropped its connection midway (a
+    restart, a failover, an idle timeout): the flow-run process carries on, not fails.
+
+    Only for transactions that are safe to repeat; a lost connection rolls back what was
+    not committed.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        for attempt in range(DISCONNECT_RETRIES):
+            try:
+                return fn(*args, **kwargs)
+            except DBAPIError as exc:
+                if not exc.connection_invalidated or attempt == DISCONNECT_RETRIES - 1:
+                    raise
+                time.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+DISCONNECT_RETRIES = 4
 
 
 def migrate(url: str | None = None) -> None:

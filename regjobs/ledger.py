@@ -19,7 +19,7 @@ from regjobs import catalogue
 from regjobs.catalogue import DISABLED_REASON, StepStatus
 from regjobs.config import ExecutionConfig
 from regjobs.crypto import decrypt_json, encrypt_json
-from regjobs.db import session_scope
+from regjobs.db import retry_on_disconnect, session_scope
 from regjobs.errors import Classified, NonRetryableStepError
 from regjobs.models import (
     RegistrationJob,
@@ -129,6 +129,7 @@ def _state(row: RegistrationJobStep) -> StepState:
     return StepState(StepStatus(row.status), row.skip_reason, row.result_data)
 
 
+@retry_on_disconnect
 def begin_run(*, job_id: str, flow_run_id: str | None, cancelling: bool = False) -> RunStart:
     """Mark the job in progress for this flow run and queue every step not completed.
 
@@ -159,6 +160,7 @@ def begin_run(*, job_id: str, flow_run_id: str | None, cancelling: bool = False)
         return RunStart(config=job_config(job), steps={k: _state(v) for k, v in rows.items()})
 
 
+@retry_on_disconnect
 def current_flow_run(*, job_id: str) -> tuple[str | None, str]:
     """The flow run the job last ran in, and the job's recorded status."""
     with session_scope() as session:
@@ -166,6 +168,7 @@ def current_flow_run(*, job_id: str) -> tuple[str | None, str]:
         return job.flow_run_id, job.status
 
 
+@retry_on_disconnect
 def heartbeat(*, job_id: str) -> None:
     """Renew the job's lease: its flow-run process is alive and working on it."""
     with session_scope() as session:
@@ -204,6 +207,7 @@ def jobs_queued_since(session: Session, *, older_than: timedelta) -> list[Regist
     )
 
 
+@retry_on_disconnect
 def cancel_requested(*, job_id: str) -> bool:
     with session_scope() as session:
         return _job(session, job_id).cancel_requested_at is not None
@@ -218,11 +222,13 @@ def _requeue(row: RegistrationJobStep) -> None:
     row.task_run_id = None
 
 
+@retry_on_disconnect
 def step_states(*, job_id: str) -> dict[str, StepState]:
     with session_scope() as session:
         return {k: _state(v) for k, v in _steps(session, job_id).items()}
 
 
+@retry_on_disconnect
 def skip_steps(*, job_id: str, reasons: Mapping[str, str]) -> None:
     if not reasons:
         return
@@ -245,6 +251,7 @@ class Attempt:
     inputs: Mapping[str, dict[str, Any]]
 
 
+@retry_on_disconnect
 def start_attempt(
     *, job_id: str, step_id: str, flow_run_id: str | None, task_run_id: str | None
 ) -> Attempt:
@@ -296,6 +303,7 @@ def _finish_attempt(
     )
 
 
+@retry_on_disconnect
 def complete_attempt(
     *, job_id: str, step_id: str, attempt: int, result: dict[str, Any], warning: str | None
 ) -> None:
@@ -315,6 +323,7 @@ def complete_attempt(
         )
 
 
+@retry_on_disconnect
 def fail_attempt(
     *,
     job_id: str,
@@ -372,6 +381,7 @@ def evidence_index(session: Session, *, job_id: str) -> dict[str, list[tuple[int
     return index
 
 
+@retry_on_disconnect
 def set_progress(*, job_id: str, step_id: str, progress: str) -> None:
     with session_scope() as session:
         session.execute(
@@ -381,6 +391,7 @@ def set_progress(*, job_id: str, step_id: str, progress: str) -> None:
         )
 
 
+@retry_on_disconnect
 def finish_run(*, job_id: str, status: str, error_message: str | None) -> None:
     with session_scope() as session:
         job = _job(session, job_id, lock=True)

@@ -1,0 +1,41 @@
+"""The database drops every connection mid-step: the job carries on and completes."""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import pytest
+from sqlalchemy import Engine, text
+
+from regjobs.catalogue import STEP_IDS
+from tests.e2e.test_control import effects, wait_step
+from tests.e2e.test_run_job import create, fault
+from tests.helpers import watch_job
+
+pytestmark = [pytest.mark.e2e, pytest.mark.database]
+
+
+@pytest.mark.skipif(
+    os.environ.get("REGJOBS_TEST_DATABASE", "sqlite") != "postgresql",
+    reason="SQLite has no connections to drop; runs in the PostgreSQL pass of .ci/run",
+)
+def test_connections_dropped_mid_step_are_retried(
+    api: httpx.Client, standin: httpx.Client, db: Engine, restaurant_id: str
+) -> None:
+    fault(standin, step="restaurant_registration", mode="slow", seconds=3, times=1)
+    job_id = create(api, restaurant_id)
+    wait_step(api, job_id, "restaurant_registration", "running")
+
+    with db.connect() as connection:
+        dropped = connection.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar_one()
+    assert dropped >= 1, "the flow-run process and the API hold connections"
+
+    job = watch_job(api, job_id, timeout=60).job
+    assert job["status"] == "completed", job
+    assert effects(standin) == dict.fromkeys(STEP_IDS, 1)

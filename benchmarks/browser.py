@@ -11,15 +11,14 @@ processes, Playwright drivers, Chromium), sampled every 0.2 s.
 from __future__ import annotations
 
 import statistics
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
 
-from benchmarks.latency import KEY, create, wait_job
-from deployments.stack import Stack, StackConfig, free_port
+from benchmarks.latency import KEY, create, own_stack, wait_job
+from deployments.stack import Stack
 from regjobs.catalogue import STEPS, StepKind
 
 BROWSER_STEPS = [s.id for s in STEPS if s.kind is StepKind.BROWSER]
@@ -53,25 +52,8 @@ def tree_rss(root: int) -> int:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        config = StackConfig(
-            state_dir=Path(tmp),
-            api_port=free_port(),
-            prefect_port=free_port(),
-            standin_port=free_port(),
-            prefect_ui=False,
-            env={
-                "REGJOBS_DEV_API_KEY": KEY,
-                "REGJOBS_CDN_POLL_SECONDS": "0.2",
-                "REGJOBS_BROWSER_LIMIT": "2",
-            },
-        )
-        stack = Stack(config)
-        stack.start_all()
-        try:
-            run(stack)
-        finally:
-            stack.stop()
+    with own_stack(REGJOBS_BROWSER_LIMIT="2") as stack:
+        run(stack)
 
 
 def run(stack: Stack) -> None:

@@ -21,6 +21,8 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -82,10 +84,9 @@ def summary(values: list[float]) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=5)
-    args = parser.parse_args()
+@contextmanager
+def own_stack(**env: str) -> Iterator[Stack]:
+    """A whole system on free ports in a temporary folder, started as `make run` does."""
     with tempfile.TemporaryDirectory() as tmp:
         config = StackConfig(
             state_dir=Path(tmp),
@@ -93,20 +94,24 @@ def main() -> None:
             prefect_port=free_port(),
             standin_port=free_port(),
             prefect_ui=False,
-            env={
-                "REGJOBS_DEV_API_KEY": KEY,
-                "REGJOBS_CDN_POLL_SECONDS": "0.2",
-                "REGJOBS_STEP_MODE": "endpoints",
-            },
+            env={"REGJOBS_DEV_API_KEY": KEY, "REGJOBS_CDN_POLL_SECONDS": "0.2", **env},
         )
         stack = Stack(config)
         started = time.monotonic()
         stack.start_all()
         print(f"system up in {time.monotonic() - started:.1f} s")
         try:
-            run(stack, args.runs)
+            yield stack
         finally:
             stack.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    with own_stack(REGJOBS_STEP_MODE="endpoints") as stack:
+        run(stack, args.runs)
 
 
 def run(stack: Stack, runs: int) -> None:

@@ -21,19 +21,17 @@ from __future__ import annotations
 
 import argparse
 import random
-import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import httpx
 
 from benchmarks.browser import tree_rss
-from benchmarks.latency import KEY
+from benchmarks.latency import KEY, own_stack
 from deployments.demo import DEMO_CONFIG
-from deployments.stack import Stack, StackConfig, free_port
+from deployments.stack import Stack
 from regjobs.catalogue import STEP_IDS
 
 FINAL = {"completed", "failed", "cancelled"}
@@ -54,28 +52,13 @@ def main() -> None:
     parser.add_argument("--mode", choices=("endpoints", "direct"), default="endpoints")
     parser.add_argument("--seed", type=int, default=20261129)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        config = StackConfig(
-            state_dir=Path(tmp),
-            api_port=free_port(),
-            prefect_port=free_port(),
-            standin_port=free_port(),
-            prefect_ui=False,
-            env={
-                "REGJOBS_DEV_API_KEY": KEY,
-                "REGJOBS_STEP_MODE": args.mode,
-                "REGJOBS_RETRY_BASE_SECONDS": "0.5",
-                "REGJOBS_HTTP_TIMEOUT_SECONDS": "3",
-                "REGJOBS_CDN_POLL_SECONDS": "0.2",
-            },
-        )
-        stack = Stack(config)
-        stack.start_all()
+    with own_stack(
+        REGJOBS_STEP_MODE=args.mode,
+        REGJOBS_RETRY_BASE_SECONDS="0.5",
+        REGJOBS_HTTP_TIMEOUT_SECONDS="3",
+    ) as stack:
         stack.start_worker("worker2")
-        try:
-            soak(stack, args.jobs, args.mode, random.Random(args.seed))
-        finally:
-            stack.stop()
+        soak(stack, args.jobs, args.mode, random.Random(args.seed))
 
 
 def soak(stack: Stack, jobs: int, mode: str, rng: random.Random) -> None:

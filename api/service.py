@@ -43,6 +43,18 @@ def find_job(
     ).one_or_none()
 
 
+def find_by_idempotency_key(
+    session: Session, *, organisation: Organisation, idempotency_key: str
+) -> RegistrationJob | None:
+    """The job an earlier create with this `Idempotency-Key` made, if any."""
+    return session.scalars(
+        select(RegistrationJob).where(
+            RegistrationJob.organisation_id == organisation.id,
+            RegistrationJob.idempotency_key == idempotency_key,
+        )
+    ).one_or_none()
+
+
 def active_job(
     session: Session, *, organisation: Organisation, restaurant_id: str
 ) -> RegistrationJob | None:

@@ -33,6 +33,7 @@ from api.service import (
     cancel_job,
     create_job,
     discard_job,
+    find_by_idempotency_key,
     find_job,
     read_job,
     retry_job,
@@ -81,14 +82,9 @@ def create(
 ) -> JobCreated:
     """Create a job and (unless `auto_start` is false) start its flow run; answers at once."""
     if idempotency_key:
-        from sqlalchemy import select
-
-        earlier = session.scalars(
-            select(RegistrationJob).where(
-                RegistrationJob.organisation_id == organisation.id,
-                RegistrationJob.idempotency_key == idempotency_key,
-            )
-        ).one_or_none()
+        earlier = find_by_idempotency_key(
+            session, organisation=organisation, idempotency_key=idempotency_key
+        )
         if earlier is not None:
             response.status_code = status.HTTP_200_OK
             public = read_job(session, job=earlier, orchestrator=orchestrator)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 from uuid import UUID
 
@@ -163,7 +164,7 @@ def test_flow_run_retry_reuses_completed_steps(
     assert before["menu_import"] == 0
 
     standin.delete("/_control/faults").raise_for_status()
-    stack.run([stack_python(), "-m", "prefect", "flow-run", "retry", failed["flow_run_id"]])
+    stack.run([sys.executable, "-m", "prefect", "flow-run", "retry", failed["flow_run_id"]])
     wait_for(
         lambda: flow_run_state(failed["flow_run_id"]) == (StateType.COMPLETED, 2),
         timeout=60,
@@ -177,7 +178,7 @@ def test_flow_run_retry_reuses_completed_steps(
     assert effects == {step: 1 for step in STEP_IDS}
 
     # Re-running the now completed job's flow run executes nothing again.
-    stack.run([stack_python(), "-m", "prefect", "flow-run", "retry", failed["flow_run_id"]])
+    stack.run([sys.executable, "-m", "prefect", "flow-run", "retry", failed["flow_run_id"]])
     wait_for(
         lambda: flow_run_state(failed["flow_run_id"]) == (StateType.COMPLETED, 3),
         timeout=60,
@@ -185,12 +186,6 @@ def test_flow_run_retry_reuses_completed_steps(
     )
     assert standin.get("/_control/effects").json() == effects
     assert watch_job(api, failed["id"]).job["status"] == "completed"
-
-
-def stack_python() -> str:
-    import sys
-
-    return sys.executable
 
 
 def test_endpoints_mode_runs_every_step_through_the_apps_endpoints(

@@ -69,9 +69,17 @@ def active_job(
 
 def create_job(
     session: Session, *, organisation: Organisation, job_in: JobCreate, idempotency_key: str | None
-) -> RegistrationJob:
-    """Insert the job and its steps and commit; a second active job for the restaurant is refused
-    by the database's unique index, not by a check before the insert."""
+) -> tuple[RegistrationJob, bool]:
+    """Insert the job and its steps and commit; the job and whether it is new. A repeated
+    `Idempotency-Key` gives the job the first create made, even when both arrive at once; a
+    second active job for the restaurant is refused. The database's unique indexes decide
+    both races, not a check before the insert."""
+    if idempotency_key:
+        earlier = find_by_idempotency_key(
+            session, organisation=organisation, idempotency_key=idempotency_key
+        )
+        if earlier is not None:
+            return earlier, False
     try:
         job = ledger.create_job(
             session,
@@ -83,13 +91,19 @@ def create_job(
         session.commit()
     except IntegrityError:
         session.rollback()
+        if idempotency_key:
+            earlier = find_by_idempotency_key(
+                session, organisation=organisation, idempotency_key=idempotency_key
+            )
+            if earlier is not None:
+                return earlier, False
         existing = active_job(
             session, organisation=organisation, restaurant_id=job_in.restaurant_id
         )
         if existing is not None:
             raise ActiveJobExists(existing.id) from None
         raise
-    return job
+    return job, True
 
 
 def start_job(

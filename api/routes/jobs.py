@@ -33,7 +33,6 @@ from api.service import (
     cancel_job,
     create_job,
     discard_job,
-    find_by_idempotency_key,
     find_job,
     read_job,
     retry_job,
@@ -81,21 +80,8 @@ def create(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobCreated:
     """Create a job and (unless `auto_start` is false) start its flow run; answers at once."""
-    if idempotency_key:
-        earlier = find_by_idempotency_key(
-            session, organisation=organisation, idempotency_key=idempotency_key
-        )
-        if earlier is not None:
-            response.status_code = status.HTTP_200_OK
-            public = read_job(session, job=earlier, orchestrator=orchestrator)
-            return JobCreated(
-                job_id=earlier.id,
-                status=public.status,
-                steps=public.steps,
-                flow_run_id=earlier.flow_run_id,
-            )
     try:
-        job = create_job(
+        job, new = create_job(
             session, organisation=organisation, job_in=job_in, idempotency_key=idempotency_key
         )
     except ActiveJobExists as exists:
@@ -106,6 +92,12 @@ def create(
                 "active_job_id": exists.job_id,
             },
         ) from None
+    if not new:
+        response.status_code = status.HTTP_200_OK
+        public = read_job(session, job=job, orchestrator=orchestrator)
+        return JobCreated(
+            job_id=job.id, status=public.status, steps=public.steps, flow_run_id=job.flow_run_id
+        )
     if job_in.auto_start:
         try:
             start_job(session, job=job, organisation=organisation, orchestrator=orchestrator)

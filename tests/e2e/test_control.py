@@ -58,6 +58,16 @@ def flow_run_pids(flow_run_id: str) -> list[int]:
     return pids
 
 
+def kill_worker(stack: Stack, flow_run_id: str | None) -> None:
+    """SIGKILL the worker and the flow run's process, as when their machine dies: no process
+    is left to report anything."""
+    victims = flow_run_pids(flow_run_id) if flow_run_id else []
+    os.killpg(stack.children["worker"].process.pid, signal.SIGKILL)
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    stack.stop_child("worker")
+
+
 # ------------------------------------------------------------------------------ cancel
 
 
@@ -323,6 +333,23 @@ def test_idempotency_key_returns_the_original_job(api: httpx.Client, restaurant_
     api.post(f"/api/registration-jobs/{first.json()['job_id']}/cancel").raise_for_status()
 
 
+def test_concurrent_creates_with_one_idempotency_key_all_get_the_original_job(
+    api: httpx.Client, db: Any, restaurant_id: str
+) -> None:
+    body = {"restaurant_id": restaurant_id, "auto_start": False, "execution_config": full_config()}
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(
+            pool.map(
+                lambda _: api.post("/api/registration-jobs", json=body, headers=key), range(20)
+            )
+        )
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200] * 19 + [201], codes
+    assert len({a.json()["job_id"] for a in answers}) == 1
+    api.post(f"/api/registration-jobs/{answers[0].json()['job_id']}/cancel").raise_for_status()
+
+
 @pytest.mark.slow
 def test_kill_the_worker_with_its_flow_runs_fails_the_job_within_30_s(
     api: httpx.Client, standin: httpx.Client, stack: Stack, restaurant_id: str
@@ -331,13 +358,9 @@ def test_kill_the_worker_with_its_flow_runs_fails_the_job_within_30_s(
     job_id = create(api, restaurant_id)
     wait_step(api, job_id, "menu_import", "running")
     flow_run_id = api.get(f"/api/registration-jobs/{job_id}").json()["flow_run_id"]
-    victims = flow_run_pids(flow_run_id)
-    assert victims, "the flow-run process was not found"
+    assert flow_run_pids(flow_run_id), "the flow-run process was not found"
 
-    # The whole worker goes, as with a machine that dies: no process is left to report.
-    os.killpg(stack.children["worker"].process.pid, signal.SIGKILL)
-    for pid in victims:
-        os.kill(pid, signal.SIGKILL)
+    kill_worker(stack, flow_run_id)
     killed = time.monotonic()
     try:
 

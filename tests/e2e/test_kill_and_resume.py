@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import time
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 
 from deployments.stack import Stack
 from regjobs.catalogue import STEP_IDS
-from tests.e2e.test_control import effects, flow_run_pids
+from tests.e2e.test_control import effects, kill_worker
 from tests.e2e.test_run_job import create
 from tests.helpers import FINAL_JOB, wait_for, watch_job
 
@@ -43,14 +42,6 @@ def fast_lease(stack: Stack) -> Any:
         stack.start_api()
         stack.stop_child("worker")
         stack.start_worker()
-
-
-def kill_worker(stack: Stack, flow_run_id: str | None) -> None:
-    victims = flow_run_pids(flow_run_id) if flow_run_id else []
-    os.killpg(stack.children["worker"].process.pid, signal.SIGKILL)
-    for pid in victims:
-        os.kill(pid, signal.SIGKILL)
-    stack.stop_child("worker")
 
 
 @pytest.mark.usefixtures("fast_lease")

@@ -17,6 +17,7 @@ are measured by `benchmarks.browser`.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -85,15 +86,20 @@ def summary(values: list[float]) -> str:
 
 
 @contextmanager
-def own_stack(**env: str) -> Iterator[Stack]:
-    """A whole system on free ports in a temporary folder, started as `make run` does."""
-    with tempfile.TemporaryDirectory() as tmp:
+def own_stack(
+    *, keep: bool = False, worker_limit: int | None = None, **env: str
+) -> Iterator[Stack]:
+    """A whole system on free ports in a temporary folder, started as `make run` does.
+    With `keep`, the folder (logs, databases) stays after the end and its path is printed."""
+    tmp = tempfile.mkdtemp(prefix="regjobs-bench-")
+    try:
         config = StackConfig(
             state_dir=Path(tmp),
             api_port=free_port(),
             prefect_port=free_port(),
             standin_port=free_port(),
             prefect_ui=False,
+            worker_limit=worker_limit,
             env={"REGJOBS_DEV_API_KEY": KEY, "REGJOBS_CDN_POLL_SECONDS": "0.2", **env},
         )
         stack = Stack(config)
@@ -104,6 +110,11 @@ def own_stack(**env: str) -> Iterator[Stack]:
             yield stack
         finally:
             stack.stop()
+    finally:
+        if keep:
+            print(f"logs and databases kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:

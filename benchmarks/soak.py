@@ -1,6 +1,11 @@
 """Soak: many jobs at once on two workers, with faults from the matrix. Prints a report.
 
     .venv/bin/python -m benchmarks.soak [--jobs 50] [--mode endpoints|direct] [--seed N]
+        [--database sqlite|postgresql] [--keep]
+
+`--database postgresql` puts the job tables and the Prefect server on fresh PostgreSQL
+databases on 127.0.0.1 (the production shape; made here and dropped at the end); the
+default is the embedded SQLite of `make run`. `--keep` keeps the logs and databases.
 
 Not a test: it runs for minutes. Each job gets its own account and restaurant and one of
 these fates, drawn from the seed:
@@ -20,7 +25,10 @@ workers' process trees.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import random
+import statistics
 import threading
 import time
 import uuid
@@ -33,6 +41,11 @@ from benchmarks.latency import KEY, own_stack
 from deployments.demo import DEMO_CONFIG
 from deployments.stack import Stack
 from regjobs.catalogue import STEP_IDS
+from regjobs.db import scratch_postgres_database
+
+PG_ADMIN_URL = os.environ.get(
+    "REGJOBS_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+)
 
 FINAL = {"completed", "failed", "cancelled"}
 FATES = ("clean", "transient", "account exists", "bad credentials")
@@ -51,19 +64,37 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=50)
     parser.add_argument("--mode", choices=("endpoints", "direct"), default="endpoints")
     parser.add_argument("--seed", type=int, default=20261129)
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument(
+        "--worker-limit", type=int, default=None, help="flow runs per worker at once"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep logs and databases")
     args = parser.parse_args()
-    with own_stack(
-        REGJOBS_STEP_MODE=args.mode,
-        REGJOBS_RETRY_BASE_SECONDS="0.5",
-        REGJOBS_HTTP_TIMEOUT_SECONDS="3",
-    ) as stack:
+    with contextlib.ExitStack() as resources:
+        env = {
+            "REGJOBS_STEP_MODE": args.mode,
+            "REGJOBS_RETRY_BASE_SECONDS": "0.5",
+            "REGJOBS_HTTP_TIMEOUT_SECONDS": "3",
+        }
+        if args.database == "postgresql":
+            env["DATABASE_URL"] = resources.enter_context(
+                scratch_postgres_database(PG_ADMIN_URL, "regjobs_soak")
+            )
+            prefect_db = resources.enter_context(
+                scratch_postgres_database(PG_ADMIN_URL, "prefect_soak")
+            )
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = prefect_db.replace("+psycopg2", "+asyncpg")
+        stack = resources.enter_context(
+            own_stack(keep=args.keep, worker_limit=args.worker_limit, **env)
+        )
         stack.start_worker("worker2")
+        print(f"databases: {args.database}; flow runs per worker: {args.worker_limit or 'any'}")
         soak(stack, args.jobs, args.mode, random.Random(args.seed))
 
 
 def soak(stack: Stack, jobs: int, mode: str, rng: random.Random) -> None:
     api = httpx.Client(
-        base_url=stack.config.api_url, timeout=60, headers={"Authorization": f"Bearer {KEY}"}
+        base_url=stack.config.api_url, timeout=30, headers={"Authorization": f"Bearer {KEY}"}
     )
     standin = httpx.Client(base_url=stack.config.standin_url, timeout=30)
     workers = [stack.children[n].process.pid for n in ("worker", "worker2")]
@@ -80,6 +111,8 @@ def soak(stack: Stack, jobs: int, mode: str, rng: random.Random) -> None:
     fates = [rng.choice(FATES) for _ in range(jobs)]
     expected_effects: Counter[str] = Counter()
     created: list[tuple[str, str]] = []
+    create_seconds: list[float] = []
+    create_timeouts = 0
     started = time.monotonic()
     # Accounts first (the stand-in's own calls must not meet the injected faults), then the
     # faults, then the jobs.
@@ -116,8 +149,20 @@ def soak(stack: Stack, jobs: int, mode: str, rng: random.Random) -> None:
                 "onboarding": {**DEMO_CONFIG["onboarding"], "user_email": f"owner-{email}"},
             },
         }
-        response = api.post("/api/registration-jobs", json=body)
+        # As a frontend would: a create that times out is sent again with the same
+        # Idempotency-Key, and answers with the job the first one made.
+        key = {"Idempotency-Key": f"soak-{email}"}
+        sent = time.monotonic()
+        for attempt in range(5):
+            try:
+                response = api.post("/api/registration-jobs", json=body, headers=key)
+                break
+            except httpx.TimeoutException:
+                if attempt == 4:
+                    raise
+                create_timeouts += 1
         response.raise_for_status()
+        create_seconds.append(time.monotonic() - sent)
         created.append((response.json()["job_id"], fate))
 
     deadline = time.monotonic() + 60 + jobs * (20 if mode == "direct" else 5)
@@ -145,9 +190,18 @@ def soak(stack: Stack, jobs: int, mode: str, rng: random.Random) -> None:
         f"  ended in {wall:.0f} s: {dict(Counter(ends.values()))}; as expected {as_expected}/{jobs}"
     )
     print(f"  duplicated effects: {duplicated}; missing effects: {missing}; stuck jobs: {stuck}")
+    print(
+        f"  POST /api/registration-jobs: median {statistics.median(create_seconds):.2f} s, "
+        f"max {max(create_seconds):.2f} s; {create_timeouts} timed out (30 s) and were sent "
+        "again with their Idempotency-Key"
+    )
     for step in STEP_IDS:
         if actual[step] != expected_effects[step]:
             print(f"  {step}: {actual[step]} effects, {expected_effects[step]} expected")
+    for job_id, fate in created:
+        if ends.get(job_id) != expected[job_id]:
+            job = api.get(f"/api/registration-jobs/{job_id}").json()
+            print(f"  unexpected: job {job_id} ({fate}) {job['status']}: {job['error_message']}")
     print(f"  peak RSS of the two workers' process trees: {peak / 2**20:.0f} MiB")
 
 

@@ -48,6 +48,9 @@ class StackConfig:
     prefect_ui: bool = True
     #: How often the worker asks for runs; Prefect's default makes a job wait ~10 s.
     poll_seconds: float = 1.0
+    #: Flow runs one worker runs at once (`prefect worker start --limit`); None: no limit.
+    #: Runs beyond it wait in the work pool as Scheduled, where any worker may take them.
+    worker_limit: int | None = None
 
     @property
     def api_url(self) -> str:
@@ -97,6 +100,9 @@ class Stack:
             "PREFECT_WORKER_PREFETCH_SECONDS": "2",
             "PREFECT_RUNNER_POLL_FREQUENCY": str(max(1, int(c.poll_seconds))),
             "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
+            # A slot's lease is at least 60 s; the server frees expired ones this often
+            # (Prefect's default is 15 s), so a dead process's browser slot is back sooner.
+            "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "5",
             "REGJOBS_STATE_DIR": str(c.state_dir),
             "REGJOBS_PLATFORM_API_URL": f"{c.standin_url}/platform",
             "REGJOBS_ONBOARDING_URL": f"{c.standin_url}/onboarding",
@@ -233,6 +239,7 @@ class Stack:
                 "process",
                 "--name",
                 f"{name}-{os.getpid()}",
+                *(["--limit", str(self.config.worker_limit)] if self.config.worker_limit else []),
             ],
             env,
         )

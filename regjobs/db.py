@@ -101,3 +101,27 @@ def migrate(url: str | None = None) -> None:
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["url"] = url or get_settings().sqlalchemy_url
     command.upgrade(config, "head")
+
+
+@contextmanager
+def scratch_postgres_database(admin_url: str, prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database beside `admin_url`'s, dropped at the end (even with
+    sessions still open); its URL, with `admin_url`'s driver."""
+    import uuid
+
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        url = make_url(admin_url).set(database=name)
+        try:
+            yield url.render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine
 
 from deployments.stack import Stack, StackConfig, free_port
 
@@ -29,19 +29,12 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from regjobs.db import migrate
 
     if os.environ.get("REGJOBS_TEST_DATABASE", "sqlite") == "postgresql":
-        name = f"regjobs_test_{uuid.uuid4().hex[:10]}"
-        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-        migrate(url)
-        yield url
-        from regjobs.db import engine_for
+        from regjobs.db import engine_for, scratch_postgres_database
 
-        engine_for(url).dispose()
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        with scratch_postgres_database(PG_ADMIN_URL, "regjobs_test") as url:
+            migrate(url)
+            yield url
+            engine_for(url).dispose()
     else:
         url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'regjobs.db'}"
         migrate(url)

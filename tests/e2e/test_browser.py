@@ -13,7 +13,7 @@ import pytest
 
 from deployments.stack import Stack
 from regjobs.catalogue import STEPS, StepKind
-from tests.e2e.test_control import progress, wait_step
+from tests.e2e.test_control import effects, kill_worker, progress, wait_step
 from tests.e2e.test_run_job import create, fault
 from tests.helpers import steps_by_id, wait_for, watch_job
 
@@ -33,6 +33,16 @@ def chromium_pids() -> list[int]:
             if b"chrom" in cmdline.split(b"\0")[0]:
                 pids.append(int(entry.name))
     return pids
+
+
+def browser_slots_in_use() -> int:
+    from prefect.client.orchestration import get_client
+
+    from regjobs.settings import get_settings
+
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(get_settings().browser_limit_name)
+    return limit.active_slots
 
 
 def portal_calls(standin: httpx.Client) -> list[dict[str, Any]]:
@@ -283,3 +293,56 @@ def test_secrets_audit_after_a_browser_job(
     found = [name for name, data in haystacks.items() if password.encode() in data]
     assert found == []
     assert any(b"Services configuration" in d for d in haystacks.values())
+
+
+@pytest.mark.slow
+def test_a_dead_worker_gives_back_its_browser_slot(
+    api: httpx.Client, standin: httpx.Client, stack: Stack, restaurant_id: str
+) -> None:
+    """The machine dies during a browser step: the job fails within 30 s, the slot its step
+    held comes back when the slot's lease runs out, and a retry completes."""
+    direct = {"REGJOBS_STEP_MODE": "direct"}
+    # The portal holds the step's page for 120 s and the browser waits for it, so the step
+    # is mid-flight, slot held, when the machine goes.
+    stack.stop_child("worker")
+    stack.start_worker(env={**direct, "REGJOBS_BROWSER_ACTION_TIMEOUT_SECONDS": "150"})
+    fault(standin, step="services_configuration", mode="slow", seconds=120, times=1)
+    job_id = create(api, restaurant_id)
+    wait_for(
+        lambda: (
+            progress(api, job_id)["step_statuses"]["services_configuration"] == "running"
+            and browser_slots_in_use() >= 1
+        ),
+        timeout=90,
+        what="services configuration to run, holding a browser slot",
+    )
+    flow_run_id = api.get(f"/api/registration-jobs/{job_id}").json()["flow_run_id"]
+    try:
+        kill_worker(stack, flow_run_id)
+        killed = time.monotonic()
+        wait_for(
+            lambda: progress(api, job_id)["status"] == "failed",
+            timeout=30,
+            interval=0.5,
+            what="the job to fail",
+        )
+        print(f"job failed {time.monotonic() - killed:.1f} s after the kill")
+        step = steps_by_id(api.get(f"/api/registration-jobs/{job_id}").json())[
+            "services_configuration"
+        ]
+        assert step["status"] == "failed" and "worker was lost" in step["error_message"]
+        assert browser_slots_in_use() >= 1, "the dead step's slot is held until its lease ends"
+        wait_for(
+            lambda: browser_slots_in_use() == 0,
+            timeout=120,
+            interval=0.5,
+            what="the dead step's browser slot to come back",
+        )
+        print(f"browser slot back {time.monotonic() - killed:.1f} s after the kill")
+    finally:
+        stack.stop_child("worker")
+        stack.start_worker(env=direct)
+
+    api.post(f"/api/registration-jobs/{job_id}/retry").raise_for_status()
+    assert watch_job(api, job_id, timeout=120).job["status"] == "completed"
+    assert effects(standin) == {s.id: 1 for s in STEPS}

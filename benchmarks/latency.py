@@ -99,7 +99,7 @@ def own_stack(
             prefect_port=free_port(),
             standin_port=free_port(),
             prefect_ui=False,
-            worker_limit=worker_limit,
+            **({} if worker_limit is None else {"worker_limit": worker_limit}),
             env={"REGJOBS_DEV_API_KEY": KEY, "REGJOBS_CDN_POLL_SECONDS": "0.2", **env},
         )
         stack = Stack(config)

@@ -66,7 +66,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=20261129)
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument(
-        "--worker-limit", type=int, default=None, help="flow runs per worker at once"
+        "--worker-limit",
+        type=int,
+        default=None,
+        help="flow runs per worker at once (0: no limit; default REGJOBS_WORKER_LIMIT)",
     )
     parser.add_argument("--keep", action="store_true", help="keep logs and databases")
     args = parser.parse_args()
@@ -88,7 +91,8 @@ def main() -> None:
             own_stack(keep=args.keep, worker_limit=args.worker_limit, **env)
         )
         stack.start_worker("worker2")
-        print(f"databases: {args.database}; flow runs per worker: {args.worker_limit or 'any'}")
+        limit = stack.config.worker_limit
+        print(f"databases: {args.database}; flow runs per worker: {limit or 'no limit'}")
         soak(stack, args.jobs, args.mode, random.Random(args.seed))
 
 

@@ -22,7 +22,7 @@ from typing import IO
 
 import httpx
 
-from regjobs.settings import PROJECT_DIR
+from regjobs.settings import PROJECT_DIR, get_settings
 
 PYTHON = sys.executable
 #: The pool name in prefect.yaml.
@@ -48,9 +48,9 @@ class StackConfig:
     prefect_ui: bool = True
     #: How often the worker asks for runs; Prefect's default makes a job wait ~10 s.
     poll_seconds: float = 1.0
-    #: Flow runs one worker runs at once (`prefect worker start --limit`); None: no limit.
+    #: Flow runs one worker runs at once (`prefect worker start --limit`); 0: no limit.
     #: Runs beyond it wait in the work pool as Scheduled, where any worker may take them.
-    worker_limit: int | None = None
+    worker_limit: int = field(default_factory=lambda: get_settings().worker_limit)
 
     @property
     def api_url(self) -> str:

@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     worker_lost_seconds: float = Field(default=20.0, gt=0)
 
+    #: Flow runs a worker started by `make run` (or the tests) runs at once; beyond it they
+    #: wait in the work pool, Scheduled. Each holds a Chromium while it has browser steps
+    #: left, so this bounds a machine's memory. 0: no limit. Workers started by hand take
+    #: the same bound as `prefect worker start --limit N`.
+    worker_limit: int = Field(default=4, ge=0)
+
     #: Prefect deployment the API starts flow runs of ("flow-name/deployment-name").
     deployment: str = "registration-job/registration-job"
     work_pool: str = "registration-jobs"

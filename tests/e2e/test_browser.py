@@ -300,21 +300,24 @@ def test_a_dead_worker_gives_back_its_browser_slot(
     api: httpx.Client, standin: httpx.Client, stack: Stack, restaurant_id: str
 ) -> None:
     """The machine dies during a browser step: the job fails within 30 s, the slot its step
-    held comes back when the slot's lease runs out, and a retry completes."""
+    held comes back when the slot's lease runs out, and a retry completes with each effect
+    once. The step is restaurant registration, the only browser step running then: a
+    settings form submitted in the instant the machine dies is submitted again by the retry
+    (docs/design.md, "What a dead worker can repeat")."""
     direct = {"REGJOBS_STEP_MODE": "direct"}
     # The portal holds the step's page for 120 s and the browser waits for it, so the step
     # is mid-flight, slot held, when the machine goes.
     stack.stop_child("worker")
     stack.start_worker(env={**direct, "REGJOBS_BROWSER_ACTION_TIMEOUT_SECONDS": "150"})
-    fault(standin, step="services_configuration", mode="slow", seconds=120, times=1)
+    fault(standin, step="restaurant_registration", mode="slow", seconds=120, times=1)
     job_id = create(api, restaurant_id)
     wait_for(
         lambda: (
-            progress(api, job_id)["step_statuses"]["services_configuration"] == "running"
+            progress(api, job_id)["step_statuses"]["restaurant_registration"] == "running"
             and browser_slots_in_use() >= 1
         ),
         timeout=90,
-        what="services configuration to run, holding a browser slot",
+        what="restaurant registration to run, holding a browser slot",
     )
     flow_run_id = api.get(f"/api/registration-jobs/{job_id}").json()["flow_run_id"]
     try:
@@ -328,7 +331,7 @@ def test_a_dead_worker_gives_back_its_browser_slot(
         )
         print(f"job failed {time.monotonic() - killed:.1f} s after the kill")
         step = steps_by_id(api.get(f"/api/registration-jobs/{job_id}").json())[
-            "services_configuration"
+            "restaurant_registration"
         ]
         assert step["status"] == "failed" and "worker was lost" in step["error_message"]
         assert browser_slots_in_use() >= 1, "the dead step's slot is held until its lease ends"

@@ -109,19 +109,23 @@ class RunStart:
 
 
 def _job(session: Session, job_id: str, *, lock: bool = False) -> RegistrationJob:
+    """The job row; with `lock`, locked (PostgreSQL) and read again from the database, even
+    when this session loaded it before."""
     query = select(RegistrationJob).where(RegistrationJob.id == job_id)
     if lock:
-        query = query.with_for_update()
+        query = query.with_for_update().execution_options(populate_existing=True)
     job = session.scalars(query).one_or_none()
     if job is None:
         raise JobNotFound(f"registration job {job_id} does not exist")
     return job
 
 
-def _steps(session: Session, job_id: str) -> dict[str, RegistrationJobStep]:
-    rows = session.scalars(
-        select(RegistrationJobStep).where(RegistrationJobStep.job_id == job_id)
-    ).all()
+def _steps(session: Session, job_id: str, *, fresh: bool = False) -> dict[str, RegistrationJobStep]:
+    """The job's step rows; `fresh` reads them again even if this session has them."""
+    query = select(RegistrationJobStep).where(RegistrationJobStep.job_id == job_id)
+    if fresh:
+        query = query.execution_options(populate_existing=True)
+    rows = session.scalars(query).all()
     return {row.step_id: row for row in rows}
 
 
@@ -455,7 +459,12 @@ def record_outcome(
 ) -> bool:
     """Write down an end the flow could not record itself (its process died), as seen in
     Prefect. Only for the job's current flow run, and only if what was seen is newer than
-    that run's start; returns whether anything was written."""
+    that run's start; returns whether anything was written.
+
+    The caller read the job and its steps before it asked Prefect; the flow may have
+    recorded its own end since. So both are read again here (the job locked), and what the
+    flow wrote is never overwritten."""
+    job = _job(session, job.id, lock=True)
     if job.status in ("completed", "failed", "cancelled") or job.flow_run_id != flow_run_id:
         return False
     if observed_at and job.run_started_at and observed_at < job.run_started_at:
@@ -464,7 +473,7 @@ def record_outcome(
     job.status = status
     job.error_message = error_message
     job.completed_at = now
-    for row in _steps(session, job.id).values():
+    for row in _steps(session, job.id, fresh=True).values():
         if row.status in FINAL or row.step_id not in steps:
             continue
         row.status, row.error_message, row.skip_reason = steps[row.step_id]

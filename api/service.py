@@ -133,7 +133,13 @@ class JobStateConflict(Exception):
     pass
 
 
-def read_job(session: Session, *, job: RegistrationJob, orchestrator: Orchestrator) -> JobPublic:
+def read_job(
+    session: Session,
+    *,
+    job: RegistrationJob,
+    orchestrator: Orchestrator,
+    second_look: bool = False,
+) -> JobPublic:
     """The job as the frontend sees it; an end only Prefect saw (a dead flow-run process)
     is written down on the way, so the database never keeps a dead job active."""
     rows = session.scalars(
@@ -166,6 +172,11 @@ def read_job(session: Session, *, job: RegistrationJob, orchestrator: Orchestrat
             if seen is not None and seen.state.type in (StateType.RUNNING, StateType.PENDING):
                 # Prefect would keep the dead run Running forever (and refuse to retry it).
                 orchestrator.mark_crashed(job.id, seen.id, public.error_message or "worker lost")
+        elif not second_look:
+            # The flow recorded its own end after the rows above were read: answer from what
+            # it recorded (the rollback makes every row load again).
+            session.rollback()
+            return read_job(session, job=job, orchestrator=orchestrator, second_look=True)
     return public
 
 

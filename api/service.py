@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from api.orchestrator import Orchestrator, OrchestratorUnavailable
 from api.schemas import EvidencePublic, JobCreate, JobPublic
-from api.translate import PENDING_GRACE_SECONDS, job_public, lease_expired
+from api.translate import job_public, lease_expired, pending_grace
 from regjobs import ledger
 from regjobs.db import session_scope
 from regjobs.evidence import evidence_url
@@ -188,9 +188,7 @@ def fail_jobs_without_heartbeat(orchestrator: Orchestrator) -> int:
             session, older_than=timedelta(seconds=settings.worker_lost_seconds)
         ) + ledger.jobs_queued_since(
             session,
-            older_than=timedelta(
-                seconds=max(PENDING_GRACE_SECONDS, 3 * settings.worker_lost_seconds)
-            ),
+            older_than=timedelta(seconds=pending_grace(settings.worker_lost_seconds)),
         )
         for job in stale:
             read_job(session, job=job, orchestrator=orchestrator)

@@ -34,6 +34,14 @@ from regjobs.models import RegistrationJob, RegistrationJobStep
 
 #: A flow-run process starts in a few seconds; a run Pending much longer has no worker.
 PENDING_GRACE_SECONDS = 30.0
+
+
+def pending_grace(lease_seconds: float) -> float:
+    """How long a run may stay Pending (claimed, its process starting) before it counts as
+    lost with its worker."""
+    return max(PENDING_GRACE_SECONDS, 3 * lease_seconds)
+
+
 WORKER_LOST = "the worker was lost: the flow-run process ended while this step was running"
 
 
@@ -201,7 +209,7 @@ def lease_expired(
             since = job.heartbeat_at
         limit, what = lease_seconds, "no heartbeat from the flow-run process"
     elif state.type is StateType.PENDING:
-        limit = max(PENDING_GRACE_SECONDS, 3 * lease_seconds)
+        limit = pending_grace(lease_seconds)
         what = "the worker was lost before the job started: Pending"
     else:
         return flow

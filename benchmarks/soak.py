@@ -41,11 +41,9 @@ from benchmarks.latency import KEY, own_stack
 from deployments.demo import DEMO_CONFIG
 from deployments.stack import Stack
 from regjobs.catalogue import STEP_IDS
-from regjobs.db import scratch_postgres_database
+from regjobs.db import LOCAL_POSTGRES_ADMIN_URL, scratch_postgres_database
 
-PG_ADMIN_URL = os.environ.get(
-    "REGJOBS_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-)
+PG_ADMIN_URL = os.environ.get("REGJOBS_PG_ADMIN_URL", LOCAL_POSTGRES_ADMIN_URL)
 
 FINAL = {"completed", "failed", "cancelled"}
 FATES = ("clean", "transient", "account exists", "bad credentials")

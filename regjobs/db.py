@@ -103,6 +103,11 @@ def migrate(url: str | None = None) -> None:
     command.upgrade(config, "head")
 
 
+#: The PostgreSQL server of this kind of machine (trust auth), where the test fixtures and
+#: the soak make their scratch databases unless told otherwise.
+LOCAL_POSTGRES_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+
+
 @contextmanager
 def scratch_postgres_database(admin_url: str, prefix: str) -> Iterator[str]:
     """A new, empty PostgreSQL database beside `admin_url`'s, dropped at the end (even with

@@ -16,10 +16,9 @@ import pytest
 from sqlalchemy import Engine, create_engine
 
 from deployments.stack import Stack, StackConfig, free_port
+from regjobs.db import LOCAL_POSTGRES_ADMIN_URL
 
-PG_ADMIN_URL = os.environ.get(
-    "REGJOBS_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-)
+PG_ADMIN_URL = os.environ.get("REGJOBS_TEST_PG_ADMIN_URL", LOCAL_POSTGRES_ADMIN_URL)
 DEV_KEY = "rj_test_" + uuid.uuid4().hex
 
 

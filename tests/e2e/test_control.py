@@ -39,6 +39,16 @@ def wait_step(api: httpx.Client, job_id: str, step: str, status: str) -> None:
     )
 
 
+def hold_step(
+    api: httpx.Client, standin: httpx.Client, restaurant_id: str, step: str, seconds: float
+) -> str:
+    """A new job with `step` running: the stand-in holds the step's first call `seconds`."""
+    fault(standin, step=step, mode="slow", seconds=seconds, times=1)
+    job_id = create(api, restaurant_id)
+    wait_step(api, job_id, step, "running")
+    return job_id
+
+
 def effects(standin: httpx.Client) -> dict[str, int]:
     return dict(standin.get("/_control/effects").json())
 
@@ -227,9 +237,7 @@ def test_prefect_deployment_run_resumes_the_same_job(
 def test_kill_the_flow_run_process_fails_the_job_and_retry_completes(
     api: httpx.Client, standin: httpx.Client, restaurant_id: str
 ) -> None:
-    fault(standin, step="payment_configuration", mode="slow", seconds=30, times=1)
-    job_id = create(api, restaurant_id)
-    wait_step(api, job_id, "payment_configuration", "running")
+    job_id = hold_step(api, standin, restaurant_id, "payment_configuration", 30)
     flow_run_id = api.get(f"/api/registration-jobs/{job_id}").json()["flow_run_id"]
     pids = flow_run_pids(flow_run_id)
     assert pids, "the flow-run process was not found"
@@ -354,9 +362,7 @@ def test_concurrent_creates_with_one_idempotency_key_all_get_the_original_job(
 def test_kill_the_worker_with_its_flow_runs_fails_the_job_within_30_s(
     api: httpx.Client, standin: httpx.Client, stack: Stack, restaurant_id: str
 ) -> None:
-    fault(standin, step="menu_import", mode="slow", seconds=30, times=1)
-    job_id = create(api, restaurant_id)
-    wait_step(api, job_id, "menu_import", "running")
+    job_id = hold_step(api, standin, restaurant_id, "menu_import", 30)
     flow_run_id = api.get(f"/api/registration-jobs/{job_id}").json()["flow_run_id"]
     assert flow_run_pids(flow_run_id), "the flow-run process was not found"
 

@@ -9,8 +9,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from regjobs.catalogue import STEP_IDS
-from tests.e2e.test_control import effects, wait_step
-from tests.e2e.test_run_job import create, fault
+from tests.e2e.test_control import effects, hold_step
 from tests.helpers import watch_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.database]
@@ -23,9 +22,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.database]
 def test_connections_dropped_mid_step_are_retried(
     api: httpx.Client, standin: httpx.Client, db: Engine, restaurant_id: str
 ) -> None:
-    fault(standin, step="restaurant_registration", mode="slow", seconds=3, times=1)
-    job_id = create(api, restaurant_id)
-    wait_step(api, job_id, "restaurant_registration", "running")
+    job_id = hold_step(api, standin, restaurant_id, "restaurant_registration", 3)
 
     with db.connect() as connection:
         dropped = connection.execute(

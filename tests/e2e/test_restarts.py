@@ -7,8 +7,7 @@ import pytest
 
 from deployments.stack import Stack
 from regjobs.catalogue import STEP_IDS
-from tests.e2e.test_control import effects, wait_step
-from tests.e2e.test_run_job import create, fault
+from tests.e2e.test_control import effects, hold_step
 from tests.helpers import watch_job
 
 pytestmark = pytest.mark.e2e
@@ -17,9 +16,7 @@ pytestmark = pytest.mark.e2e
 def test_prefect_server_restart_mid_job(
     api: httpx.Client, standin: httpx.Client, stack: Stack, restaurant_id: str
 ) -> None:
-    fault(standin, step="restaurant_registration", mode="slow", seconds=8, times=1)
-    job_id = create(api, restaurant_id)
-    wait_step(api, job_id, "restaurant_registration", "running")
+    job_id = hold_step(api, standin, restaurant_id, "restaurant_registration", 8)
 
     stack.stop_child("prefect")
     # While Prefect is down the API answers from the ledger.
@@ -34,9 +31,7 @@ def test_prefect_server_restart_mid_job(
 def test_api_restart_mid_job_loses_nothing(
     api: httpx.Client, standin: httpx.Client, stack: Stack, restaurant_id: str
 ) -> None:
-    fault(standin, step="menu_import", mode="slow", seconds=4, times=1)
-    job_id = create(api, restaurant_id)
-    wait_step(api, job_id, "menu_import", "running")
+    job_id = hold_step(api, standin, restaurant_id, "menu_import", 4)
 
     stack.stop_child("api")
     stack.start_api()

@@ -1,18 +1,17 @@
-"""Dependencies the routes receive: a database session, the caller's organisation, Prefect."""
+"""Dependencies the routes receive: the caller's API key and organisation, a write session."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Annotated
+from uuid import UUID
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from api.orchestrator import Orchestrator
-from regjobs.auth import authenticate
+from api import reads
 from regjobs.db import session_scope
-from regjobs.models import Organisation
 from regjobs.settings import Settings, get_settings
 
 
@@ -25,34 +24,48 @@ SessionDep = Annotated[Session, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 bearer = HTTPBearer(auto_error=False, description="An API key of your organisation")
+CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+UNAUTHORIZED = "an API key is required (Authorization: Bearer <key>)"
+INVALID_KEY = "the API key is not valid or was revoked"
 
 
-def current_organisation(
-    session: SessionDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> Organisation:
+def unauthorized(message: str = INVALID_KEY) -> HTTPException:
+    challenge = "Bearer" if message == UNAUTHORIZED else 'Bearer error="invalid_token"'
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": challenge}
+    )
+
+
+def api_key(credentials: CredentialsDep) -> str:
+    """The bearer key as given (checked where it is used: in the read's own query)."""
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "an API key is required (Authorization: Bearer <key>)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    org = authenticate(session, credentials.credentials)
-    if org is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "the API key is not valid or was revoked",
-            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-        )
-    return org
+        raise unauthorized(UNAUTHORIZED)
+    return credentials.credentials
 
 
-OrganisationDep = Annotated[Organisation, Depends(current_organisation)]
+ApiKeyDep = Annotated[str, Depends(api_key)]
 
 
-def get_orchestrator(request: Request) -> Orchestrator:
-    orchestrator: Orchestrator = request.app.state.orchestrator
-    return orchestrator
+async def caller(key: ApiKeyDep) -> reads.Caller:
+    try:
+        return await reads.run(reads.organisation, key)
+    except reads.Unauthorized:
+        raise unauthorized() from None
 
 
-OrchestratorDep = Annotated[Orchestrator, Depends(get_orchestrator)]
+CallerDep = Annotated[reads.Caller, Depends(caller)]
+
+
+def not_found(job_id: UUID | str) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"registration job {job_id} not found")
+
+
+async def own_job(job_id: UUID, organisation: CallerDep) -> str:
+    """The job's id, if it exists and belongs to the caller's organisation."""
+    if not await reads.run(reads.job_exists, organisation.id, str(job_id)):
+        raise not_found(job_id)
+    return str(job_id)
+
+
+OwnJobDep = Annotated[str, Depends(own_job)]

@@ -3,25 +3,36 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from api.events import EventHub
 from api.orchestrator import Orchestrator
+from api.reconciler import Reconciler, lease_report
 from api.routes import jobs
 from api.schemas import HealthPublic
-from api.service import fail_jobs_without_heartbeat
 from regjobs.auth import add_key, ensure_organisation
 from regjobs.config import public_errors
-from regjobs.db import get_engine, migrate, session_scope
+from regjobs.db import get_read_engine, migrate, session_scope
 from regjobs.settings import Environment, Settings, get_settings
 
 logger = logging.getLogger("regjobs.api")
+
+
+def _log_to_stderr() -> None:
+    """The API's own lines (the reconciler's, above all) beside uvicorn's."""
+    ours = logging.getLogger("regjobs")
+    if not ours.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        ours.addHandler(handler)
+        ours.setLevel(logging.INFO)
 
 
 def ensure_dev_key(settings: Settings) -> str | None:
@@ -45,46 +56,51 @@ def ensure_dev_key(settings: Settings) -> str | None:
     return key
 
 
-def _watch_leases(orchestrator: Orchestrator, stop: threading.Event) -> None:
-    """Fail jobs whose worker is gone, whether or not anybody is looking at them."""
-    while not stop.wait(orchestrator.settings.heartbeat_seconds):
-        try:
-            fail_jobs_without_heartbeat(orchestrator)
-        except Exception:
-            logger.exception("checking the jobs' leases failed; trying again")
-
-
 def create_app(
     settings: Settings | None = None, orchestrator: Orchestrator | None = None
 ) -> FastAPI:
     settings = settings or get_settings()
+    _log_to_stderr()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        migrate()
+        if settings.auto_migrate:
+            migrate()
         ensure_dev_key(settings)
-        app.state.orchestrator = orchestrator or Orchestrator(settings)
-        stop = threading.Event()
-        watcher = threading.Thread(
-            target=_watch_leases,
-            args=(app.state.orchestrator, stop),
-            daemon=True,
-            name="lease-watcher",
-        )
-        watcher.start()
+        app.state.events = EventHub(settings)
+        reconciler = None
+        if settings.reconciler:
+            reconciler = Reconciler(settings, orchestrator or Orchestrator(settings))
+            reconciler.start()
+        app.state.reconciler = reconciler
         yield
-        stop.set()
-        watcher.join(timeout=10)
-        app.state.orchestrator.close()
+        await app.state.events.close()
+        if reconciler is not None:
+            reconciler.stop()
 
     app = FastAPI(
         title="registration-jobs",
         summary="Server-side restaurant registration jobs, run by Prefect.",
-        version="0.1.0",
+        version="0.2.0",
         lifespan=lifespan,
     )
     app.include_router(jobs.router)
     app.include_router(jobs.restaurants)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "If-None-Match",
+                "Last-Event-ID",
+            ],
+            expose_headers=["ETag"],
+            max_age=600,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -101,23 +117,29 @@ def create_app(
         tags=["health"],
         responses={503: {"model": HealthPublic}},
     )
-    def healthz(response: Response) -> HealthPublic:
-        """200 once the database, Prefect and the deployment are all there; 503 otherwise."""
+    def healthz(request: Request, response: Response) -> HealthPublic:
+        """200 once the database answers and the reconciler (in whichever API process
+        leads) last found Prefect and the deployment; 503 otherwise. Never asks Prefect."""
         try:
-            with get_engine().connect() as connection:
+            with get_read_engine().connect() as connection:
                 connection.execute(text("SELECT 1"))
             database = True
+            report = lease_report(settings)
         except Exception:
-            database = False
-        prefect, deployment = app.state.orchestrator.healthy()
+            database, report = False, None
+        prefect = bool(report and report.get("prefect"))
+        deployment = bool(report and report.get("deployment"))
         ok = database and prefect and deployment
         if not ok:
             response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        reconciler: Reconciler | None = request.app.state.reconciler
         return HealthPublic(
             status="ok" if ok else "degraded",
             database=database,
             prefect=prefect,
             deployment=deployment,
+            reconciler=reconciler.role if reconciler else "off",
+            reconciler_cycles=reconciler.cycles if reconciler else 0,
         )
 
     return app

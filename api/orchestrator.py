@@ -1,16 +1,15 @@
-"""The API's only door to Prefect: start flow runs and read their state, cheaply.
+"""The only door to Prefect, used by the reconciler and its dispatcher alone: no request
+handler calls Prefect.
 
-`/progress` is polled every few seconds by every open tab, so a flow run's state is read
-from Prefect at most once per `flow_state_ttl_seconds` per job, whatever the number of
-callers; concurrent callers of one job wait for a single read.
+Every call is made once (the client's own retries are off): the reconciler calls again on
+its next cycle, and a Prefect that does not answer must not hold it for the client's
+backoff.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from uuid import UUID
 
@@ -20,16 +19,23 @@ from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
-from api.translate import FlowRunSnapshot, RunState, TaskRunSnapshot
-from regjobs.models import RegistrationJob
+from regjobs.ledger import Dispatch
 from regjobs.settings import Settings
+from regjobs.translate import FlowRunSnapshot, RunState
+
+#: Flow runs read per call (Prefect's API pages at 200).
+BATCH = 200
 
 
 class OrchestratorUnavailable(RuntimeError):
     """Prefect could not be reached or has no registration-job deployment."""
 
 
-def _run_state(state: State | None) -> RunState:
+class DeploymentMissing(OrchestratorUnavailable):
+    pass
+
+
+def run_state(state: State | None) -> RunState:
     if state is None:
         return RunState(StateType.PENDING, "Pending")
     return RunState(
@@ -42,11 +48,6 @@ class Orchestrator:
         self.settings = settings
         self._client = client
         self._deployment_id: UUID | None = None
-        self._cache: dict[str, tuple[float, FlowRunSnapshot | None]] = {}
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
-        #: How many times Prefect was asked for a flow run's state (for benchmarks).
-        self.state_reads = 0
 
     @property
     def client(self) -> SyncPrefectClient:
@@ -57,107 +58,96 @@ class Orchestrator:
 
     def close(self) -> None:
         if self._client is not None:
-            self._client.__exit__(None, None, None)
+            with contextlib.suppress(Exception):
+                self._client.__exit__(None, None, None)
             self._client = None
 
     @contextmanager
-    def _unavailable_as_error(self) -> Iterator[None]:
+    def _once(self) -> Iterator[None]:
+        """One try, and any failure to reach Prefect as OrchestratorUnavailable."""
         try:
-            yield
-        except ObjectNotFound as exc:
-            raise OrchestratorUnavailable(
-                f"Prefect has no deployment {self.settings.deployment!r}: run the set-up"
-            ) from exc
+            with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+                yield
+        except (OrchestratorUnavailable, ObjectNotFound):
+            raise
         except Exception as exc:
-            raise OrchestratorUnavailable(f"Prefect is unavailable: {exc}") from exc
+            raise OrchestratorUnavailable(f"Prefect is unavailable ({_brief(exc)})") from exc
 
     def deployment_id(self) -> UUID:
         if self._deployment_id is None:
-            with self._unavailable_as_error():
-                deployment = self.client.read_deployment_by_name(self.settings.deployment)
+            try:
+                with self._once():
+                    deployment = self.client.read_deployment_by_name(self.settings.deployment)
+            except ObjectNotFound as exc:
+                raise DeploymentMissing(
+                    f"Prefect has no deployment {self.settings.deployment!r}: run the set-up"
+                ) from exc
             self._deployment_id = deployment.id
         return self._deployment_id
 
-    def healthy(self) -> tuple[bool, bool]:
-        """Whether Prefect answers, and whether the deployment exists."""
-        if self.client.api_healthcheck() is not None:
-            return False, False
+    def ping(self) -> None:
+        """Raise OrchestratorUnavailable unless Prefect's API answers its health check."""
+        with self._once():
+            failure = self.client.api_healthcheck()
+        if failure is not None:
+            raise OrchestratorUnavailable(f"Prefect is unavailable ({_brief(failure)})")
+
+    def create_flow_run(self, run: Dispatch) -> str:
+        """The flow run of a run request. Prefect's idempotency key (`<job>:<generation>`)
+        makes a second call for the same request return the first call's run, so a dispatch
+        retried after a timeout never makes two."""
+        deployment_id = self.deployment_id()
         try:
-            self.deployment_id()
-        except OrchestratorUnavailable:
-            return True, False
-        return True, True
+            with self._once():
+                flow_run: FlowRun = self.client.create_flow_run_from_deployment(
+                    deployment_id,
+                    parameters={"job_id": run.job_id},
+                    name=f"{run.restaurant_name} · {run.job_id[:8]}",
+                    tags=[
+                        f"restaurant:{run.restaurant_id}",
+                        f"organisation:{run.organisation_name}",
+                    ],
+                    idempotency_key=run.idempotency_key,
+                )
+        except ObjectNotFound as exc:
+            self._deployment_id = None  # deleted since: look it up again next time
+            raise DeploymentMissing(
+                f"Prefect has no deployment {self.settings.deployment!r}: run the set-up"
+            ) from exc
+        return str(flow_run.id)
 
-    def start(self, job: RegistrationJob, organisation: str) -> str:
-        """Create a flow run of the deployment for this job; the job id is its only parameter."""
-        with self._unavailable_as_error():
-            run: FlowRun = self.client.create_flow_run_from_deployment(
-                self.deployment_id(),
-                parameters={"job_id": job.id},
-                name=f"{job.restaurant_name} · {job.id[:8]}",
-                tags=[f"restaurant:{job.restaurant_id}", f"organisation:{organisation}"],
+    def read_flow_runs(self, flow_run_ids: Sequence[str]) -> dict[str, FlowRunSnapshot]:
+        """The state of each flow run Prefect has, by id, in one call per 200 runs; a run
+        Prefect does not have is absent."""
+        found: dict[str, FlowRunSnapshot] = {}
+        ids = list(dict.fromkeys(flow_run_ids))
+        for start in range(0, len(ids), BATCH):
+            chunk = [UUID(i) for i in ids[start : start + BATCH]]
+            with self._once():
+                runs = self.client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)),
+                    limit=len(chunk),
+                )
+            for run in runs:
+                found[str(run.id)] = FlowRunSnapshot(str(run.id), run_state(run.state), {})
+        return found
+
+    def cancel(self, flow_run_id: str) -> None:
+        """Ask Prefect to cancel the flow run: its runner stops the flow-run process. A run
+        that already ended, or that Prefect no longer has, needs nothing."""
+        with contextlib.suppress(ObjectNotFound), self._once():
+            self.client.set_flow_run_state(
+                UUID(flow_run_id), State(type=StateType.CANCELLING), force=False
             )
-        self._cache.pop(job.id, None)
-        return str(run.id)
 
-    def cancel(self, job_id: str, flow_run_id: str) -> None:
-        """Ask Prefect to cancel the flow run: its runner stops the flow-run process."""
-        with self._unavailable_as_error():
-            self.client.set_flow_run_state(UUID(flow_run_id), State(type=StateType.CANCELLING))
-        self._cache.pop(job_id, None)
-
-    def mark_crashed(self, job_id: str, flow_run_id: str, message: str) -> None:
+    def mark_crashed(self, flow_run_id: str, message: str) -> None:
         """Tell Prefect a run is dead (so the UI agrees and it can be retried)."""
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(ObjectNotFound), self._once():
             self.client.set_flow_run_state(
                 UUID(flow_run_id), State(type=StateType.CRASHED, message=message), force=True
             )
-        self._cache.pop(job_id, None)
-
-    def snapshot(self, job_id: str, flow_run_id: str | None) -> FlowRunSnapshot | None:
-        """The flow run's state and its task runs, at most `flow_state_ttl_seconds` old."""
-        if flow_run_id is None:
-            return None
-        ttl = self.settings.flow_state_ttl_seconds
-        cached = self._cache.get(job_id)
-        if cached and time.monotonic() - cached[0] < ttl and _same_run(cached[1], flow_run_id):
-            return cached[1]
-        with self._lock_for(job_id):
-            cached = self._cache.get(job_id)
-            if cached and time.monotonic() - cached[0] < ttl and _same_run(cached[1], flow_run_id):
-                return cached[1]
-            snap = self._read(flow_run_id)
-            self._cache[job_id] = (time.monotonic(), snap)
-            return snap
-
-    def _lock_for(self, job_id: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(job_id, threading.Lock())
-
-    def _read(self, flow_run_id: str) -> FlowRunSnapshot | None:
-        self.state_reads += 1
-        try:
-            # No retries here: while Prefect is down, answer from the ledger at once rather
-            # than hold every poller for the client's retry backoff.
-            with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
-                run = self.client.read_flow_run(UUID(flow_run_id))
-                task_runs = self.client.read_task_runs(
-                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
-                )
-        except ObjectNotFound:
-            return None
-        except Exception:
-            # Prefect is briefly unreachable: answer from the ledger alone rather than fail.
-            return None
-        return FlowRunSnapshot(
-            id=str(run.id),
-            state=_run_state(run.state),
-            task_runs={
-                str(t.id): TaskRunSnapshot(str(t.id), _run_state(t.state), t.run_count)
-                for t in task_runs
-            },
-        )
 
 
-def _same_run(snap: FlowRunSnapshot | None, flow_run_id: str) -> bool:
-    return snap is None or snap.id == flow_run_id
+def _brief(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__

@@ -1,19 +1,36 @@
-"""Request and response schemas of the REST API (SPEC.md), named by suffix."""
+"""Request and response schemas of the REST API (SPEC.md), named by suffix. The job's own
+shape (JobPublic, StepPublic, ...) lives in `regjobs.schemas`: the ledger writes it."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from regjobs.config import ExecutionConfig
+from regjobs.schemas import (
+    EvidencePublic,
+    JobPublic,
+    JobStatusName,
+    JobSummary,
+    ProgressPublic,
+    StepPublic,
+)
 
-JobStatus = Literal["pending", "in_progress", "completed", "failed", "cancelled"]
-StepStatusName = Literal[
-    "pending", "running", "retrying", "completed", "failed", "skipped", "cancelled"
+__all__ = [
+    "ActionResult",
+    "ActiveJobPublic",
+    "EvidencePublic",
+    "HealthPublic",
+    "JobCreate",
+    "JobCreated",
+    "JobList",
+    "JobPublic",
+    "JobSummary",
+    "ProgressPublic",
+    "RetryRequest",
+    "StepPublic",
 ]
-Phase = Literal["phase1", "phase2", "phase3", "phase4"]
 
 
 class JobCreate(BaseModel):
@@ -24,64 +41,20 @@ class JobCreate(BaseModel):
     execution_config: ExecutionConfig
 
 
-class EvidencePublic(BaseModel):
-    attempt: int
-    #: A screenshot (PNG, password fields masked); the link works without an API key.
-    url: str
-
-
-class StepPublic(BaseModel):
-    step_id: str
-    step_number: int
-    step_label: str
-    phase: Phase
-    status: StepStatusName
-    attempts: int
-    duration_ms: int | None
-    started_at: datetime | None
-    completed_at: datetime | None
-    error_message: str | None
-    warning: str | None
-    result_data: dict[str, Any] | None
-    #: Why a skipped or cancelled step did not run.
-    skip_reason: str | None = None
-    #: Progress inside a long step ("option set 14 of 73"), or why it waits.
-    progress: str | None = None
-    #: Screenshots of failed browser attempts.
-    evidence: list[EvidencePublic] = Field(default_factory=list)
-
-
-class JobPublic(BaseModel):
-    id: str
-    restaurant_id: str
-    status: JobStatus
-    current_phase: Phase
-    current_step: int = Field(ge=0, le=12)
-    progress_percent: int = Field(ge=0, le=100)
-    steps: list[StepPublic]
-    created_at: datetime
-    started_at: datetime | None
-    completed_at: datetime | None
-    error_message: str | None
-    flow_run_id: str | None = None
-    flow_run_url: str | None = None
-    #: The Prefect state behind `status` (e.g. "Crashed", "AwaitingRetry").
-    flow_run_state: str | None = None
-
-
 class JobCreated(BaseModel):
     job_id: str
-    status: JobStatus
+    status: JobStatusName
     steps: list[StepPublic]
     flow_run_id: str | None = None
+    #: Why the job has not started yet (it starts once Prefect has its flow run).
+    pending_reason: str | None = None
+    version: int = 0
 
 
-class ProgressPublic(BaseModel):
-    status: JobStatus
-    current_phase: Phase
-    current_step: int = Field(ge=0, le=12)
-    step_statuses: dict[str, StepStatusName]
-    progress_percent: int = Field(ge=0, le=100)
+class JobList(BaseModel):
+    jobs: list[JobSummary]
+    #: Pass as `cursor` for the next page; null on the last one.
+    next_cursor: str | None
 
 
 class HealthPublic(BaseModel):
@@ -89,6 +62,10 @@ class HealthPublic(BaseModel):
     database: bool
     prefect: bool
     deployment: bool
+    #: This process's part in reconciling: the one leader, or standing by.
+    reconciler: Literal["leader", "standby", "off"]
+    #: Cycles this process has run as the leader.
+    reconciler_cycles: int = 0
 
 
 class RetryRequest(BaseModel):
@@ -100,7 +77,7 @@ class RetryRequest(BaseModel):
 
 class ActionResult(BaseModel):
     success: bool
-    status: JobStatus
+    status: JobStatusName
     flow_run_id: str | None = None
 
 

@@ -261,9 +261,18 @@ class Stack:
         )
         self.wait_until("standin", lambda: _ok(f"{self.config.standin_url}/_control/effects"))
 
-    def start_api(self, env: Mapping[str, str] | None = None) -> None:
-        self.spawn(
-            "api",
+    def migrate(self) -> None:
+        """The job database's schema, once, before any API process starts."""
+        self.run([PYTHON, "-m", "regjobs.db", "upgrade"])
+
+    def start_api(
+        self, env: Mapping[str, str] | None = None, *, name: str = "api", port: int | None = None
+    ) -> Child:
+        """An API process (`name`, on `port`; the configured port by default); every API
+        process takes part in electing the one reconciler."""
+        port = port or self.config.api_port
+        child = self.spawn(
+            name,
             [
                 PYTHON,
                 "-m",
@@ -272,12 +281,13 @@ class Stack:
                 "--host",
                 "127.0.0.1",
                 "--port",
-                str(self.config.api_port),
+                str(port),
                 "--no-access-log",
             ],
-            env,
+            {"REGJOBS_AUTO_MIGRATE": "false", **(env or {})},
         )
-        self.wait_until("api", lambda: _ok(f"{self.config.api_url}/healthz"))
+        self.wait_until(name, lambda: _ok(f"http://127.0.0.1:{port}/healthz"))
+        return child
 
     def log_count(self, name: str, text: str) -> int:
         path = self.logs_dir / f"{name}.log"
@@ -290,6 +300,7 @@ class Stack:
             self.set_up_deployment()
             self.start_standin()
             self.start_worker()
+            self.migrate()
             self.start_api()
         except BaseException:
             self.stop()

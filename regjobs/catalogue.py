@@ -35,6 +35,38 @@ FINAL_STEP_STATUSES: Final = frozenset(
     {StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED}
 )
 
+
+class JobStatus(StrEnum):
+    """A job's status (SPEC.md): the one vocabulary every module uses."""
+
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_active(self) -> bool:
+        return self in ACTIVE_JOB_STATUSES
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_JOB_STATUSES
+
+
+#: A restaurant has at most one job in these (a unique index in the database).
+ACTIVE_JOB_STATUSES: Final = frozenset({JobStatus.PENDING, JobStatus.IN_PROGRESS})
+FINAL_JOB_STATUSES: Final = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class NextAction(StrEnum):
+    """What a person can do about a failed or cancelled job (SPEC.md `next_action`)."""
+
+    RETRY = "retry"
+    RETRY_FROM_STEP = "retry_from_step"
+    FIX_CONFIG = "fix_config"
+
+
 #: The reason recorded on a step that is switched off in the execution config.
 DISABLED_REASON: Final = "disabled"
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
@@ -16,46 +15,75 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from regjobs.settings import get_settings
 
-P = ParamSpec("P")
 R = TypeVar("R")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 @lru_cache
-def engine_for(url: str) -> Engine:
+def engine_for(url: str, *, read_only: bool = False) -> Engine:
+    """The engine for a database URL. On SQLite a write transaction starts with
+    `BEGIN IMMEDIATE`: it takes the write lock before its first read, so what it reads
+    cannot change under it (a check and the write that depends on it are one step), and it
+    never fails half-way with "database is locked" when upgrading a read. Reads use a plain
+    `BEGIN` on their own engine, and never wait for writers (WAL)."""
+    settings = get_settings()
+    pool = {
+        "pool_size": settings.db_pool_size,
+        "max_overflow": settings.db_max_overflow,
+        # A request never waits long for a connection: better a clear error than a pile-up.
+        "pool_timeout": settings.db_pool_timeout_seconds,
+    }
     if url.startswith("sqlite"):
         db_path = url.split("///", 1)[-1]
         if db_path and db_path != ":memory:":
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
         # Several processes (API, flow runs) share the file: wait for locks, don't fail.
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(
+            url, connect_args={"timeout": 30, "check_same_thread": False}, **pool
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # SQLAlchemy, not the driver, says when a transaction begins (below).
+            dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
+            # WAL with NORMAL: a commit survives the process dying; only a power cut can
+            # lose the last commits. The production shape is PostgreSQL.
+            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
+        begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(connection: Any) -> None:
+            connection.exec_driver_sql(begin)
+
         return engine
     # pool_pre_ping: a connection dropped by the server is replaced, not handed out.
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, **pool)
 
 
 def get_engine() -> Engine:
     return engine_for(get_settings().sqlalchemy_url)
 
 
+def get_read_engine() -> Engine:
+    url = get_settings().sqlalchemy_url
+    return engine_for(url, read_only=url.startswith("sqlite"))
+
+
 @lru_cache
-def _session_factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(engine_for(url), expire_on_commit=False)
+def _session_factory(url: str, read_only: bool = False) -> sessionmaker[Session]:
+    return sessionmaker(engine_for(url, read_only=read_only), expire_on_commit=False)
 
 
 @contextmanager
 def session_scope() -> Iterator[Session]:
-    """A session that commits on success and rolls back on error."""
+    """A write session: commits on success, rolls back on error."""
     session = _session_factory(get_settings().sqlalchemy_url)()
     try:
         yield session
@@ -67,26 +95,33 @@ def session_scope() -> Iterator[Session]:
         session.close()
 
 
-def retry_on_disconnect(fn: Callable[P, R]) -> Callable[P, R]:
-    """Run a short transaction again when the database dropped its connection midway (a
-    restart, a failover, an idle timeout): the flow-run process carries on, not fails.
+@contextmanager
+def read_session() -> Iterator[Session]:
+    """A session for reading only: never writes, never takes the write lock."""
+    url = get_settings().sqlalchemy_url
+    session = _session_factory(url, url.startswith("sqlite"))()
+    try:
+        yield session
+    finally:
+        # Closing detaches what was read without expiring it (a rollback would), so the
+        # objects stay readable after the session.
+        session.close()
 
-    Only for transactions that are safe to repeat; a lost connection rolls back what was
-    not committed.
-    """
 
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        for attempt in range(DISCONNECT_RETRIES):
-            try:
-                return fn(*args, **kwargs)
-            except DBAPIError as exc:
-                if not exc.connection_invalidated or attempt == DISCONNECT_RETRIES - 1:
-                    raise
-                time.sleep(0.2 * 2**attempt)
-        raise AssertionError("unreachable")
-
-    return wrapper
+def transaction(fn: Callable[..., R], /, **kwargs: Any) -> R:
+    """`fn(session=..., **kwargs)` in one write transaction, committed; run again when the
+    database dropped its connection midway (a restart, a failover, an idle timeout), so a
+    flow-run process carries on rather than fails. Only for transactions that are safe to
+    repeat: a lost connection rolls back what was not committed."""
+    for attempt in range(DISCONNECT_RETRIES):
+        try:
+            with session_scope() as session:
+                return fn(session=session, **kwargs)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated or attempt == DISCONNECT_RETRIES - 1:
+                raise
+            time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 DISCONNECT_RETRIES = 4
@@ -97,10 +132,20 @@ def migrate(url: str | None = None) -> None:
     from alembic import command
     from alembic.config import Config
 
+    from regjobs import ledger
+
+    url = url or get_settings().sqlalchemy_url
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.attributes["url"] = url or get_settings().sqlalchemy_url
+    config.attributes["url"] = url
     command.upgrade(config, "head")
+    # Jobs made before the materialised view existed get theirs now.
+    session = _session_factory(url)()
+    try:
+        if ledger.publish_missing_views(session=session):
+            session.commit()
+    finally:
+        session.close()
 
 
 #: The PostgreSQL server of this kind of machine (trust auth), where the test fixtures and
@@ -130,3 +175,21 @@ def scratch_postgres_database(admin_url: str, prefix: str) -> Iterator[str]:
                 connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         admin.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m regjobs.db upgrade`: bring the job database's schema up to date (run it
+    once before starting several API processes)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m regjobs.db")
+    parser.add_argument("command", choices=["upgrade"])
+    parser.parse_args(argv)
+    migrate()
+    sys.stdout.write("the job database is up to date\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -12,6 +12,8 @@ from typing import Any
 
 import httpx
 
+from regjobs.catalogue import NextAction
+
 
 class ErrorClass(StrEnum):
     RETRYABLE = "retryable"
@@ -22,15 +24,26 @@ class StepError(Exception):
     """An error a step raises on purpose, already classified, with a message for a person."""
 
     error_class: ErrorClass = ErrorClass.NON_RETRYABLE
+    #: What a person can do once the step has failed for good because of it.
+    next_action: NextAction = NextAction.FIX_CONFIG
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        next_action: NextAction | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        if next_action is not None:
+            self.next_action = next_action
 
 
 class RetryableStepError(StepError):
     error_class = ErrorClass.RETRYABLE
+    next_action = NextAction.RETRY
 
 
 class NonRetryableStepError(StepError):
@@ -41,6 +54,17 @@ class ConfigError(NonRetryableStepError):
     """The execution config lacks something the step needs."""
 
 
+class PreconditionFailed(NonRetryableStepError):
+    """An outside system lacks what an earlier step made (a restaurant, a menu): running
+    this step again alone will not help; running it from an earlier step may."""
+
+    next_action = NextAction.RETRY_FROM_STEP
+
+
+#: HTTP answers saying something an earlier step made is missing or conflicting.
+PRECONDITION_STATUSES = frozenset({404, 409, 410, 412})
+
+
 class OutsideSystemError(StepError):
     """An outside system answered with an HTTP error."""
 
@@ -49,6 +73,10 @@ class OutsideSystemError(StepError):
         self.status_code = status_code
         retryable = status_code == 429 or status_code >= 500
         self.error_class = ErrorClass.RETRYABLE if retryable else ErrorClass.NON_RETRYABLE
+        if retryable:
+            self.next_action = NextAction.RETRY
+        elif status_code in PRECONDITION_STATUSES:
+            self.next_action = NextAction.RETRY_FROM_STEP
 
 
 class AlreadyDone(Exception):
@@ -66,6 +94,8 @@ class Classified:
     message: str
     #: Seconds the outside system asked us to wait before the next attempt.
     retry_after: float | None = None
+    #: What a person can do if this ends the step for good.
+    next_action: NextAction = NextAction.RETRY
 
     @property
     def retryable(self) -> bool:
@@ -102,7 +132,7 @@ def scrubbed(error: Classified, secrets: list[str]) -> Classified:
 def classify(exc: BaseException) -> Classified:
     """Sort any exception a step can raise into the error classes of SPEC.md."""
     if isinstance(exc, StepError):
-        return Classified(exc.error_class, exc.message, exc.retry_after)
+        return Classified(exc.error_class, exc.message, exc.retry_after, exc.next_action)
     if isinstance(exc, httpx.TimeoutException):
         return Classified(ErrorClass.RETRYABLE, f"timed out: {_request_of(exc)}")
     if isinstance(exc, httpx.TransportError):

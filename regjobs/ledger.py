@@ -1,111 +1,91 @@
-"""The step ledger: every write to jobs, steps and attempts goes through this module.
+"""The step ledger: the only writer of jobs, their steps, attempts, runs and events.
 
-The flow and its tasks record here what happens (keyword-only functions, one short
-transaction each); the API reads it. Completed steps keep their result, so any re-run of a
-job reuses them instead of executing the step again.
+Every function takes the session (`*, session, ...`) and does one step of one transaction;
+the caller commits (`regjobs.db.transaction`). Each write locks the job row first
+(PostgreSQL `FOR UPDATE`; on SQLite the write transaction holds the database's write lock
+from its start), so what it checks cannot change before it writes.
+
+Three writers, one rule each:
+- the API's transitions (create, start, cancel, retry) are compare-and-set on the job's
+  status: of two at once, exactly one wins and the other gets `Conflict`;
+- a flow-run process writes only while it holds the job's epoch (the fencing token it took
+  in `begin_run`); once a cancel, a retry or another run has taken a newer epoch, every
+  write of the old process raises `OwnershipLost` and changes nothing;
+- the reconciler records what only Prefect saw (a dead or deleted run, a cancel in the
+  Prefect UI) for the epoch it looked at, and takes a new epoch doing so.
+
+After every change the job's public view is written again (`_publish`): the job as GET,
+`/progress` and the list answer it, one event per changed step or job, and the version.
+Completed steps keep their result, so any re-run of a job reuses them.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
-from regjobs import catalogue
-from regjobs.catalogue import DISABLED_REASON, StepStatus
+from regjobs import catalogue, translate
+from regjobs.catalogue import (
+    ACTIVE_JOB_STATUSES,
+    DISABLED_REASON,
+    JobStatus,
+    NextAction,
+    StepStatus,
+)
 from regjobs.config import ExecutionConfig
 from regjobs.crypto import decrypt_json, encrypt_json
-from regjobs.db import retry_on_disconnect, session_scope
 from regjobs.errors import Classified, NonRetryableStepError
 from regjobs.models import (
+    JobEvent,
+    JobRun,
+    Organisation,
     RegistrationJob,
     RegistrationJobStep,
     StepAttempt,
     StepEvidence,
     utcnow,
 )
+from regjobs.schemas import EvidencePublic, JobPublic
+from regjobs.settings import get_settings
 
 FINAL = frozenset(s.value for s in catalogue.FINAL_STEP_STATUSES)
+ACTIVE = tuple(s.value for s in ACTIVE_JOB_STATUSES)
+
+#: What a job waiting for its flow run says, by stage.
+WAITING_FOR_DISPATCH = "waiting to be handed to Prefect"
+QUEUED = "queued in Prefect: waiting for a worker to start it"
+NOT_STARTED = "created with auto_start false: waiting for POST .../start"
 
 
 class JobNotFound(LookupError):
     pass
 
 
-class JobCancelled(NonRetryableStepError):
-    """The job was cancelled: no step may start."""
+class Conflict(Exception):
+    """The job's state does not allow the transition (HTTP 409)."""
+
+
+class ActiveJobExists(Conflict):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"the restaurant already has an active registration job: {job_id}")
+        self.job_id = job_id
+
+
+class OwnershipLost(NonRetryableStepError):
+    """This flow run no longer holds the job: it must start no step and write nothing."""
 
 
 class RunRefused(Exception):
-    """This flow run must not run the job (it was cancelled before it began)."""
+    """This flow run must not run the job; the message says why (and who has it)."""
 
 
-# ---------------------------------------------------------------------------- creating
-
-
-def create_job(
-    session: Session,
-    *,
-    organisation_id: str,
-    restaurant_id: str,
-    config: ExecutionConfig,
-    idempotency_key: str | None = None,
-) -> RegistrationJob:
-    """Insert a job and its twelve pending steps (flushed, not committed)."""
-    job = RegistrationJob(
-        organisation_id=organisation_id,
-        restaurant_id=restaurant_id,
-        restaurant_name=config.restaurant.name,
-        status="pending",
-        config_encrypted=encrypt_json(config.secret_dict()),
-        config_public=config.public_dict(),
-        flow_run_ids=[],
-        idempotency_key=idempotency_key,
-    )
-    session.add(job)
-    session.flush()
-    session.add_all(
-        RegistrationJobStep(
-            job_id=job.id,
-            step_id=s.id,
-            step_number=s.number,
-            status="pending",
-            attempts=0,
-            generation=0,
-        )
-        for s in catalogue.STEPS
-    )
-    session.flush()
-    return job
-
-
-def job_config(job: RegistrationJob) -> ExecutionConfig:
-    return ExecutionConfig.from_secret_dict(decrypt_json(job.config_encrypted))
-
-
-def disabled_steps(config: ExecutionConfig) -> frozenset[str]:
-    switches = config.switches()
-    return frozenset(s.id for s in catalogue.STEPS if s.switch and not switches[s.switch])
-
-
-# ------------------------------------------------------------------------ flow side
-
-
-@dataclass(frozen=True)
-class StepState:
-    status: StepStatus
-    reason: str | None
-    result: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
-class RunStart:
-    config: ExecutionConfig
-    steps: Mapping[str, StepState]
+# ----------------------------------------------------------------------------- reading
 
 
 def _job(session: Session, job_id: str, *, lock: bool = False) -> RegistrationJob:
@@ -125,129 +105,416 @@ def _steps(session: Session, job_id: str, *, fresh: bool = False) -> dict[str, R
     query = select(RegistrationJobStep).where(RegistrationJobStep.job_id == job_id)
     if fresh:
         query = query.execution_options(populate_existing=True)
-    rows = session.scalars(query).all()
-    return {row.step_id: row for row in rows}
+    return {row.step_id: row for row in session.scalars(query)}
+
+
+def _current_run(session: Session, job: RegistrationJob) -> JobRun | None:
+    if job.run_generation == 0:
+        return None
+    return session.scalars(
+        select(JobRun).where(JobRun.job_id == job.id, JobRun.generation == job.run_generation)
+    ).one_or_none()
+
+
+def job_config(job: RegistrationJob) -> ExecutionConfig:
+    return ExecutionConfig.from_secret_dict(decrypt_json(job.config_encrypted))
+
+
+def disabled_steps(config: ExecutionConfig) -> frozenset[str]:
+    switches = config.switches()
+    return frozenset(s.id for s in catalogue.STEPS if s.switch and not switches[s.switch])
+
+
+def evidence_index(session: Session, *, job_id: str) -> dict[str, list[tuple[int, int]]]:
+    """(attempt, evidence id) of every screenshot of the job, by step."""
+    rows = session.execute(
+        select(StepEvidence.step_id, StepEvidence.attempt, StepEvidence.id)
+        .where(StepEvidence.job_id == job_id)
+        .order_by(StepEvidence.id)
+    ).tuples()
+    index: dict[str, list[tuple[int, int]]] = {}
+    for step_id, attempt, evidence_id in rows:
+        index.setdefault(step_id, []).append((attempt, evidence_id))
+    return index
+
+
+# ----------------------------------------------------------------------- the public view
+
+
+def _publish(session: Session, job: RegistrationJob) -> None:
+    """Write the job's public view again; one event per step whose public state changed,
+    then one for the job if its own state changed; the version counts the events."""
+    rows = list(_steps(session, job.id).values())
+    evidence = {
+        step_id: [EvidencePublic(attempt=a, evidence_id=e) for a, e in shots]
+        for step_id, shots in evidence_index(session, job_id=job.id).items()
+    }
+    public = translate.job_public(
+        job, rows, None, prefect_ui_url=get_settings().prefect_ui_url, evidence=evidence
+    )
+    before = json.loads(job.view) if job.view else {}
+    before_steps = {s["step_id"]: s for s in before.get("steps", ())}
+    events: list[tuple[str, dict[str, Any]]] = []
+    for step in public.steps:
+        data = step.model_dump(mode="json")
+        if before_steps.get(step.step_id) != data:
+            events.append(("step", data))
+    summary = translate.summary(public).model_dump(mode="json", exclude={"version"})
+    before_summary = {k: v for k, v in before.items() if k not in ("steps", "version")}
+    if summary != before_summary:
+        events.append(("job", summary))
+    if not events:
+        return
+    version = job.version
+    records = []
+    for kind, data in events:
+        version += 1
+        if kind == "job":
+            data = {**data, "version": version}
+        records.append({"job_id": job.id, "seq": version, "kind": kind, "data": json.dumps(data)})
+    session.execute(insert(JobEvent), records)
+    job.version = public.version = version
+    job.view = public.model_dump_json()
+    job.progress_view = translate.progress_public(public).model_dump_json()
+    job.summary_view = translate.summary(public).model_dump_json()
+
+
+def publish_missing_views(*, session: Session) -> int:
+    """Write the view of every job that has none (made before views existed)."""
+    jobs = session.scalars(select(RegistrationJob).where(RegistrationJob.view.is_(None))).all()
+    for job in jobs:
+        _publish(session, job)
+    return len(jobs)
+
+
+# --------------------------------------------------------------------- API transitions
+
+
+def create_job(
+    *,
+    session: Session,
+    organisation_id: str,
+    restaurant_id: str,
+    config: ExecutionConfig,
+    idempotency_key: str | None = None,
+    auto_start: bool = True,
+) -> RegistrationJob:
+    """Insert a job, its twelve pending steps and (with `auto_start`) its first run request,
+    flushed, not committed: the dispatcher creates the flow run once this commits. A second
+    active job of the restaurant, or a repeated idempotency key, fails the flush
+    (IntegrityError): the database's unique indexes decide, not a check before."""
+    job = RegistrationJob(
+        organisation_id=organisation_id,
+        restaurant_id=restaurant_id,
+        restaurant_name=config.restaurant.name,
+        status=JobStatus.PENDING,
+        config_encrypted=encrypt_json(config.secret_dict()),
+        config_public=config.public_dict(),
+        flow_run_ids=[],
+        idempotency_key=idempotency_key,
+        version=0,
+        epoch=0,
+        run_generation=1 if auto_start else 0,
+        pending_reason=WAITING_FOR_DISPATCH if auto_start else NOT_STARTED,
+    )
+    session.add(job)
+    session.flush()
+    session.add_all(
+        RegistrationJobStep(
+            job_id=job.id,
+            step_id=s.id,
+            step_number=s.number,
+            status=StepStatus.PENDING,
+            attempts=0,
+            run_attempts=0,
+            generation=0,
+        )
+        for s in catalogue.STEPS
+    )
+    if auto_start:
+        session.add(JobRun(job_id=job.id, generation=1, source="api", dispatch_attempts=0))
+    session.flush()
+    _publish(session, job)
+    session.flush()
+    return job
+
+
+def start_job(*, session: Session, job_id: str) -> RegistrationJob:
+    """Request the first run of a job created with `auto_start: false`."""
+    job = _job(session, job_id, lock=True)
+    if job.status != JobStatus.PENDING or job.run_generation != 0:
+        raise Conflict("the job has already been started")
+    _request_run(session, job)
+    _publish(session, job)
+    return job
+
+
+def _request_run(session: Session, job: RegistrationJob) -> None:
+    job.run_generation += 1
+    job.pending_reason = WAITING_FOR_DISPATCH
+    session.add(
+        JobRun(job_id=job.id, generation=job.run_generation, source="api", dispatch_attempts=0)
+    )
+
+
+def cancel_job(*, session: Session, job_id: str) -> RegistrationJob:
+    """Cancel: from the commit on, no step starts (the epoch moves on, so the flow-run
+    process can write nothing more) and unfinished steps are cancelled. Prefect is told by
+    the dispatcher, now or when it answers again; a run not yet handed over never is."""
+    job = _job(session, job_id, lock=True)
+    if JobStatus(job.status).is_final:
+        raise Conflict(f"the job is already {job.status}; nothing to cancel")
+    now = utcnow()
+    job.epoch += 1
+    job.status = JobStatus.CANCELLED
+    job.completed_at = now
+    job.error_message = "cancelled on request"
+    job.pending_reason = None
+    for row in _steps(session, job.id).values():
+        if row.status in FINAL:
+            continue
+        was_running = row.status in (StepStatus.RUNNING, StepStatus.RETRYING)
+        row.status = StepStatus.CANCELLED
+        row.skip_reason = (
+            "the job was cancelled" if was_running else "the job was cancelled before it started"
+        )
+        row.finished_at = now
+        row.duration_ms = _ms(row.started_at, now)
+        row.progress = None
+    _close_open_attempts(session, job.id, StepStatus.CANCELLED, None)
+    run = _current_run(session, job)
+    if run is not None and run.stopped_at is None:
+        run.stopped_at = now
+        if run.dispatched_at is not None or run.flow_run_id is not None:
+            run.cancel_requested_at = now
+    _publish(session, job)
+    return job
+
+
+def retry_job(*, session: Session, job_id: str, from_step: str | None) -> RegistrationJob:
+    """Queue an ended job again in a new run: every step not completed, and `from_step`
+    with everything that depends on it even when completed (each gets a new idempotency
+    generation). A second active job of the restaurant fails the flush (IntegrityError)."""
+    job = _job(session, job_id, lock=True)
+    status = JobStatus(job.status)
+    if not status.is_final:
+        raise Conflict(f"the job is {status.value}; only an ended job can be retried")
+    if status is JobStatus.COMPLETED and from_step is None:
+        raise Conflict("the job completed: nothing to retry (name a from_step to re-run)")
+    rerun = {from_step} | catalogue.dependents(from_step) if from_step else set()
+    for row in _steps(session, job.id).values():
+        if row.step_id in rerun and row.status == StepStatus.COMPLETED:
+            row.generation += 1
+            row.result_data = None
+            _requeue(row)
+        elif row.status != StepStatus.COMPLETED:
+            _requeue(row)
+    # Whatever is left of an earlier run (a process still ending) can write nothing more.
+    job.epoch += 1
+    job.status = JobStatus.IN_PROGRESS
+    job.completed_at = None
+    job.error_message = None
+    _request_run(session, job)
+    session.flush()
+    _publish(session, job)
+    return job
+
+
+# ------------------------------------------------------------------------ flow side
+
+
+@dataclass(frozen=True)
+class StepState:
+    status: StepStatus
+    reason: str | None
+    result: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class RunStart:
+    #: The fencing token of this flow run: every write it makes carries it.
+    epoch: int
+    config: ExecutionConfig
+    steps: Mapping[str, StepState]
 
 
 def _state(row: RegistrationJobStep) -> StepState:
     return StepState(StepStatus(row.status), row.skip_reason, row.result_data)
 
 
-@retry_on_disconnect
-def begin_run(*, job_id: str, flow_run_id: str | None, cancelling: bool = False) -> RunStart:
-    """Mark the job in progress for this flow run and queue every step not completed.
+def _run_of(
+    session: Session, job: RegistrationJob, flow_run_id: str, generation: int | None
+) -> JobRun | None:
+    """This flow run's row: by its id, else (a run the dispatcher made but has not yet
+    recorded) by the generation in its Prefect idempotency key."""
+    run = session.scalars(
+        select(JobRun).where(JobRun.job_id == job.id, JobRun.flow_run_id == flow_run_id)
+    ).first()
+    if run is None and generation is not None:
+        run = session.scalars(
+            select(JobRun).where(
+                JobRun.job_id == job.id,
+                JobRun.generation == generation,
+                JobRun.flow_run_id.is_(None),
+            )
+        ).one_or_none()
+    return run
 
-    Completed steps keep their result (they are reused); everything else goes back to
-    pending, so a re-run executes exactly the steps that did not complete. A job cancelled
-    through the API is run again only by a deliberate rerun: if this flow run is itself
-    being cancelled (`cancelling`), RunRefused.
+
+def begin_run(
+    *,
+    session: Session,
+    job_id: str,
+    flow_run_id: str,
+    generation: int | None = None,
+    run_count: int = 1,
+    cancelling: bool = False,
+) -> RunStart:
+    """Give the job to this flow run under a new epoch, and queue every step not completed
+    (completed steps keep their result and are reused).
+
+    Who may begin a job:
+    - an active job: only its current run (the latest run request; `generation` comes from
+      the run's Prefect idempotency key), or any run when none was ever requested;
+    - an ended job: any run not begun before with this Prefect run count, i.e. a deliberate
+      rerun (Prefect's Retry, `prefect deployment run`), except a run stopped before it
+      began (cancelled, superseded or recorded dead), which would only be starting late.
+    Anything else raises RunRefused naming the run that has the job.
     """
+    job = _job(session, job_id, lock=True)
+    if cancelling:
+        raise RunRefused("this flow run is being cancelled; not starting the job")
+    run = _run_of(session, job, flow_run_id, generation)
+    if run is not None and run_count <= run.begin_run_count:
+        raise RunRefused(f"flow run {flow_run_id} already began this job (run {run_count})")
     now = utcnow()
-    with session_scope() as session:
-        job = _job(session, job_id, lock=True)
-        if job.cancel_requested_at is not None and cancelling:
-            raise RunRefused("the job was cancelled before this flow run began")
-        job.status = "in_progress"
-        job.started_at = job.started_at or now
-        job.run_started_at = now
-        job.heartbeat_at = now
-        job.completed_at = None
-        job.error_message = None
-        job.cancel_requested_at = None
-        if flow_run_id and flow_run_id not in job.flow_run_ids:
-            job.flow_run_ids = [*job.flow_run_ids, flow_run_id]
-        job.flow_run_id = flow_run_id or job.flow_run_id
-        rows = _steps(session, job_id)
-        for row in rows.values():
-            if row.status != StepStatus.COMPLETED:
-                _requeue(row)
-        return RunStart(config=job_config(job), steps={k: _state(v) for k, v in rows.items()})
-
-
-@retry_on_disconnect
-def current_flow_run(*, job_id: str) -> tuple[str | None, str]:
-    """The flow run the job last ran in, and the job's recorded status."""
-    with session_scope() as session:
-        job = _job(session, job_id)
-        return job.flow_run_id, job.status
-
-
-@retry_on_disconnect
-def heartbeat(*, job_id: str) -> None:
-    """Renew the job's lease: its flow-run process is alive and working on it."""
-    with session_scope() as session:
-        session.execute(
-            update(RegistrationJob)
-            .where(RegistrationJob.id == job_id)
-            .values(heartbeat_at=utcnow())
-        )
-
-
-def jobs_without_heartbeat(session: Session, *, older_than: timedelta) -> list[RegistrationJob]:
-    """In-progress jobs whose lease ran out: their worker is gone."""
-    cutoff = utcnow() - older_than
-    return list(
-        session.scalars(
-            select(RegistrationJob).where(
-                RegistrationJob.status == "in_progress",
-                RegistrationJob.heartbeat_at < cutoff,
+    if JobStatus(job.status).is_active:
+        is_current = run is not None and run.generation == job.run_generation
+        if not is_current and job.run_generation != 0:
+            holder = job.flow_run_id or "a run not yet handed to Prefect"
+            raise RunRefused(f"flow run {holder} has this job; not starting another")
+        if run is None:
+            job.run_generation += 1
+    else:
+        if run is not None and run.stopped_at is not None and run.begin_run_count == 0:
+            raise RunRefused(
+                "this flow run was stopped before it began (the job was cancelled, retried "
+                "or its run recorded dead); rerun the job instead"
             )
+        job.run_generation += 1
+        if run is not None:
+            run.generation = job.run_generation
+    if run is None:
+        run = JobRun(
+            job_id=job.id,
+            generation=job.run_generation,
+            source="prefect",
+            flow_run_id=flow_run_id,
+            dispatched_at=now,
+            dispatch_attempts=0,
         )
+        session.add(run)
+    # What the API or reconciler still had for Prefect about this run is moot now.
+    run.stopped_at = None
+    if run.cancel_requested_at and not run.cancel_delivered_at:
+        run.cancel_delivered_at = now
+    if run.crash_message and not run.crash_delivered_at:
+        run.crash_delivered_at = now
+    run.flow_run_id = flow_run_id
+    run.dispatched_at = run.dispatched_at or now
+    run.began_at = now
+    run.begin_run_count = run_count
+
+    job.epoch += 1
+    job.status = JobStatus.IN_PROGRESS
+    job.started_at = job.started_at or now
+    job.run_started_at = now
+    job.heartbeat_at = now
+    job.completed_at = None
+    job.error_message = None
+    job.pending_reason = None
+    job.flow_run_state = "Running"
+    if flow_run_id not in job.flow_run_ids:
+        job.flow_run_ids = [*job.flow_run_ids, flow_run_id]
+    job.flow_run_id = flow_run_id
+    rows = _steps(session, job_id)
+    for row in rows.values():
+        if row.status != StepStatus.COMPLETED:
+            _requeue(row)
+    session.flush()  # a second active job of the restaurant fails here (IntegrityError)
+    _publish(session, job)
+    return RunStart(
+        epoch=job.epoch, config=job_config(job), steps={k: _state(v) for k, v in rows.items()}
     )
 
 
-def jobs_queued_since(session: Session, *, older_than: timedelta) -> list[RegistrationJob]:
-    """Started jobs whose flow run has not begun for a while (queued, or claimed by a worker
-    that died): the translation tells which."""
-    cutoff = utcnow() - older_than
-    return list(
-        session.scalars(
-            select(RegistrationJob).where(
-                RegistrationJob.status == "pending",
-                RegistrationJob.flow_run_id.is_not(None),
-                RegistrationJob.created_at < cutoff,
-            )
-        )
+def _owned(session: Session, job_id: str, epoch: int) -> RegistrationJob:
+    """The job, locked, if the caller still holds `epoch`; else OwnershipLost saying who
+    took it."""
+    job = _job(session, job_id, lock=True)
+    if job.epoch != epoch:
+        raise OwnershipLost(lost_to(job))
+    return job
+
+
+def lost_to(job: RegistrationJob) -> str:
+    """Why a flow run that held an older epoch of the job no longer has it."""
+    if job.status == JobStatus.CANCELLED:
+        return "the job was cancelled; this flow run starts no further step"
+    if JobStatus(job.status).is_final:
+        return f"the job was ended ({job.status}: {job.error_message}); this flow run stops"
+    if job.flow_run_id:
+        return f"flow run {job.flow_run_id} took over the job; this flow run stops"
+    return "the job was queued again (retry); this flow run stops"
+
+
+def holds(*, session: Session, job_id: str, epoch: int) -> str | None:
+    """None while the caller holds the job; else why not (a read, no lock)."""
+    job = _job(session, job_id)
+    return None if job.epoch == epoch else lost_to(job)
+
+
+def heartbeat(*, session: Session, job_id: str, epoch: int) -> bool:
+    """Renew the job's lease while this flow run holds it; False once it does not."""
+    renewed = session.execute(
+        update(RegistrationJob)
+        .where(RegistrationJob.id == job_id, RegistrationJob.epoch == epoch)
+        .values(heartbeat_at=utcnow())
     )
-
-
-@retry_on_disconnect
-def cancel_requested(*, job_id: str) -> bool:
-    with session_scope() as session:
-        return _job(session, job_id).cancel_requested_at is not None
+    return bool(getattr(renewed, "rowcount", 0))
 
 
 def _requeue(row: RegistrationJobStep) -> None:
     row.status = StepStatus.PENDING
-    row.attempts = 0
+    row.run_attempts = 0
     row.started_at = row.finished_at = row.duration_ms = None
     row.error_message = row.warning = row.skip_reason = row.progress = None
+    row.next_action = None
     row.not_before = None
     row.task_run_id = None
 
 
-@retry_on_disconnect
-def step_states(*, job_id: str) -> dict[str, StepState]:
-    with session_scope() as session:
-        return {k: _state(v) for k, v in _steps(session, job_id).items()}
+def step_states(*, session: Session, job_id: str) -> dict[str, StepState]:
+    return {k: _state(v) for k, v in _steps(session, job_id).items()}
 
 
-@retry_on_disconnect
-def skip_steps(*, job_id: str, reasons: Mapping[str, str]) -> None:
+def skip_steps(*, session: Session, job_id: str, epoch: int, reasons: Mapping[str, str]) -> None:
     if not reasons:
         return
+    job = _owned(session, job_id, epoch)
     now = utcnow()
-    with session_scope() as session:
-        rows = _steps(session, job_id)
-        for step_id, reason in reasons.items():
-            row = rows[step_id]
-            row.status = StepStatus.SKIPPED
-            row.skip_reason = reason
-            row.finished_at = now
+    rows = _steps(session, job_id)
+    for step_id, reason in reasons.items():
+        row = rows[step_id]
+        row.status = StepStatus.SKIPPED
+        row.skip_reason = reason
+        row.finished_at = now
+    _publish(session, job)
 
 
 @dataclass(frozen=True)
 class Attempt:
+    #: Counts every attempt of the step in every run of the job.
     number: int
     generation: int
     not_before: datetime | None
@@ -255,41 +522,48 @@ class Attempt:
     inputs: Mapping[str, dict[str, Any]]
 
 
-@retry_on_disconnect
 def start_attempt(
-    *, job_id: str, step_id: str, flow_run_id: str | None, task_run_id: str | None
+    *,
+    session: Session,
+    job_id: str,
+    epoch: int,
+    step_id: str,
+    flow_run_id: str | None,
+    task_run_id: str | None,
 ) -> Attempt:
-    """Record that an attempt of a step starts; `retrying` from the second attempt on."""
+    """Record that an attempt of a step starts: `running`, or `retrying` from the second
+    attempt of this run on. Raises OwnershipLost (nothing written) if the run lost the job."""
     now = utcnow()
-    with session_scope() as session:
-        if _job(session, job_id, lock=True).cancel_requested_at is not None:
-            raise JobCancelled("the job was cancelled; the step did not start")
-        rows = _steps(session, job_id)
-        row = rows[step_id]
-        row.attempts += 1
-        row.status = StepStatus.RUNNING if row.attempts == 1 else StepStatus.RETRYING
-        row.started_at = row.started_at or now
-        row.finished_at = None
-        row.flow_run_id = flow_run_id
-        row.task_run_id = task_run_id
-        session.add(
-            StepAttempt(
-                job_id=job_id,
-                step_id=step_id,
-                attempt=row.attempts,
-                flow_run_id=flow_run_id,
-                task_run_id=task_run_id,
-                status=StepStatus.RUNNING,
-                started_at=now,
-            )
+    job = _owned(session, job_id, epoch)
+    rows = _steps(session, job_id)
+    row = rows[step_id]
+    row.attempts += 1
+    row.run_attempts += 1
+    row.status = StepStatus.RUNNING if row.run_attempts == 1 else StepStatus.RETRYING
+    row.started_at = row.started_at or now
+    row.finished_at = None
+    row.flow_run_id = flow_run_id
+    row.task_run_id = task_run_id
+    session.add(
+        StepAttempt(
+            job_id=job_id,
+            step_id=step_id,
+            attempt=row.attempts,
+            flow_run_id=flow_run_id,
+            task_run_id=task_run_id,
+            epoch=epoch,
+            status=StepStatus.RUNNING,
+            started_at=now,
         )
-        # Outputs flow along the edges, also past one step (option sets use the subdomain).
-        inputs = {
-            n: rows[n].result_data or {}
-            for n in catalogue.ancestors(step_id)
-            if rows[n].status == StepStatus.COMPLETED
-        }
-        return Attempt(row.attempts, row.generation, row.not_before, inputs)
+    )
+    # Outputs flow along the edges, also past one step (option sets use the subdomain).
+    inputs = {
+        n: rows[n].result_data or {}
+        for n in catalogue.ancestors(step_id)
+        if rows[n].status == StepStatus.COMPLETED
+    }
+    _publish(session, job)
+    return Attempt(row.attempts, row.generation, row.not_before, inputs)
 
 
 def _finish_attempt(
@@ -307,30 +581,37 @@ def _finish_attempt(
     )
 
 
-@retry_on_disconnect
 def complete_attempt(
-    *, job_id: str, step_id: str, attempt: int, result: dict[str, Any], warning: str | None
+    *,
+    session: Session,
+    job_id: str,
+    epoch: int,
+    step_id: str,
+    attempt: int,
+    result: dict[str, Any],
+    warning: str | None,
 ) -> None:
+    job = _owned(session, job_id, epoch)
     now = utcnow()
-    with session_scope() as session:
-        row = _steps(session, job_id)[step_id]
-        row.status = StepStatus.COMPLETED
-        row.result_data = result
-        row.warning = warning
-        row.error_message = None
-        row.progress = None
-        row.not_before = None
-        row.finished_at = now
-        row.duration_ms = _ms(row.started_at, now)
-        _finish_attempt(
-            session, job_id, step_id, attempt, status=StepStatus.COMPLETED, warning=warning
-        )
+    row = _steps(session, job_id)[step_id]
+    row.status = StepStatus.COMPLETED
+    row.result_data = result
+    row.warning = warning
+    row.error_message = None
+    row.next_action = None
+    row.progress = None
+    row.not_before = None
+    row.finished_at = now
+    row.duration_ms = _ms(row.started_at, now)
+    _finish_attempt(session, job_id, step_id, attempt, status=StepStatus.COMPLETED, warning=warning)
+    _publish(session, job)
 
 
-@retry_on_disconnect
 def fail_attempt(
     *,
+    session: Session,
     job_id: str,
+    epoch: int,
     step_id: str,
     attempt: int,
     error: Classified,
@@ -339,152 +620,281 @@ def fail_attempt(
 ) -> int | None:
     """Record a failed attempt: `retrying` when another attempt follows, else `failed`.
     A screenshot of the attempt is kept with it; returns its id."""
+    job = _owned(session, job_id, epoch)
     now = utcnow()
-    with session_scope() as session:
-        row = _steps(session, job_id)[step_id]
-        row.error_message = error.message
-        row.progress = None
-        if will_retry:
-            row.status = StepStatus.RETRYING
-            row.not_before = (
-                now + timedelta(seconds=error.retry_after) if error.retry_after else None
-            )
-        else:
-            row.status = StepStatus.FAILED
-            row.finished_at = now
-            row.duration_ms = _ms(row.started_at, now)
-        evidence_id = None
-        if evidence is not None:
-            shot = StepEvidence(job_id=job_id, step_id=step_id, attempt=attempt, data=evidence)
-            session.add(shot)
-            session.flush()
-            evidence_id = shot.id
-        _finish_attempt(
-            session,
-            job_id,
-            step_id,
-            attempt,
-            status=StepStatus.FAILED,
-            error_class=error.error_class.value,
-            error_message=error.message,
-            evidence_path=f"evidence:{evidence_id}" if evidence_id else None,
-        )
-        return evidence_id
-
-
-def evidence_index(session: Session, *, job_id: str) -> dict[str, list[tuple[int, int]]]:
-    """(attempt, evidence id) of every screenshot of the job, by step."""
-    rows = session.execute(
-        select(StepEvidence.step_id, StepEvidence.attempt, StepEvidence.id)
-        .where(StepEvidence.job_id == job_id)
-        .order_by(StepEvidence.id)
-    ).tuples()
-    index: dict[str, list[tuple[int, int]]] = {}
-    for step_id, attempt, evidence_id in rows:
-        index.setdefault(step_id, []).append((attempt, evidence_id))
-    return index
-
-
-@retry_on_disconnect
-def set_progress(*, job_id: str, step_id: str, progress: str) -> None:
-    with session_scope() as session:
-        session.execute(
-            update(RegistrationJobStep)
-            .where(RegistrationJobStep.job_id == job_id, RegistrationJobStep.step_id == step_id)
-            .values(progress=progress, updated_at=utcnow())
-        )
-
-
-@retry_on_disconnect
-def finish_run(*, job_id: str, status: str, error_message: str | None) -> None:
-    with session_scope() as session:
-        job = _job(session, job_id, lock=True)
-        if job.cancel_requested_at is not None:
-            return  # cancelled through the API, which recorded the end already
-        job.status = status
-        job.error_message = error_message
-        job.completed_at = utcnow()
-
-
-# ------------------------------------------------------------------------- API side
-
-
-def request_cancel(session: Session, *, job: RegistrationJob) -> None:
-    """Record a cancel: no step starts from now on; unfinished steps are cancelled."""
-    now = utcnow()
-    job.cancel_requested_at = now
-    job.status = "cancelled"
-    job.completed_at = now
-    job.error_message = "cancelled on request"
-    for row in _steps(session, job.id).values():
-        if row.status in FINAL:
-            continue
-        was_running = row.status in (StepStatus.RUNNING, StepStatus.RETRYING)
-        row.status = StepStatus.CANCELLED
-        row.skip_reason = (
-            "the job was cancelled" if was_running else "the job was cancelled before it started"
-        )
+    row = _steps(session, job_id)[step_id]
+    row.error_message = error.message
+    row.progress = None
+    if will_retry:
+        row.status = StepStatus.RETRYING
+        row.not_before = now + timedelta(seconds=error.retry_after) if error.retry_after else None
+    else:
+        row.status = StepStatus.FAILED
+        row.next_action = error.next_action.value
         row.finished_at = now
         row.duration_ms = _ms(row.started_at, now)
-        row.progress = None
-    _close_open_attempts(session, job.id, StepStatus.CANCELLED, None)
+    evidence_id = None
+    if evidence is not None:
+        shot = StepEvidence(job_id=job_id, step_id=step_id, attempt=attempt, data=evidence)
+        session.add(shot)
+        session.flush()
+        evidence_id = shot.id
+    _finish_attempt(
+        session,
+        job_id,
+        step_id,
+        attempt,
+        status=StepStatus.FAILED,
+        error_class=error.error_class.value,
+        error_message=error.message,
+        evidence_path=f"evidence:{evidence_id}" if evidence_id else None,
+    )
+    _publish(session, job)
+    return evidence_id
 
 
-def queue_retry(session: Session, *, job: RegistrationJob, from_step: str | None) -> None:
-    """Queue the job again: every step not completed, and `from_step` with everything that
-    depends on it even when completed (each gets a new idempotency generation)."""
-    rerun = {from_step} | catalogue.dependents(from_step) if from_step else set()
-    for row in _steps(session, job.id).values():
-        if row.step_id in rerun and row.status == StepStatus.COMPLETED:
-            row.generation += 1
-            row.result_data = None
-            _requeue(row)
-        elif row.status != StepStatus.COMPLETED:
-            _requeue(row)
-    job.status = "in_progress"
-    job.cancel_requested_at = None
-    job.completed_at = None
-    job.error_message = None
+def set_progress(*, session: Session, job_id: str, epoch: int, step_id: str, progress: str) -> None:
+    job = _owned(session, job_id, epoch)
+    row = _steps(session, job_id)[step_id]
+    if row.progress != progress:
+        row.progress = progress
+        _publish(session, job)
+
+
+def finish_run(
+    *, session: Session, job_id: str, epoch: int, status: JobStatus, error_message: str | None
+) -> None:
+    job = _owned(session, job_id, epoch)
+    job.status = status
+    job.error_message = error_message
+    job.completed_at = utcnow()
+    job.flow_run_state = "Completed" if status is JobStatus.COMPLETED else "Failed"
+    _publish(session, job)
+
+
+# ------------------------------------------------------------------- reconciler side
+
+
+@dataclass(frozen=True)
+class ActiveRun:
+    """An active job whose current run was handed to Prefect, as the reconciler sees it."""
+
+    job_id: str
+    flow_run_id: str
+    epoch: int
+
+
+def active_runs(*, session: Session) -> list[ActiveRun]:
+    rows = session.execute(
+        select(RegistrationJob.id, RegistrationJob.flow_run_id, RegistrationJob.epoch).where(
+            RegistrationJob.status.in_(ACTIVE), RegistrationJob.flow_run_id.is_not(None)
+        )
+    ).tuples()
+    return [
+        ActiveRun(job_id, flow_run_id, epoch) for job_id, flow_run_id, epoch in rows if flow_run_id
+    ]
+
+
+def job_and_steps(
+    *, session: Session, job_id: str
+) -> tuple[RegistrationJob, list[RegistrationJobStep]]:
+    job = _job(session, job_id)
+    return job, list(_steps(session, job_id).values())
 
 
 def record_outcome(
-    session: Session,
     *,
-    job: RegistrationJob,
+    session: Session,
+    job_id: str,
+    epoch: int,
     flow_run_id: str,
     observed_at: datetime | None,
-    status: str,
-    error_message: str | None,
-    steps: Mapping[str, tuple[str, str | None, str | None]],
+    public: JobPublic,
+    tell_prefect: str | None = None,
 ) -> bool:
-    """Write down an end the flow could not record itself (its process died), as seen in
-    Prefect. Only for the job's current flow run, and only if what was seen is newer than
-    that run's start; returns whether anything was written.
-
-    The caller read the job and its steps before it asked Prefect; the flow may have
-    recorded its own end since. So both are read again here (the job locked), and what the
-    flow wrote is never overwritten."""
-    job = _job(session, job.id, lock=True)
-    if job.status in ("completed", "failed", "cancelled") or job.flow_run_id != flow_run_id:
-        return False
-    if observed_at and job.run_started_at and observed_at < job.run_started_at:
+    """Write down an end only Prefect saw (a dead process, a deleted run, a cancel in the
+    Prefect UI), as the translation made it from Prefect's state; takes a new epoch, so a
+    process that is still alive can write nothing more. Only for the epoch and run the
+    reconciler looked at, and only for what is newer than that run's start; returns
+    whether anything was written. Steps the flow recorded as ended are never overwritten.
+    `tell_prefect`: the run must be set Crashed in Prefect with this message (Prefect
+    still thinks it alive)."""
+    job = _job(session, job_id, lock=True)
+    if (
+        not JobStatus(job.status).is_active
+        or job.epoch != epoch
+        or job.flow_run_id != flow_run_id
+        or (observed_at and job.run_started_at and observed_at < job.run_started_at)
+    ):
         return False
     now = utcnow()
-    job.status = status
-    job.error_message = error_message
-    job.completed_at = now
+    seen = {s.step_id: s for s in public.steps}
     for row in _steps(session, job.id, fresh=True).values():
-        if row.status in FINAL or row.step_id not in steps:
+        step = seen.get(row.step_id)
+        if row.status in FINAL or step is None:
             continue
-        row.status, row.error_message, row.skip_reason = steps[row.step_id]
+        row.status = step.status
+        row.error_message = step.error_message
+        row.skip_reason = step.skip_reason
+        row.next_action = NextAction.RETRY.value if step.status == "failed" else None
         row.finished_at = now
         row.duration_ms = _ms(row.started_at, now)
         row.progress = None
-    if status == "cancelled":
+    job.epoch += 1
+    job.status = public.status
+    job.error_message = public.error_message
+    job.completed_at = now
+    job.pending_reason = None
+    job.flow_run_state = public.flow_run_state
+    if public.status == "cancelled":
         _close_open_attempts(session, job.id, StepStatus.CANCELLED, None)
     else:
         _close_open_attempts(session, job.id, StepStatus.FAILED, "the flow-run process ended")
+    run = _current_run(session, job)
+    if run is not None and run.flow_run_id == flow_run_id:
+        run.stopped_at = now
+        if tell_prefect:
+            run.crash_message = tell_prefect
+    _publish(session, job)
     return True
+
+
+def note_flow_run(
+    *, session: Session, job_id: str, flow_run_id: str, state_name: str, queued: bool
+) -> None:
+    """What Prefect shows of an active job's run while it lives (for operators)."""
+    job = _job(session, job_id, lock=True)
+    if job.flow_run_id != flow_run_id or not JobStatus(job.status).is_active:
+        return
+    reason = QUEUED if queued else None
+    if (job.flow_run_state, job.pending_reason) != (state_name, reason):
+        job.flow_run_state = state_name
+        job.pending_reason = reason
+        _publish(session, job)
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """A run request for the dispatcher to hand to Prefect."""
+
+    run_id: int
+    job_id: str
+    generation: int
+    restaurant_id: str
+    restaurant_name: str
+    organisation_name: str
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.job_id}:{self.generation}"
+
+
+def runs_to_dispatch(*, session: Session, limit: int = 50) -> list[Dispatch]:
+    rows = session.execute(
+        select(JobRun, RegistrationJob, Organisation.name)
+        .join(RegistrationJob, RegistrationJob.id == JobRun.job_id)
+        .join(Organisation, Organisation.id == RegistrationJob.organisation_id)
+        .where(
+            JobRun.dispatched_at.is_(None),
+            JobRun.stopped_at.is_(None),
+            JobRun.flow_run_id.is_(None),
+        )
+        .order_by(JobRun.id)
+        .limit(limit)
+    ).tuples()
+    return [
+        Dispatch(run.id, job.id, run.generation, job.restaurant_id, job.restaurant_name, name)
+        for run, job, name in rows
+    ]
+
+
+def record_dispatch(*, session: Session, run_id: int, flow_run_id: str) -> None:
+    """The flow run of a request exists in Prefect: remember it (also when the flow run
+    began already); a request stopped meanwhile (cancelled) gets its cancel delivered."""
+    run = session.get(JobRun, run_id)
+    if run is None:
+        return
+    job = _job(session, run.job_id, lock=True)
+    session.refresh(run)
+    now = utcnow()
+    run.dispatched_at = run.dispatched_at or now
+    run.dispatch_error = None
+    if run.flow_run_id is None:
+        run.flow_run_id = flow_run_id
+    if run.stopped_at is not None and run.began_at is None:
+        run.cancel_requested_at = run.cancel_requested_at or now
+        return
+    if job.run_generation == run.generation and JobStatus(job.status).is_active:
+        if job.flow_run_id != flow_run_id and run.began_at is None:
+            job.flow_run_id = flow_run_id
+            if flow_run_id not in job.flow_run_ids:
+                job.flow_run_ids = [*job.flow_run_ids, flow_run_id]
+            job.pending_reason = QUEUED
+            job.flow_run_state = "Scheduled"
+        _publish(session, job)
+
+
+def record_dispatch_failure(*, session: Session, run_id: int, reason: str) -> None:
+    """Prefect did not take the run (down, slow, no deployment): the job says so."""
+    run = session.get(JobRun, run_id)
+    if run is None:
+        return
+    job = _job(session, run.job_id, lock=True)
+    run.dispatch_attempts += 1
+    run.dispatch_error = reason
+    current = job.run_generation == run.generation and JobStatus(job.status).is_active
+    if current and job.pending_reason != reason:
+        job.pending_reason = reason
+        _publish(session, job)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What Prefect must still be told about a flow run: cancel it, or that it crashed."""
+
+    run_id: int
+    flow_run_id: str
+    kind: str
+    message: str | None = None
+
+
+def deliveries(*, session: Session, limit: int = 50) -> list[Delivery]:
+    cancels = session.scalars(
+        select(JobRun)
+        .where(
+            JobRun.cancel_requested_at.is_not(None),
+            JobRun.cancel_delivered_at.is_(None),
+            JobRun.flow_run_id.is_not(None),
+        )
+        .order_by(JobRun.id)
+        .limit(limit)
+    ).all()
+    crashes = session.scalars(
+        select(JobRun)
+        .where(
+            JobRun.crash_message.is_not(None),
+            JobRun.crash_delivered_at.is_(None),
+            JobRun.flow_run_id.is_not(None),
+        )
+        .order_by(JobRun.id)
+        .limit(limit)
+    ).all()
+    return [Delivery(r.id, r.flow_run_id or "", "cancel") for r in cancels] + [
+        Delivery(r.id, r.flow_run_id or "", "crash", r.crash_message) for r in crashes
+    ]
+
+
+def record_delivered(*, session: Session, run_id: int, kind: str) -> None:
+    run = session.get(JobRun, run_id)
+    if run is None:
+        return
+    if kind == "cancel":
+        run.cancel_delivered_at = run.cancel_delivered_at or utcnow()
+    else:
+        run.crash_delivered_at = run.crash_delivered_at or utcnow()
+
+
+# ----------------------------------------------------------------------------- helpers
 
 
 def _close_open_attempts(

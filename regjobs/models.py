@@ -22,7 +22,12 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-ACTIVE_JOB_STATUSES = ("pending", "in_progress")
+from regjobs.catalogue import ACTIVE_JOB_STATUSES, JobStatus
+
+#: SQL for "the job is active", for the partial unique index (one active job per restaurant).
+ACTIVE_SQL = "status IN ({})".format(
+    ", ".join(f"'{s.value}'" for s in JobStatus if s in ACTIVE_JOB_STATUSES)
+)
 
 
 def utcnow() -> datetime:
@@ -86,11 +91,12 @@ class RegistrationJob(Base):
     organisation_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"), index=True)
     restaurant_id: Mapped[str] = mapped_column(String(200))
     restaurant_name: Mapped[str] = mapped_column(String(300))
-    status: Mapped[str] = mapped_column(String(20), default="pending")
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.PENDING.value)
     #: The execution config, secrets included, Fernet-encrypted.
     config_encrypted: Mapped[str] = mapped_column(Text)
     #: The execution config with every secret masked, for responses and operators.
     config_public: Mapped[dict[str, Any]]
+    #: The flow run that has (or last had) the job.
     flow_run_id: Mapped[str | None] = mapped_column(String(36), index=True)
     #: Every flow run this job has had, oldest first.
     flow_run_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -102,8 +108,26 @@ class RegistrationJob(Base):
     #: Renewed every few seconds by the flow-run process while it runs the job: a lease.
     heartbeat_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
-    cancel_requested_at: Mapped[datetime | None]
     error_message: Mapped[str | None] = mapped_column(Text)
+
+    #: Bumped with every change anyone can see: the number of the job's last event (the
+    #: ETag, and the `id:` of its Server-Sent Events).
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    #: The fencing token: taken anew by each flow run that begins the job, and by a cancel.
+    #: Every write of a flow-run process is conditional on the epoch it began with.
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    #: Run requests made (create with auto_start, start, retry, an operator's rerun); the
+    #: latest one is the job's current run. Part of the flow run's Prefect idempotency key.
+    run_generation: Mapped[int] = mapped_column(Integer, default=0)
+    #: Why a job that should run has not started ("waiting for Prefect", "queued").
+    pending_reason: Mapped[str | None] = mapped_column(Text)
+    #: The state of the current flow run as Prefect last showed it (the reconciler's view).
+    flow_run_state: Mapped[str | None] = mapped_column(String(50))
+    #: The materialised public state, written with every change: the job as GET answers
+    #: it (JSON), its `/progress` and its list entry. Reads return these and nothing else.
+    view: Mapped[str | None] = mapped_column(Text)
+    progress_view: Mapped[str | None] = mapped_column(Text)
+    summary_view: Mapped[str | None] = mapped_column(Text)
 
     steps: Mapped[list[RegistrationJobStep]] = relationship(
         back_populates="job", order_by="RegistrationJobStep.step_number"
@@ -116,10 +140,12 @@ class RegistrationJob(Base):
             "organisation_id",
             "restaurant_id",
             unique=True,
-            sqlite_where=text("status IN ('pending', 'in_progress')"),
-            postgresql_where=text("status IN ('pending', 'in_progress')"),
+            sqlite_where=text(ACTIVE_SQL),
+            postgresql_where=text(ACTIVE_SQL),
         ),
         UniqueConstraint("organisation_id", "idempotency_key", name="uq_registration_jobs_idem"),
+        # The list endpoint: an organisation's jobs, newest first.
+        Index("ix_registration_jobs_org_created", "organisation_id", "created_at", "id"),
     )
 
 
@@ -132,13 +158,17 @@ class RegistrationJobStep(Base):
     step_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     step_number: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(20), default="pending")
-    #: Attempts since the step was last queued; every attempt ever is in StepAttempt.
+    #: Attempts in all runs of the job (each one is in StepAttempt).
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: Attempts since the step was last queued: the second and later are `retrying`.
+    run_attempts: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     result_data: Mapped[dict[str, Any] | None]
     error_message: Mapped[str | None] = mapped_column(Text)
+    #: What a person can do about the step's failure (`NextAction`), when it failed.
+    next_action: Mapped[str | None] = mapped_column(String(20))
     warning: Mapped[str | None] = mapped_column(Text)
     #: Why a skipped step did not run ("disabled", or the dependency that failed).
     skip_reason: Mapped[str | None] = mapped_column(Text)
@@ -168,6 +198,8 @@ class StepAttempt(Base):
     attempt: Mapped[int] = mapped_column(Integer)
     flow_run_id: Mapped[str | None] = mapped_column(String(36))
     task_run_id: Mapped[str | None] = mapped_column(String(36))
+    #: The job's epoch held by the flow run that made the attempt.
+    epoch: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(20))
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
@@ -191,3 +223,72 @@ class StepEvidence(Base):
     content_type: Mapped[str] = mapped_column(String(50), default="image/png")
     data: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobRun(Base):
+    """One run request of a job and the flow run made for it: the transactional outbox.
+
+    A create (with auto_start), start or retry commits a row here together with the job;
+    the dispatcher creates the flow run (Prefect idempotency key `<job id>:<generation>`)
+    and records its id. A cancel or a dead run sets what Prefect must still be told
+    (`cancel_requested_at`, `crash_message`); the dispatcher delivers it when Prefect
+    answers. Rows are kept: they are the job's run history.
+    """
+
+    __tablename__ = "registration_job_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("registration_jobs.id"), index=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    #: "api" (created by the dispatcher) or "prefect" (an operator's run, seen at its start).
+    source: Mapped[str] = mapped_column(String(10), default="api")
+    flow_run_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    dispatched_at: Mapped[datetime | None]
+    dispatch_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    dispatch_error: Mapped[str | None] = mapped_column(Text)
+    #: The run must not start (cancelled, superseded or recorded dead) unless an operator
+    #: reruns it deliberately (a higher Prefect run count).
+    stopped_at: Mapped[datetime | None]
+    cancel_requested_at: Mapped[datetime | None]
+    cancel_delivered_at: Mapped[datetime | None]
+    crash_message: Mapped[str | None] = mapped_column(Text)
+    crash_delivered_at: Mapped[datetime | None]
+    began_at: Mapped[datetime | None]
+    #: Prefect's run count when this flow run last began the job.
+    begin_run_count: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (UniqueConstraint("job_id", "generation", name="uq_job_runs_generation"),)
+
+
+class JobEvent(Base):
+    """Every change of a job or one of its steps, in order: the Server-Sent Events feed."""
+
+    __tablename__ = "registration_job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("registration_jobs.id"))
+    #: The job's version after this event; grows by one per event of the job.
+    seq: Mapped[int] = mapped_column(Integer)
+    #: "job" or "step".
+    kind: Mapped[str] = mapped_column(String(10))
+    #: The new state (JSON): the job's summary, or the step as GET shows it.
+    data: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("job_id", "seq", name="uq_job_events_seq"),)
+
+
+class ControlLease(Base):
+    """A role one process holds at a time (the reconciler): who, until when, and what it
+    last saw. On PostgreSQL the holder also keeps an advisory lock; the row is its report."""
+
+    __tablename__ = "control_leases"
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(200))
+    #: Bumped at every change of holder.
+    term: Mapped[int] = mapped_column(Integer, default=0)
+    expires_at: Mapped[datetime | None]
+    renewed_at: Mapped[datetime | None]
+    status: Mapped[dict[str, Any] | None]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -33,6 +35,12 @@ class Settings(BaseSettings):
     state_dir: Path = PROJECT_DIR / ".state"
     #: SQLAlchemy URL of the job tables; SQLite under the state folder unless set.
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    #: Connections each process keeps to the job database, and how many more it may open
+    #: under load; a request waits at most `db_pool_timeout_seconds` for one. Reads hold a
+    #: connection only for their query, never while waiting on anything else.
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
     #: Fernet key for secrets at rest. In development a key is generated into the state folder.
     secret_key: SecretStr | None = None
 
@@ -77,6 +85,9 @@ class Settings(BaseSettings):
     #: than `worker_lost_seconds` has lost its worker (killed with it, machine gone, hung).
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     worker_lost_seconds: float = Field(default=20.0, gt=0)
+    #: How often a flow-run process checks that it still holds its job (a read): a cancel or
+    #: a takeover stops its running steps within this, even with Prefect down.
+    ownership_check_seconds: float = Field(default=1.0, gt=0)
 
     #: Flow runs a worker started by `make run` (or the tests) runs at once; beyond it they
     #: wait in the work pool, Scheduled. Each holds a Chromium while it has browser steps
@@ -84,15 +95,43 @@ class Settings(BaseSettings):
     #: the same bound as `prefect worker start --limit N`.
     worker_limit: int = Field(default=4, ge=0)
 
+    #: The reconciler (one per deployment, elected among the API processes): how often it
+    #: reads Prefect and dispatches, how long its lease lasts without renewal (a standby
+    #: takes over after that), and whether this process takes part.
+    reconcile_seconds: float = Field(default=1.0, gt=0)
+    reconciler_lease_seconds: float = Field(default=5.0, gt=0)
+    reconciler: bool = True
+    #: Run requests handed to Prefect per cycle.
+    dispatch_batch: int = Field(default=50, ge=1)
+
+    #: Server-Sent Events: a comment line this often keeps proxies from closing an idle
+    #: stream; new events are looked for this often.
+    sse_keepalive_seconds: float = Field(default=15.0, gt=0)
+    sse_poll_seconds: float = Field(default=0.1, gt=0)
+    #: Browser origins allowed to call the API (CORS), e.g. `https://app.example.com`;
+    #: comma-separated or a JSON list. None by default.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Upgrade the job database's schema when the API starts (development). With several
+    #: API processes, run `python -m regjobs.db upgrade` once instead and set this false.
+    auto_migrate: bool = True
+
     #: Prefect deployment the API starts flow runs of ("flow-name/deployment-name").
     deployment: str = "registration-job/registration-job"
     work_pool: str = "registration-jobs"
     prefect_ui_url: str | None = None
-    #: How long the API may reuse a flow run's state before asking Prefect again.
-    flow_state_ttl_seconds: float = Field(default=1.0, ge=0)
 
     dev_api_key: SecretStr | None = None
     dev_organisation: str = "demo-organisation"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                return json.loads(value)
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
 
     @model_validator(mode="after")
     def _production_needs_real_secrets(self) -> Settings:

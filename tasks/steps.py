@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from prefect import Task, task
@@ -29,6 +29,7 @@ from prefect.logging import get_run_logger
 from regjobs import catalogue, ledger
 from regjobs.catalogue import StepKind
 from regjobs.config import ExecutionConfig
+from regjobs.db import read_session, transaction
 from regjobs.errors import AlreadyDone, classify, scrubbed
 from regjobs.evidence import evidence_url
 from regjobs.settings import Settings, StepMode, get_settings
@@ -36,37 +37,55 @@ from tasks.browser import BrowserPool
 from tasks.clients.systems import Clients
 from tasks.handlers import HANDLERS, StepContext
 
+R = TypeVar("R")
+
+
+async def ledger_write(fn: Callable[..., R], /, **kwargs: Any) -> R:
+    """A ledger write in its own transaction, off the event loop."""
+    return await asyncio.to_thread(transaction, fn, **kwargs)
+
+
+async def ledger_read(fn: Callable[..., R], /, **kwargs: Any) -> R:
+    """A ledger read, off the event loop; it never takes the write lock."""
+
+    def read() -> R:
+        with read_session() as session:
+            return fn(session=session, **kwargs)
+
+    return await asyncio.to_thread(read)
+
 
 @dataclass(frozen=True)
 class Resources:
     """What every step of one flow run shares."""
 
+    job_id: str
+    #: The fencing token this flow run holds; every ledger write carries it.
+    epoch: int
     config: ExecutionConfig
     clients: Clients
     browser: BrowserPool
 
 
 _resources: contextvars.ContextVar[Resources] = contextvars.ContextVar("regjobs_resources")
-_job_id: contextvars.ContextVar[str] = contextvars.ContextVar("regjobs_job_id")
 
 
 @asynccontextmanager
 async def step_resources(
-    job_id: str, run_id: str, config: ExecutionConfig, settings: Settings
+    job_id: str, epoch: int, run_id: str, config: ExecutionConfig, settings: Settings
 ) -> AsyncIterator[None]:
     """One HTTP connection pool and (when a browser step needs it) one Chromium per flow
     run; the browser is closed when the run's steps are over, however they ended."""
     timeout = httpx.Timeout(settings.http_timeout_seconds)
     browser = BrowserPool(settings, run_id)
     async with httpx.AsyncClient(timeout=timeout) as http:
-        token = _resources.set(Resources(config, Clients.build(http, settings), browser))
-        job_token = _job_id.set(job_id)
+        clients = Clients.build(http, settings)
+        token = _resources.set(Resources(job_id, epoch, config, clients, browser))
         try:
             yield
         finally:
             await browser.close()
             _resources.reset(token)
-            _job_id.reset(job_token)
 
 
 def should_retry(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -86,9 +105,10 @@ async def run_step(job_id: str, step_id: str) -> dict[str, Any]:
         return await _attempt(settings, step, task_run)
     # Browser steps share one limit across every worker; waiting for a slot is `pending`
     # (or `retrying`) with the reason, not `running`.
-    await asyncio.to_thread(
+    await ledger_write(
         ledger.set_progress,
         job_id=job_id,
+        epoch=_resources.get().epoch,
         step_id=step_id,
         progress=f"waiting for a browser slot (at most {settings.browser_limit} at once)",
     )
@@ -103,11 +123,13 @@ async def run_step(job_id: str, step_id: str) -> dict[str, Any]:
 async def _attempt(
     settings: Settings, step: catalogue.Step, task_run: TaskRun | None
 ) -> dict[str, Any]:
-    job_id, step_id = _job_id.get(), step.id
+    resources = _resources.get()
+    job_id, epoch, step_id = resources.job_id, resources.epoch, step.id
     flow_run_id = str(task_run.flow_run_id) if task_run and task_run.flow_run_id else None
-    attempt = await asyncio.to_thread(
+    attempt = await ledger_write(
         ledger.start_attempt,
         job_id=job_id,
+        epoch=epoch,
         step_id=step_id,
         flow_run_id=flow_run_id,
         task_run_id=str(task_run.id) if task_run else None,
@@ -121,9 +143,10 @@ async def _attempt(
             await asyncio.sleep(wait)
 
     async def progress(text: str) -> None:
-        await asyncio.to_thread(ledger.set_progress, job_id=job_id, step_id=step_id, progress=text)
+        await ledger_write(
+            ledger.set_progress, job_id=job_id, epoch=epoch, step_id=step_id, progress=text
+        )
 
-    resources = _resources.get()
     ctx = StepContext(
         job_id=job_id,
         step_id=step_id,
@@ -156,9 +179,10 @@ async def _attempt(
             error.message,
             "; will retry" if will_retry else "",
         )
-        evidence_id = await asyncio.to_thread(
+        evidence_id = await ledger_write(
             ledger.fail_attempt,
             job_id=job_id,
+            epoch=epoch,
             step_id=step_id,
             attempt=attempt.number,
             error=error,
@@ -168,9 +192,10 @@ async def _attempt(
         if evidence_id is not None:
             await _link_evidence(settings, job_id, step, attempt.number, evidence_id)
         raise
-    await asyncio.to_thread(
+    await ledger_write(
         ledger.complete_attempt,
         job_id=job_id,
+        epoch=epoch,
         step_id=step_id,
         attempt=attempt.number,
         result=result,

@@ -1,47 +1,44 @@
-"""Registration jobs: create, read, watch."""
+"""Registration jobs: create, read, list, watch, start, cancel, retry.
+
+Reads answer from the materialised view (`api.reads`): no Prefect call, no lock, no write.
+Transitions are one ledger transaction each (`api.service`): none calls Prefect.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterable
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response, status
-from fastapi.security import HTTPAuthorizationCredentials
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response, status
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 
+from api import reads, service
 from api.deps import (
-    OrchestratorDep,
-    OrganisationDep,
-    SessionDep,
+    ApiKeyDep,
+    CallerDep,
+    CredentialsDep,
+    OwnJobDep,
     SettingsDep,
-    bearer,
-    current_organisation,
+    api_key,
+    caller,
+    not_found,
 )
-from api.orchestrator import OrchestratorUnavailable
+from api.events import EventHub
 from api.schemas import (
     ActionResult,
     ActiveJobPublic,
     JobCreate,
     JobCreated,
+    JobList,
     JobPublic,
     ProgressPublic,
     RetryRequest,
 )
-from api.service import (
-    ActiveJobExists,
-    JobStateConflict,
-    active_job,
-    cancel_job,
-    create_job,
-    discard_job,
-    find_job,
-    read_job,
-    retry_job,
-    start_job,
-)
-from api.translate import progress_public
-from regjobs import catalogue
+from regjobs import catalogue, ledger
 from regjobs.evidence import valid
-from regjobs.models import RegistrationJob, StepEvidence
+from regjobs.schemas import JobStatusName
 
 router = APIRouter(prefix="/api/registration-jobs", tags=["registration-jobs"])
 
@@ -49,15 +46,40 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "No valid API key"},
     404: {"description": "No such job in your organisation"},
 }
+_ETAG_HEADERS = {"ETag": {"description": "The job's version", "schema": {"type": "string"}}}
+_CACHED: dict[int | str, dict[str, Any]] = {
+    304: {"description": "Not modified: `If-None-Match` names the job's current version"},
+    **_ERRORS,
+}
+_JSON = "application/json"
+
+IfNoneMatch = Annotated[str | None, Header(max_length=1000)]
 
 
-def _job_or_404(
-    session: SessionDep, organisation: OrganisationDep, job_id: UUID
-) -> RegistrationJob:
-    job = find_job(session, organisation=organisation, job_id=str(job_id))
-    if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"registration job {job_id} not found")
-    return job
+def _not_modified(if_none_match: str | None, etag: str) -> bool:
+    """Whether `If-None-Match` names this version (weak comparison, lists, `*`)."""
+    if not if_none_match:
+        return False
+    tags = [tag.strip() for tag in if_none_match.split(",")]
+    return any(tag == "*" or tag.removeprefix("W/") == etag for tag in tags)
+
+
+async def _view(key: str, job_id: UUID, kind: reads.View) -> reads.Found:
+    try:
+        return await reads.run(reads.view, key, str(job_id), kind)
+    except reads.NotFound:
+        raise not_found(job_id) from None
+    except reads.Unauthorized:
+        # The key was checked in the job's own query; only a failed one is asked about.
+        await caller(key)
+        raise
+
+
+def _cached(found: reads.Found, if_none_match: str | None, body: str | None = None) -> Response:
+    headers = {"ETag": found.etag, "Cache-Control": "no-cache"}
+    if _not_modified(if_none_match, found.etag):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    return Response(body if body is not None else found.body, media_type=_JSON, headers=headers)
 
 
 @router.post(
@@ -67,118 +89,161 @@ def _job_or_404(
     responses={
         200: {"model": JobCreated, "description": "A repeated Idempotency-Key: the original job"},
         409: {"description": "The restaurant already has an active job (its id in `detail`)"},
-        503: {"description": "Prefect is unavailable; nothing was created"},
         **_ERRORS,
     },
 )
 def create(
     job_in: JobCreate,
-    session: SessionDep,
-    organisation: OrganisationDep,
-    orchestrator: OrchestratorDep,
+    organisation: CallerDep,
+    request: Request,
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobCreated:
-    """Create a job and (unless `auto_start` is false) start its flow run; answers at once."""
+    """Create a job; unless `auto_start` is false its flow run is started in the background.
+    Answers at once, whether Prefect is up or not (the job says what it waits for)."""
     try:
-        job, new = create_job(
-            session, organisation=organisation, job_in=job_in, idempotency_key=idempotency_key
+        view, new = service.create_job(
+            organisation_id=organisation.id, job_in=job_in, idempotency_key=idempotency_key
         )
-    except ActiveJobExists as exists:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            {
-                "message": "the restaurant already has an active registration job",
-                "active_job_id": exists.job_id,
-            },
-        ) from None
-    if not new:
+    except ledger.ActiveJobExists as exists:
+        raise _active_conflict(exists) from None
+    if new:
+        _nudge(request)
+    else:
         response.status_code = status.HTTP_200_OK
-        public = read_job(session, job=job, orchestrator=orchestrator)
-        return JobCreated(
-            job_id=job.id, status=public.status, steps=public.steps, flow_run_id=job.flow_run_id
-        )
-    if job_in.auto_start:
-        try:
-            start_job(session, job=job, organisation=organisation, orchestrator=orchestrator)
-        except OrchestratorUnavailable as exc:
-            discard_job(session, job=job)
-            raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE, f"{exc}; nothing was created"
-            ) from None
-    public = read_job(session, job=job, orchestrator=orchestrator)
+    job = JobPublic.model_validate_json(view)
     return JobCreated(
-        job_id=job.id, status="pending", steps=public.steps, flow_run_id=job.flow_run_id
+        job_id=job.id,
+        status=job.status,
+        steps=job.steps,
+        flow_run_id=job.flow_run_id,
+        pending_reason=job.pending_reason,
+        version=job.version,
     )
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses=_ERRORS)
-def get(
-    job_id: UUID, session: SessionDep, organisation: OrganisationDep, orchestrator: OrchestratorDep
-) -> JobPublic:
-    job = _job_or_404(session, organisation, job_id)
-    return read_job(session, job=job, orchestrator=orchestrator)
+@router.get("", response_model=JobList, responses={401: _ERRORS[401]})
+async def list_jobs(
+    organisation: CallerDep,
+    restaurant_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    status_: Annotated[JobStatusName | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=500)] = None,
+) -> Response:
+    """Your organisation's jobs, newest first, a page at a time (`next_cursor`)."""
+    try:
+        jobs, next_cursor = await reads.run(
+            lambda: reads.list_jobs(
+                organisation.id,
+                restaurant_id=restaurant_id,
+                status=status_,
+                limit=limit,
+                cursor=cursor,
+            )
+        )
+    except reads.BadCursor as exc:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            [{"type": "value_error", "loc": ["query", "cursor"], "msg": str(exc)}],
+        ) from None
+    body = '{"jobs":[' + ",".join(jobs) + '],"next_cursor":' + json.dumps(next_cursor) + "}"
+    return Response(body, media_type=_JSON)
 
 
-@router.get("/{job_id}/progress", response_model=ProgressPublic, responses=_ERRORS)
-def progress(
-    job_id: UUID, session: SessionDep, organisation: OrganisationDep, orchestrator: OrchestratorDep
-) -> ProgressPublic:
-    """Cheap enough to poll every few seconds: the ledger is local and the flow-run state
-    is read from Prefect at most about once per second per job."""
-    job = _job_or_404(session, organisation, job_id)
-    return progress_public(read_job(session, job=job, orchestrator=orchestrator))
+@router.get(
+    "/{job_id}",
+    response_model=JobPublic,
+    responses={200: {"headers": _ETAG_HEADERS}, **_CACHED},
+)
+async def get(
+    job_id: UUID, key: ApiKeyDep, settings: SettingsDep, if_none_match: IfNoneMatch = None
+) -> Response:
+    """The job and its steps. Answers with an `ETag`; `If-None-Match` with it gives `304`
+    while the job has not changed."""
+    found = await _view(key, job_id, "job")
+    if _not_modified(if_none_match, found.etag):
+        return _cached(found, if_none_match)
+    return _cached(found, None, reads.job_body(settings, str(job_id), found.body))
+
+
+@router.get(
+    "/{job_id}/progress",
+    response_model=ProgressPublic,
+    responses={200: {"headers": _ETAG_HEADERS}, **_CACHED},
+)
+async def progress(job_id: UUID, key: ApiKeyDep, if_none_match: IfNoneMatch = None) -> Response:
+    """Cheap enough to poll every few seconds from every tab: one read of the stored view;
+    with `If-None-Match`, `304` and no body while nothing changed."""
+    return _cached(await _view(key, job_id, "progress"), if_none_match)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "`event: job` or `event: step`, `data:` the new state (JSON), "
+            "`id:` the job's version at that event; a comment line every 15 s; the stream "
+            "ends after the job's final event."
+        },
+        **_ERRORS,
+    },
+)
+async def events(
+    job_id: OwnJobDep,
+    request: Request,
+    settings: SettingsDep,
+    last_event_id: Annotated[int | None, Header(ge=0, le=2**62)] = None,
+) -> AsyncIterable[ServerSentEvent]:
+    """Server-Sent Events: every change of the job or a step, in order, from the start (or
+    after `Last-Event-ID`), until the job's final event. A tab that listens needs no polling."""
+    hub: EventHub = request.app.state.events
+    async for event in hub.stream(job_id, last_event_id or 0):
+        if event is None:
+            yield ServerSentEvent(comment="keep-alive")
+            continue
+        data = event.data
+        if event.kind == "step" and '"evidence_id"' in data:
+            step = json.loads(data)
+            reads.with_links(settings, job_id, [step])
+            data = json.dumps(step)
+        yield ServerSentEvent(raw_data=data, event=event.kind, id=str(event.seq))
 
 
 _CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {"description": "The job's state does not allow this"},
-    503: {"description": "Prefect is unavailable; nothing changed"},
     **_ERRORS,
 }
 
 
-def _unavailable(exc: OrchestratorUnavailable) -> HTTPException:
-    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"{exc}; nothing changed")
-
-
 @router.post("/{job_id}/start", response_model=ActionResult, responses=_CONFLICT)
-def start(
-    job_id: UUID, session: SessionDep, organisation: OrganisationDep, orchestrator: OrchestratorDep
-) -> ActionResult:
+def start(job_id: OwnJobDep, request: Request) -> ActionResult:
     """Start a job created with `auto_start: false`."""
-    job = _job_or_404(session, organisation, job_id)
-    if job.flow_run_id is not None or job.status != "pending":
-        raise HTTPException(status.HTTP_409_CONFLICT, "the job has already been started")
     try:
-        flow_run_id = start_job(
-            session, job=job, organisation=organisation, orchestrator=orchestrator
-        )
-    except OrchestratorUnavailable as exc:
-        raise _unavailable(exc) from None
-    return ActionResult(success=True, status="pending", flow_run_id=flow_run_id)
+        service.start_job(job_id=job_id)
+    except ledger.Conflict as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    _nudge(request)
+    return ActionResult(success=True, status="pending", flow_run_id=None)
 
 
 @router.post("/{job_id}/cancel", response_model=ActionResult, responses=_CONFLICT)
-def cancel(
-    job_id: UUID, session: SessionDep, organisation: OrganisationDep, orchestrator: OrchestratorDep
-) -> ActionResult:
-    """Cancel the job: no step starts after this answers; running steps are stopped."""
-    job = _job_or_404(session, organisation, job_id)
+def cancel(job_id: OwnJobDep, request: Request) -> ActionResult:
+    """Cancel the job: no step starts after this answers (its flow run loses the job at
+    once, Prefect or not); running steps are stopped, and Prefect cancels the run."""
     try:
-        cancel_job(session, job=job, orchestrator=orchestrator)
-    except JobStateConflict as exc:
+        job = service.cancel_job(job_id=job_id)
+    except ledger.Conflict as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    except OrchestratorUnavailable as exc:
-        raise _unavailable(exc) from None
+    _nudge(request)
     return ActionResult(success=True, status="cancelled", flow_run_id=job.flow_run_id)
 
 
 @router.post("/{job_id}/retry", response_model=ActionResult, responses=_CONFLICT)
 def retry(
     job_id: UUID,
-    session: SessionDep,
-    organisation: OrganisationDep,
-    orchestrator: OrchestratorDep,
+    organisation: CallerDep,
+    request: Request,
     body: RetryRequest | None = None,
 ) -> ActionResult:
     """Re-run the failed, skipped and cancelled steps; with `from_step`, also that step and
@@ -195,51 +260,50 @@ def retry(
                 }
             ],
         )
-    job = _job_or_404(session, organisation, job_id)
+    if not reads.job_exists(organisation.id, str(job_id)):
+        raise not_found(job_id)
     try:
-        flow_run_id = retry_job(
-            session,
-            job=job,
-            organisation=organisation,
-            orchestrator=orchestrator,
-            from_step=from_step,
-        )
-    except JobStateConflict as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    except ActiveJobExists as exists:
+        service.retry_job(organisation_id=organisation.id, job_id=str(job_id), from_step=from_step)
+    except ledger.ActiveJobExists as exists:
         raise _active_conflict(exists) from None
-    except OrchestratorUnavailable as exc:
-        raise _unavailable(exc) from None
-    return ActionResult(success=True, status="in_progress", flow_run_id=flow_run_id)
+    except ledger.Conflict as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    _nudge(request)
+    return ActionResult(success=True, status="in_progress", flow_run_id=None)
 
 
 @router.get(
     "/{job_id}/evidence/{evidence_id}",
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}, **_ERRORS},
-    dependencies=[],
 )
-def evidence(
+async def evidence(
     job_id: UUID,
     evidence_id: int,
-    session: SessionDep,
     settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    credentials: CredentialsDep,
     sig: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
     """A screenshot of a failed browser attempt: with an API key of the job's organisation,
     or with the signed link the job and its Prefect artifact give."""
     if sig is None or not valid(settings, str(job_id), evidence_id, sig):
-        organisation = current_organisation(session, credentials)
-        if find_job(session, organisation=organisation, job_id=str(job_id)) is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"registration job {job_id} not found")
-    shot = session.get(StepEvidence, evidence_id)
-    if shot is None or shot.job_id != str(job_id):
+        organisation = await caller(api_key(credentials))
+        if not await reads.run(reads.job_exists, organisation.id, str(job_id)):
+            raise not_found(job_id)
+    shot = await reads.run(reads.evidence, str(job_id), evidence_id)
+    if shot is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"evidence {evidence_id} not found")
-    return Response(shot.data, media_type=shot.content_type)
+    return Response(shot[0], media_type=shot[1])
 
 
-def _active_conflict(exists: ActiveJobExists) -> HTTPException:
+def _nudge(request: Request) -> None:
+    """Hand a new run request or cancel to Prefect now, if this process's reconciler leads."""
+    reconciler = getattr(request.app.state, "reconciler", None)
+    if reconciler is not None:
+        reconciler.nudge()
+
+
+def _active_conflict(exists: ledger.ActiveJobExists) -> HTTPException:
     return HTTPException(
         status.HTTP_409_CONFLICT,
         {
@@ -257,16 +321,14 @@ restaurants = APIRouter(prefix="/api/restaurants", tags=["restaurants"])
     response_model=ActiveJobPublic,
     responses={401: _ERRORS[401]},
 )
-def active(
+async def active(
     restaurant_id: Annotated[str, Path(min_length=1, max_length=200)],
-    session: SessionDep,
-    organisation: OrganisationDep,
-    orchestrator: OrchestratorDep,
-) -> ActiveJobPublic:
+    organisation: CallerDep,
+    settings: SettingsDep,
+) -> Response:
     """The restaurant's pending or in-progress job in your organisation, or null."""
-    job = active_job(session, organisation=organisation, restaurant_id=restaurant_id)
-    if job is None:
-        return ActiveJobPublic(job=None)
-    public = read_job(session, job=job, orchestrator=orchestrator)
-    # Reading may have found it ended (its process died): then it is not active.
-    return ActiveJobPublic(job=public if public.status in ("pending", "in_progress") else None)
+    view = await reads.run(reads.active_job, organisation.id, restaurant_id)
+    if view is None:
+        return Response('{"job":null}', media_type=_JSON)
+    job_id = json.loads(view)["id"]
+    return Response('{"job":' + reads.job_body(settings, job_id, view) + "}", media_type=_JSON)

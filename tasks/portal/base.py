@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from playwright.async_api import Locator, Page
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
-from regjobs.errors import NonRetryableStepError, RetryableStepError
+from regjobs.errors import NonRetryableStepError, PreconditionFailed, RetryableStepError
 
 LOGIN_PATH = "/login"
 
@@ -51,7 +51,8 @@ class PortalPage:
             raise RetryableStepError(f"{self.name} page: the portal answered HTTP {status}")
         error = self.page.locator(".portal-error")
         if await error.count():
-            raise NonRetryableStepError(f"{self.name} page: {await error.first.inner_text()}")
+            # The portal's precondition page: something an earlier step made is missing.
+            raise PreconditionFailed(f"{self.name} page: {await error.first.inner_text()}")
         fields = self.page.locator(".field-error")
         if await fields.count():
             problems = [

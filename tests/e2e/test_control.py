@@ -155,14 +155,16 @@ def test_retry_after_a_failure_runs_only_what_did_not_complete(
     answer = api.post(f"/api/registration-jobs/{job['id']}/retry", json={})
     assert answer.status_code == 200, answer.text
     assert answer.json()["status"] == "in_progress"
-    assert answer.json()["flow_run_id"] != job["flow_run_id"]
     # While it runs, another retry is a conflict.
     assert api.post(f"/api/registration-jobs/{job['id']}/retry").status_code == 409
 
     retried = watch_job(api, job["id"]).job
     assert retried["status"] == "completed"
+    assert retried["flow_run_id"] != job["flow_run_id"]  # a new flow run
     assert effects(standin) == dict.fromkeys(STEP_IDS, 1)
-    assert steps_by_id(retried)["menu_import"]["attempts"] == 1
+    # Attempts count across runs: one in the first run, one in the retry.
+    assert steps_by_id(retried)["menu_import"]["attempts"] == 2
+    assert steps_by_id(retried)["option_sets"]["attempts"] == 1
     # A completed job has nothing to retry without from_step.
     assert api.post(f"/api/registration-jobs/{job['id']}/retry").status_code == 409
 
@@ -379,8 +381,12 @@ def test_kill_the_worker_with_its_flow_runs_fails_the_job_within_30_s(
         step = steps_by_id(job)["menu_import"]
         assert step["status"] == "failed"
         assert "worker was lost" in step["error_message"]
-        # Prefect agrees, so the run can be retried from there too.
-        assert flow_run_state(flow_run_id)[0] is StateType.CRASHED
+        # Prefect is told (by the reconciler, right after), so the run can be retried there.
+        wait_for(
+            lambda: flow_run_state(flow_run_id)[0] is StateType.CRASHED,
+            timeout=10,
+            what="Prefect to show the run Crashed",
+        )
     finally:
         stack.stop_child("worker")
         stack.start_worker()

@@ -127,7 +127,9 @@ def test_400_fails_the_step_and_skips_its_dependents_only(
     ):
         assert steps[independent]["status"] == "completed", independent
     assert len(calls_of(standin, "payment_configuration")) == 1
-    assert job["progress_percent"] == 99
+    # 10 completed, 1 skipped (disabled or for the failure), the failed one not counted.
+    assert job["progress_percent"] == 11 * 100 // 12
+    assert (job["failed_step"], job["next_action"]) == ("payment_configuration", "fix_config")
 
 
 def test_existing_account_completes_with_a_warning(

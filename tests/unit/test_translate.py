@@ -1,4 +1,4 @@
-"""Unit tests for the Prefect-state -> job/step translation (api.translate)."""
+"""Unit tests for the Prefect-state -> job/step translation (regjobs.translate)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 from prefect.client.schemas.objects import StateType
 
 from api.schemas import JobPublic, StepPublic
-from api.translate import (
+from regjobs.catalogue import DISABLED_REASON, STEP_IDS, STEPS, step
+from regjobs.models import RegistrationJob, RegistrationJobStep
+from regjobs.translate import (
     WORKER_LOST,
     FlowRunSnapshot,
     RunState,
@@ -17,8 +19,6 @@ from api.translate import (
     job_public,
     progress_public,
 )
-from regjobs.catalogue import DISABLED_REASON, STEP_IDS, STEPS, step
-from regjobs.models import RegistrationJob, RegistrationJobStep
 
 T0 = datetime(2025, 1, 6, 9, 0, tzinfo=UTC)
 FLOW_RUN_ID = "0b7c3a4e-1111-4222-8333-944455556666"
@@ -36,6 +36,8 @@ def make_job(
     return RegistrationJob(
         id="job-1",
         restaurant_id="rest-1",
+        restaurant_name="Rest One",
+        version=7,
         status=status,
         created_at=T0,
         started_at=T0 + timedelta(seconds=1) if started else None,
@@ -265,7 +267,9 @@ def test_completed_flow_run_with_a_step_skipped_for_a_failure_is_failed() -> Non
                      flow(StateType.COMPLETED))  # fmt: skip
     assert job.status == "failed"
     assert job.error_message == "Menu import failed"
-    assert job.progress_percent == 99
+    # A failed job counts what got done (9 completed, 2 skipped), never its failed step.
+    assert job.progress_percent == 11 * 100 // 12
+    assert (job.failed_step, job.next_action) == ("menu_import", "retry")
     assert by_id(job)["option_sets"].skip_reason == "not run: Menu import was not completed"
 
 
@@ -295,7 +299,9 @@ def test_failed_flow_run_is_failed_and_unfinished_steps_end() -> None:
         assert steps[sid].progress is None
     assert all(steps[s].status == "skipped" for s in NOT_STARTED)
     assert {s.status for s in job.steps} <= FINAL
-    assert job.progress_percent == 99
+    # SPEC: a failed job counts its completed and skipped steps (1 + 8), not the failed.
+    assert job.progress_percent == 9 * 100 // 12
+    assert (job.failed_step, job.next_action) == ("code_generation", "retry")
 
 
 def test_failed_flow_run_prefers_the_jobs_own_error_message() -> None:
@@ -326,7 +332,8 @@ def test_crashed_flow_run_with_task_runs_still_running_is_failed_worker_lost() -
         assert steps[sid].status == "skipped"
         assert "worker was lost" in (steps[sid].skip_reason or "")
     assert not any(s.status in ("running", "retrying", "pending") for s in job.steps)
-    assert job.progress_percent == 99
+    assert job.progress_percent == 9 * 100 // 12
+    assert (job.failed_step, job.next_action) == ("code_generation", "retry")
 
 
 @pytest.mark.parametrize(("type_", "name"), [(StateType.CANCELLING, "Cancelling"),
@@ -348,7 +355,8 @@ def test_cancelled_flow_run_cancels_the_job_and_its_unfinished_steps(
     assert steps["account_registration"].status == "completed"
     assert steps["account_registration"].result_data == {"from": "account_registration"}
     assert steps["onboarding_user"].status == "skipped"
-    assert job.progress_percent == 99
+    assert job.progress_percent == 2 * 100 // 12
+    assert (job.failed_step, job.next_action) == (None, "retry")
 
 
 def test_cancelling_flow_run_whose_task_crashed_from_sigterm_is_cancelled() -> None:
@@ -496,14 +504,51 @@ def test_progress_percent_counts_final_steps() -> None:
     assert job.progress_percent == 3 * 100 // 12
 
 
-def test_failed_job_with_every_step_final_is_99_percent() -> None:
+def test_failed_job_with_every_step_final_counts_only_what_got_done() -> None:
     rows = [make_row(sid, "completed") for sid in STEP_IDS[:-1]]
     rows.append(make_row("item_tags", "failed"))
     job = job_public(make_job(status="failed"), rows, flow(StateType.FAILED, message="x"))
     assert job.status == "failed"
     assert all(s.status in FINAL for s in job.steps)
-    assert job.progress_percent == 99
+    assert job.progress_percent == 11 * 100 // 12
     assert job.current_step == 12
+
+
+@pytest.mark.parametrize("action", ["retry", "retry_from_step", "fix_config"])
+def test_a_failed_job_names_its_first_failed_step_and_what_to_do(action: str) -> None:
+    rows = make_rows(account_registration="completed", code_generation="completed")
+    rows = [r for r in rows if r.step_id not in ("website_configuration", "payment_configuration")]
+    rows += [
+        make_row("website_configuration", "failed", next_action="retry"),
+        make_row("payment_configuration", "failed", next_action="fix_config"),
+    ]
+    rows = [
+        make_row("restaurant_registration", "failed", next_action=action)
+        if r.step_id == "restaurant_registration"
+        else r
+        for r in rows
+    ]
+    job = job_public(make_job(status="failed", error_message="x"), rows, None)
+    assert (job.failed_step, job.next_action) == ("restaurant_registration", action)
+
+
+def test_a_live_or_completed_job_has_no_failed_step_or_next_action() -> None:
+    running = job_public(make_job(), make_rows(image_upload="running"), None)
+    assert (running.failed_step, running.next_action) == (None, None)
+    done = job_public(
+        make_job(status="completed"), [make_row(sid, "completed") for sid in STEP_IDS], None
+    )
+    assert (done.failed_step, done.next_action, done.progress_percent) == (None, None, 100)
+
+
+def test_the_materialised_view_carries_the_version_and_the_pending_reason() -> None:
+    job = make_job(status="pending", started=False, flow_run_id=None)
+    job.pending_reason = "Prefect is unavailable; the job starts when Prefect answers"
+    job.flow_run_state = None
+    public = job_public(job, make_rows(), None)
+    assert (public.version, public.pending_reason) == (7, job.pending_reason)
+    job.status = "cancelled"
+    assert job_public(job, make_rows(), None).pending_reason is None
 
 
 def test_result_data_only_for_completed_steps() -> None:
@@ -603,7 +648,7 @@ def _leased_job(seconds_ago: float) -> tuple[Any, datetime]:
 
 
 def test_a_running_flow_whose_lease_ran_out_is_crashed() -> None:
-    from api.translate import lease_expired
+    from regjobs.translate import lease_expired
 
     job, now = _leased_job(seconds_ago=25)
     rows = make_rows(**MIXED)
@@ -618,7 +663,7 @@ def test_a_running_flow_whose_lease_ran_out_is_crashed() -> None:
 
 
 def test_a_fresh_lease_or_an_ended_run_is_left_alone() -> None:
-    from api.translate import lease_expired
+    from regjobs.translate import lease_expired
 
     job, now = _leased_job(seconds_ago=5)
     running = flow(StateType.RUNNING, "Running")
@@ -632,7 +677,7 @@ def test_a_fresh_lease_or_an_ended_run_is_left_alone() -> None:
 def test_a_run_that_died_before_the_job_began_is_crashed() -> None:
     from dataclasses import replace as _replace
 
-    from api.translate import lease_expired
+    from regjobs.translate import lease_expired
 
     now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
     job = make_job(status="pending", started=False)

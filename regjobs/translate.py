@@ -1,8 +1,9 @@
 """Prefect flow-run and task-run state plus the step ledger, translated into SPEC.md's shape.
 
 The only module that knows how Prefect's states map to job and step statuses. Pure: it
-takes what was read (the job row, its step rows, a snapshot of the flow run and its task
-runs) and returns the response; nothing here does I/O.
+takes what was read (the job row, its step rows, and, for the reconciler, a snapshot of the
+flow run and its task runs) and returns the public job; nothing here does I/O. Without a
+snapshot it is the materialised view the ledger writes with every change.
 
 What Prefect really does, and so what this must not believe (DESIGN.md, measured on 3.9):
 - cancel: the flow-run process gets SIGTERM, a running task run ends Crashed (not
@@ -19,18 +20,26 @@ from datetime import datetime
 
 from prefect.client.schemas.objects import StateType
 
-from api.schemas import (
+from regjobs import catalogue
+from regjobs.catalogue import (
+    ACTIVE_JOB_STATUSES,
+    DISABLED_REASON,
+    JobStatus,
+    NextAction,
+    StepStatus,
+)
+from regjobs.models import RegistrationJob, RegistrationJobStep
+from regjobs.schemas import (
     EvidencePublic,
     JobPublic,
-    JobStatus,
+    JobStatusName,
+    JobSummary,
+    NextActionName,
     Phase,
     ProgressPublic,
     StepPublic,
     StepStatusName,
 )
-from regjobs import catalogue
-from regjobs.catalogue import DISABLED_REASON, StepStatus
-from regjobs.models import RegistrationJob, RegistrationJobStep
 
 #: A flow-run process starts in a few seconds; a run Pending much longer has no worker.
 PENDING_GRACE_SECONDS = 30.0
@@ -43,6 +52,11 @@ def pending_grace(lease_seconds: float) -> float:
 
 
 WORKER_LOST = "the worker was lost: the flow-run process ended while this step was running"
+
+#: The state name the reconciler gives a flow run Prefect no longer has (deleted, or a
+#: Prefect database reset): its job can never end by itself.
+DISAPPEARED = "Disappeared"
+DISAPPEARED_MESSAGE = "the flow run disappeared from Prefect (deleted, or Prefect was reset)"
 
 
 @dataclass(frozen=True)
@@ -128,6 +142,10 @@ def step_view(
     if state in _CANCEL:
         reason = "the job was cancelled" + ("" if was_running else " before this step started")
         return "cancelled", None, reason
+    if state is StateType.CRASHED and flow.state.name == DISAPPEARED:
+        if was_running:
+            return "failed", DISAPPEARED_MESSAGE + " while this step was running", None
+        return "skipped", None, "not run: the flow run disappeared"
     if state is StateType.CRASHED:
         if was_running:
             return "failed", WORKER_LOST, None
@@ -140,9 +158,9 @@ def step_view(
 
 def job_status(
     job: RegistrationJob, steps: Sequence[StepPublic], flow: FlowRunSnapshot | None
-) -> tuple[JobStatus, str | None]:
+) -> tuple[JobStatusName, str | None]:
     if flow is None:
-        return _job_db_status(job), job.error_message
+        return JobStatus(job.status).value, job.error_message
     state = flow.state
     if state.type in _QUEUED:
         return ("in_progress" if job.started_at else "pending"), None
@@ -150,6 +168,8 @@ def job_status(
         return "in_progress", None
     if state.type in _CANCEL:
         return "cancelled", job.error_message or "the job was cancelled"
+    if state.type is StateType.CRASHED and state.name == DISAPPEARED:
+        return "failed", DISAPPEARED_MESSAGE
     if state.type is StateType.CRASHED:
         return "failed", f"the worker was lost: {state.message or 'the flow run crashed'}"
     if state.type is StateType.COMPLETED and all(
@@ -161,13 +181,6 @@ def job_status(
 
 def _skipped_as_disabled(step: StepPublic) -> bool:
     return step.status == "skipped" and step.skip_reason == DISABLED_REASON
-
-
-def _job_db_status(job: RegistrationJob) -> JobStatus:
-    status = job.status
-    if status in ("pending", "in_progress", "completed", "failed", "cancelled"):
-        return status  # type: ignore[return-value]
-    return "pending"
 
 
 def _current(steps: Sequence[StepPublic]) -> tuple[int, Phase]:
@@ -182,11 +195,34 @@ def _current(steps: Sequence[StepPublic]) -> tuple[int, Phase]:
     return 0, "phase1"
 
 
-def _percent(status: JobStatus, steps: Sequence[StepPublic]) -> int:
+def _percent(status: JobStatusName, steps: Sequence[StepPublic]) -> int:
     if status == "completed":
         return 100
-    done = sum(1 for s in steps if s.status in _FINAL_STEP)
-    return min(99, done * 100 // len(steps)) if steps else 0
+    if not steps:
+        return 0
+    if status in ("failed", "cancelled"):
+        # What got done: a failed job never reads 99 because its failed step "ended".
+        done = sum(1 for s in steps if s.status in ("completed", "skipped"))
+    else:
+        done = sum(1 for s in steps if s.status in _FINAL_STEP)
+    return min(99, done * 100 // len(steps))
+
+
+def _stopped_by(
+    status: JobStatusName, steps: Sequence[StepPublic], rows: Mapping[str, RegistrationJobStep]
+) -> tuple[str | None, NextActionName | None]:
+    """Which step stopped a failed job, and what a person can do next (SPEC.md)."""
+    if status == "cancelled":
+        return None, NextAction.RETRY.value
+    if status != "failed":
+        return None, None
+    failed = [s for s in steps if s.status == "failed"]
+    if not failed:
+        return None, NextAction.RETRY.value
+    first = min(failed, key=lambda s: s.step_number)
+    row = rows.get(first.step_id)
+    action = NextAction(row.next_action) if row and row.next_action else NextAction.RETRY
+    return first.step_id, action.value
 
 
 def lease_expired(
@@ -199,7 +235,7 @@ def lease_expired(
     - Pending (a worker claimed it) far longer than a flow-run process takes to start: the
       worker died before the job began.
     """
-    if flow is None or job.status not in ("pending", "in_progress"):
+    if flow is None or job.status not in ACTIVE_JOB_STATUSES:
         return flow
     state = flow.state
     since = state.timestamp
@@ -258,10 +294,12 @@ def job_public(
         )
     status, error = job_status(job, steps, flow)
     current_step, current_phase = _current(steps)
+    failed_step, next_action = _stopped_by(status, steps, {r.step_id: r for r in rows})
     flow_run_id = flow.id if flow else job.flow_run_id
     return JobPublic(
         id=job.id,
         restaurant_id=job.restaurant_id,
+        restaurant_name=job.restaurant_name,
         status=status,
         current_phase=current_phase,
         current_step=current_step,
@@ -269,17 +307,19 @@ def job_public(
         steps=steps,
         created_at=job.created_at,
         started_at=job.started_at,
-        completed_at=_ended_at(job, flow)
-        if status in ("completed", "failed", "cancelled")
-        else None,
+        completed_at=_ended_at(job, flow) if JobStatus(status).is_final else None,
         error_message=error,
+        failed_step=failed_step,
+        next_action=next_action,
+        pending_reason=job.pending_reason if JobStatus(status).is_active else None,
         flow_run_id=flow_run_id,
         flow_run_url=(
             f"{prefect_ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}"
             if prefect_ui_url and flow_run_id
             else None
         ),
-        flow_run_state=flow.state.name if flow else None,
+        flow_run_state=flow.state.name if flow else job.flow_run_state,
+        version=job.version,
     )
 
 
@@ -289,6 +329,10 @@ def _ended_at(job: RegistrationJob, flow: FlowRunSnapshot | None) -> datetime | 
     if job.completed_at is not None:
         return job.completed_at
     return flow.state.timestamp if flow is not None else None
+
+
+def summary(job: JobPublic) -> JobSummary:
+    return JobSummary.model_validate(job.model_dump(exclude={"steps"}))
 
 
 def progress_public(job: JobPublic) -> ProgressPublic:

@@ -1,0 +1,269 @@
+"""The API's reads: the materialised job view the ledger writes, and nothing else.
+
+No read calls Prefect, takes a lock or writes. Each is one short query on a pooled
+connection, run in a worker thread bounded by the pool's size, so a slow database makes
+reads queue in memory rather than pile up on connections, and the event loop never waits
+on the database. The hot reads (a job and its progress) check the API key in the same
+query that reads the job.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, Literal, TypeVar
+
+import anyio
+from sqlalchemy import Engine, bindparam, select, tuple_
+from sqlalchemy.sql import Select
+
+from regjobs.catalogue import ACTIVE_JOB_STATUSES
+from regjobs.crypto import hash_api_key
+from regjobs.db import get_read_engine
+from regjobs.evidence import evidence_url
+from regjobs.models import ApiKey, JobEvent, Organisation, RegistrationJob, StepEvidence
+from regjobs.settings import Settings, get_settings
+
+R = TypeVar("R")
+
+View = Literal["job", "progress"]
+
+
+class Unauthorized(Exception):
+    pass
+
+
+class NotFound(Exception):
+    pass
+
+
+class BadCursor(ValueError):
+    pass
+
+
+@lru_cache
+def _limiter(size: int) -> anyio.CapacityLimiter:
+    return anyio.CapacityLimiter(size)
+
+
+async def run(fn: Callable[..., R], *args: Any) -> R:
+    """A read in a worker thread; at most as many at once as the pool has connections."""
+    settings = get_settings()
+    return await anyio.to_thread.run_sync(fn, *args, limiter=_limiter(settings.db_pool_size))
+
+
+def _engine() -> Engine:
+    return get_read_engine()
+
+
+@dataclass(frozen=True)
+class Caller:
+    id: str
+    name: str
+
+
+_KEY = (
+    select(Organisation.id, Organisation.name)
+    .join(ApiKey, ApiKey.organisation_id == Organisation.id)
+    .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
+)
+
+
+def organisation(key: str) -> Caller:
+    """The organisation an API key belongs to; Unauthorized for an unknown or revoked key."""
+    with _engine().connect() as connection:
+        row = connection.execute(_KEY, {"key_hash": hash_api_key(key)}).first()
+    if row is None:
+        raise Unauthorized
+    return Caller(row[0], row[1])
+
+
+def _by_key(column: Any) -> Select[Any]:
+    return (
+        select(RegistrationJob.version, column)
+        .join(ApiKey, ApiKey.organisation_id == RegistrationJob.organisation_id)
+        .where(
+            RegistrationJob.id == bindparam("job_id"),
+            ApiKey.key_hash == bindparam("key_hash"),
+            ApiKey.revoked_at.is_(None),
+        )
+    )
+
+
+_VIEWS: dict[View, Select[Any]] = {
+    "job": _by_key(RegistrationJob.view),
+    "progress": _by_key(RegistrationJob.progress_view),
+}
+
+
+@dataclass(frozen=True)
+class Found:
+    version: int
+    body: str
+
+    @property
+    def etag(self) -> str:
+        return f'"{self.version}"'
+
+
+def view(key: str, job_id: str, kind: View) -> Found:
+    """A job's view (`job`: as GET answers it; `progress`) and version, for a key of its
+    organisation; NotFound for a job that does not exist or is another organisation's."""
+    with _engine().connect() as connection:
+        row = connection.execute(
+            _VIEWS[kind], {"job_id": job_id, "key_hash": hash_api_key(key)}
+        ).first()
+    if row is None or row[1] is None:
+        organisation(key)  # Unauthorized, unless the key is fine and the job is not
+        raise NotFound
+    return Found(row[0], row[1])
+
+
+def with_links(settings: Settings, job_id: str, steps: Sequence[dict[str, Any]]) -> None:
+    """Fill in the signed link of every screenshot (links are made when read)."""
+    for step in steps:
+        for shot in step.get("evidence") or ():
+            shot["url"] = evidence_url(settings, job_id, int(shot["evidence_id"]))
+
+
+def job_body(settings: Settings, job_id: str, body: str) -> str:
+    """GET's answer from the stored view: as stored, with screenshot links added."""
+    if '"evidence_id"' not in body:
+        return body
+    job = json.loads(body)
+    with_links(settings, job_id, job["steps"])
+    return json.dumps(job)
+
+
+def active_job(organisation_id: str, restaurant_id: str) -> str | None:
+    """The view of the restaurant's active job in the organisation, if it has one."""
+    with _engine().connect() as connection:
+        return connection.execute(
+            select(RegistrationJob.view)
+            .where(
+                RegistrationJob.organisation_id == organisation_id,
+                RegistrationJob.restaurant_id == restaurant_id,
+                RegistrationJob.status.in_([s.value for s in ACTIVE_JOB_STATUSES]),
+            )
+            .limit(1)
+        ).scalar()
+
+
+# ----------------------------------------------------------------------------- the list
+
+
+def encode_cursor(created_at: datetime, job_id: str) -> str:
+    raw = json.dumps([created_at.isoformat(), job_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, job_id = json.loads(raw)
+        return datetime.fromisoformat(created_at), str(job_id)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise BadCursor("not a cursor this API gave (use next_cursor as it came)") from exc
+
+
+def list_jobs(
+    organisation_id: str,
+    *,
+    restaurant_id: str | None,
+    status: str | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[str], str | None]:
+    """Summaries of the organisation's jobs, newest first, and the cursor of the next page."""
+    query = select(
+        RegistrationJob.summary_view, RegistrationJob.created_at, RegistrationJob.id
+    ).where(
+        RegistrationJob.organisation_id == organisation_id,
+        RegistrationJob.summary_view.is_not(None),
+    )
+    if restaurant_id is not None:
+        query = query.where(RegistrationJob.restaurant_id == restaurant_id)
+    if status is not None:
+        query = query.where(RegistrationJob.status == status)
+    if cursor is not None:
+        created_at, job_id = decode_cursor(cursor)
+        query = query.where(
+            tuple_(RegistrationJob.created_at, RegistrationJob.id) < tuple_(created_at, job_id)
+        )
+    query = query.order_by(RegistrationJob.created_at.desc(), RegistrationJob.id.desc())
+    with _engine().connect() as connection:
+        rows = connection.execute(query.limit(limit + 1)).all()
+    page = rows[:limit]
+    more = len(rows) > limit
+    next_cursor = encode_cursor(page[-1][1], page[-1][2]) if more and page else None
+    return [row[0] for row in page if row[0]], next_cursor
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    kind: str
+    data: str
+
+
+def events_after(job_id: str, after: int, limit: int = 500) -> tuple[list[Event], str | None]:
+    """The job's events after `after`, in order, and the job's status now."""
+    with _engine().connect() as connection:
+        status = connection.execute(
+            select(RegistrationJob.status).where(RegistrationJob.id == job_id)
+        ).scalar()
+        rows = connection.execute(
+            select(JobEvent.seq, JobEvent.kind, JobEvent.data)
+            .where(JobEvent.job_id == job_id, JobEvent.seq > after)
+            .order_by(JobEvent.seq)
+            .limit(limit)
+        ).all()
+    return [Event(seq, kind, data) for seq, kind, data in rows], status
+
+
+def versions(job_ids: Sequence[str]) -> dict[str, int]:
+    """The version of each job (a job changed when its version did)."""
+    found: dict[str, int] = {}
+    ids = list(job_ids)
+    with _engine().connect() as connection:
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            found.update(
+                connection.execute(
+                    select(RegistrationJob.id, RegistrationJob.version).where(
+                        RegistrationJob.id.in_(chunk)
+                    )
+                ).tuples()
+            )
+    return found
+
+
+def job_exists(organisation_id: str, job_id: str) -> bool:
+    with _engine().connect() as connection:
+        return (
+            connection.execute(
+                select(RegistrationJob.id).where(
+                    RegistrationJob.id == job_id,
+                    RegistrationJob.organisation_id == organisation_id,
+                )
+            ).first()
+            is not None
+        )
+
+
+def evidence(job_id: str, evidence_id: int) -> tuple[bytes, str] | None:
+    with _engine().connect() as connection:
+        row = connection.execute(
+            select(StepEvidence.data, StepEvidence.content_type).where(
+                StepEvidence.id == evidence_id, StepEvidence.job_id == job_id
+            )
+        ).first()
+    return (row[0], row[1]) if row else None

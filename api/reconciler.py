@@ -1,0 +1,349 @@
+"""The reconciler: the one process that brings Prefect's view into the job database.
+
+Every API process runs one; a leader lease in the database lets exactly one of them act
+(an advisory lock on PostgreSQL, a lease row on SQLite), the others stand by and take over
+when it dies. Each cycle (about a second) the leader:
+1. dispatches: creates the flow run of every run request in the outbox (Prefect's
+   idempotency key `<job>:<generation>`, so a dispatch repeated after a timeout makes no
+   second run), and records its id; Prefect down or slow: the job stays `pending` saying so;
+2. delivers what Prefect must still be told: cancels made while it was down, runs found dead;
+3. reads the flow runs of all active jobs in one call, applies the lease rules (a Running
+   run whose process stopped renewing the job's lease, a run Pending too long) and records
+   what only Prefect saw: a run crashed, cancelled in the Prefect UI, or gone.
+While Prefect is down it waits; reads never wait on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from prefect.client.schemas.objects import StateType
+from sqlalchemy import Connection, select, text
+
+from api.orchestrator import DeploymentMissing, Orchestrator, OrchestratorUnavailable
+from regjobs import ledger, translate
+from regjobs.catalogue import JobStatus
+from regjobs.db import get_engine, read_session, transaction
+from regjobs.models import ControlLease, RegistrationJob, utcnow
+from regjobs.settings import Settings
+from regjobs.translate import DISAPPEARED, DISAPPEARED_MESSAGE, FlowRunSnapshot, RunState
+
+logger = logging.getLogger("regjobs.reconciler")
+
+ROLE = "reconciler"
+#: The PostgreSQL advisory lock key of the role (any constant; "regjobs" in ASCII).
+ADVISORY_KEY = 0x7265676A6F6273
+
+
+def holder_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class LeaderLease:
+    """Holds the reconciler role for this process, or learns that another does.
+
+    SQLite: a lease row, renewed every cycle, taken over once it has expired. PostgreSQL:
+    an advisory lock on a connection this process keeps open, which the server releases
+    the moment the process dies; the row is then only its report.
+    """
+
+    def __init__(self, settings: Settings, holder: str) -> None:
+        self.settings = settings
+        self.holder = holder
+        self._lock_connection: Connection | None = None
+        self.postgres = get_engine().dialect.name == "postgresql"
+
+    def acquire(self) -> bool:
+        """Take or renew the role; whether this process holds it now."""
+        if self.postgres and not self._advisory():
+            return False
+        return transaction(self._claim, force=self.postgres)
+
+    def _advisory(self) -> bool:
+        try:
+            if self._lock_connection is None:
+                connection = get_engine().connect()
+                got = connection.execute(
+                    text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_KEY}
+                ).scalar()
+                connection.commit()
+                if not got:
+                    connection.close()
+                    return False
+                self._lock_connection = connection
+            else:
+                self._lock_connection.execute(text("SELECT 1"))
+                self._lock_connection.commit()
+            return True
+        except Exception:
+            logger.warning("lost the reconciler's advisory lock connection", exc_info=True)
+            self._drop_lock()
+            return False
+
+    def _drop_lock(self) -> None:
+        if self._lock_connection is not None:
+            try:
+                self._lock_connection.close()
+            except Exception:  # already broken
+                logger.debug("closing the lock connection failed", exc_info=True)
+            self._lock_connection = None
+
+    def _claim(self, *, session: Any, force: bool) -> bool:
+        now = utcnow()
+        ttl = timedelta(seconds=self.settings.reconciler_lease_seconds)
+        lease = session.get(ControlLease, ROLE, with_for_update=True)
+        if lease is None:
+            session.add(
+                ControlLease(
+                    name=ROLE,
+                    holder=self.holder,
+                    term=1,
+                    expires_at=now + ttl,
+                    renewed_at=now,
+                    status={},
+                )
+            )
+            return True
+        expired = lease.expires_at is None or lease.expires_at < now
+        if lease.holder != self.holder and not (expired or force):
+            return False
+        if lease.holder != self.holder:
+            lease.term += 1
+            lease.holder = self.holder
+            logger.info("reconciler: this process leads now (term %d)", lease.term)
+        lease.expires_at = now + ttl
+        lease.renewed_at = now
+        return True
+
+    def report(self, status: dict[str, Any]) -> None:
+        def write(*, session: Any) -> None:
+            lease = session.get(ControlLease, ROLE, with_for_update=True)
+            if lease is not None and lease.holder == self.holder:
+                lease.status = status
+
+        transaction(write)
+
+    def release(self) -> None:
+        def give_up(*, session: Any) -> None:
+            lease = session.get(ControlLease, ROLE, with_for_update=True)
+            if lease is not None and lease.holder == self.holder:
+                lease.expires_at = utcnow()
+
+        try:
+            transaction(give_up)
+        finally:
+            self._drop_lock()
+
+
+def lease_report(settings: Settings) -> dict[str, Any] | None:
+    """What the current leader last reported, if it is alive (for /healthz)."""
+    with read_session() as session:
+        lease = session.get(ControlLease, ROLE)
+        if lease is None or lease.renewed_at is None:
+            return None
+        age = (utcnow() - lease.renewed_at).total_seconds()
+        if age > 2 * settings.reconciler_lease_seconds + settings.reconcile_seconds:
+            return None
+        return {"holder": lease.holder, "term": lease.term, **(lease.status or {})}
+
+
+@dataclass
+class Reconciler:
+    settings: Settings
+    orchestrator: Orchestrator
+    holder: str = field(default_factory=holder_name)
+    #: "leader" or "standby", for /healthz and the tests.
+    role: str = "standby"
+    #: Cycles this process ran as the leader.
+    cycles: int = 0
+    prefect_ok: bool = False
+    deployment_ok: bool = False
+    last_error: str | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _wake: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        self.lease = LeaderLease(self.settings, self.holder)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="reconciler", daemon=True)
+        self._thread.start()
+
+    def nudge(self) -> None:
+        """Run the next cycle now: this process just committed something to dispatch or
+        deliver (if it leads; the leader elsewhere finds it within a cycle)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+        try:
+            if self.role == "leader":
+                self.lease.release()
+        except Exception:
+            logger.warning("could not release the reconciler lease", exc_info=True)
+        self.orchestrator.close()
+
+    def run(self) -> None:
+        backoff = self.settings.reconcile_seconds
+        while not self._stop.is_set():
+            self._wake.wait(backoff)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            backoff = self.settings.reconcile_seconds
+            try:
+                leading = self.lease.acquire()
+            except Exception:
+                logger.warning("the reconciler lease could not be read", exc_info=True)
+                leading = False
+            if not leading:
+                if self.role == "leader":
+                    logger.info("reconciler: another process leads now; standing by")
+                self.role = "standby"
+                continue
+            if self.role != "leader":
+                logger.info("reconciler: leading (%s)", self.holder)
+            self.role = "leader"
+            try:
+                self.cycle()
+            except OrchestratorUnavailable as exc:
+                self._prefect_down(exc)
+                # Prefect is down: wait longer before the next try, not for ever.
+                backoff = min(5.0, 2 * self.settings.reconcile_seconds)
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                logger.exception("reconciler cycle failed; trying again")
+            self._report()
+
+    def _prefect_down(self, exc: OrchestratorUnavailable) -> None:
+        if self.prefect_ok or self.last_error != str(exc):
+            logger.warning("reconciler: %s; waiting for it", exc)
+        self.prefect_ok = isinstance(exc, DeploymentMissing)
+        self.deployment_ok = False
+        self.last_error = str(exc)
+
+    def _report(self) -> None:
+        if self.role != "leader":
+            return
+        try:
+            self.lease.report(
+                {
+                    "prefect": self.prefect_ok,
+                    "deployment": self.deployment_ok,
+                    "error": self.last_error,
+                    "cycles": self.cycles,
+                }
+            )
+        except Exception:
+            logger.warning("could not write the reconciler's report", exc_info=True)
+
+    # ------------------------------------------------------------------ one cycle
+
+    def cycle(self) -> None:
+        self.cycles += 1
+        self.orchestrator.ping()
+        self.deployment_ok = self.orchestrator.deployment_id() is not None
+        self.dispatch()
+        self.deliver()
+        self.reconcile()
+        self.prefect_ok = True
+        self.last_error = None
+
+    def dispatch(self) -> None:
+        """Create the flow run of every waiting run request, oldest first."""
+        with read_session() as session:
+            waiting = ledger.runs_to_dispatch(session=session, limit=self.settings.dispatch_batch)
+        for run in waiting:
+            try:
+                flow_run_id = self.orchestrator.create_flow_run(run)
+            except OrchestratorUnavailable as exc:
+                reason = f"{exc}; the job starts when Prefect answers"
+                transaction(ledger.record_dispatch_failure, run_id=run.run_id, reason=reason)
+                raise
+            transaction(ledger.record_dispatch, run_id=run.run_id, flow_run_id=flow_run_id)
+
+    def deliver(self) -> None:
+        """Tell Prefect the cancels and deaths it has not heard of yet."""
+        with read_session() as session:
+            pending = ledger.deliveries(session=session)
+        for item in pending:
+            if item.kind == "cancel":
+                self.orchestrator.cancel(item.flow_run_id)
+            else:
+                self.orchestrator.mark_crashed(item.flow_run_id, item.message or "worker lost")
+            transaction(ledger.record_delivered, run_id=item.run_id, kind=item.kind)
+
+    def reconcile(self) -> None:
+        """Read every active job's flow run at once and record what only Prefect saw."""
+        with read_session() as session:
+            jobs = list(
+                session.scalars(
+                    select(RegistrationJob).where(
+                        RegistrationJob.status.in_(ledger.ACTIVE),
+                        RegistrationJob.flow_run_id.is_not(None),
+                    )
+                )
+            )
+        if not jobs:
+            return
+        seen = self.orchestrator.read_flow_runs([j.flow_run_id for j in jobs if j.flow_run_id])
+        now = utcnow()
+        for job in jobs:
+            flow_run_id = job.flow_run_id or ""
+            snapshot = seen.get(flow_run_id) or FlowRunSnapshot(
+                flow_run_id, RunState(StateType.CRASHED, DISAPPEARED, DISAPPEARED_MESSAGE, now), {}
+            )
+            self._reconcile_job(job, snapshot, now)
+
+    def _reconcile_job(self, job: RegistrationJob, snapshot: FlowRunSnapshot, now: Any) -> None:
+        lease = self.settings.worker_lost_seconds
+        effective = translate.lease_expired(job, snapshot, now, lease) or snapshot
+        state = effective.state.type
+        if state in (StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED):
+            queued = state in (StateType.SCHEDULED, StateType.PENDING)
+            reason = ledger.QUEUED if queued else None
+            if (job.flow_run_state, job.pending_reason) != (effective.state.name, reason):
+                transaction(
+                    ledger.note_flow_run,
+                    job_id=job.id,
+                    flow_run_id=snapshot.id,
+                    state_name=effective.state.name,
+                    queued=queued,
+                )
+            return
+        with read_session() as session:
+            fresh, rows = ledger.job_and_steps(session=session, job_id=job.id)
+        if fresh.epoch != job.epoch or not JobStatus(fresh.status).is_active:
+            return  # the flow (or a person) moved on since the list was read
+        public = translate.job_public(fresh, rows, effective)
+        if not JobStatus(public.status).is_final:
+            return
+        # Prefect still thinks the run alive (the lease ran out): tell it, so the UI agrees
+        # and `prefect flow-run retry` accepts the run.
+        alive_in_prefect = effective is not snapshot
+        written = transaction(
+            ledger.record_outcome,
+            job_id=job.id,
+            epoch=job.epoch,
+            flow_run_id=snapshot.id,
+            observed_at=snapshot.state.timestamp if not alive_in_prefect else None,
+            public=public,
+            tell_prefect=public.error_message if alive_in_prefect else None,
+        )
+        if written:
+            logger.info(
+                "job %s: recorded %s (%s)", job.id, public.status, public.error_message or ""
+            )

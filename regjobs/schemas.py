@@ -1,0 +1,85 @@
+"""The public shape of a job (SPEC.md), named by suffix: what GET, `/progress`, the list and
+the event stream answer. The ledger writes it (the materialised view); the API reads it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+JobStatusName = Literal["pending", "in_progress", "completed", "failed", "cancelled"]
+StepStatusName = Literal[
+    "pending", "running", "retrying", "completed", "failed", "skipped", "cancelled"
+]
+NextActionName = Literal["retry", "retry_from_step", "fix_config"]
+Phase = Literal["phase1", "phase2", "phase3", "phase4"]
+
+
+class EvidencePublic(BaseModel):
+    attempt: int
+    evidence_id: int
+    #: A screenshot (PNG, password fields masked); the link works without an API key.
+    url: str | None = None
+
+
+class StepPublic(BaseModel):
+    step_id: str
+    step_number: int
+    step_label: str
+    phase: Phase
+    status: StepStatusName
+    #: Every attempt in every run of the job.
+    attempts: int
+    duration_ms: int | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    error_message: str | None
+    warning: str | None
+    result_data: dict[str, Any] | None
+    #: Why a skipped or cancelled step did not run.
+    skip_reason: str | None = None
+    #: Progress inside a long step ("option set 14 of 73"), or why it waits.
+    progress: str | None = None
+    #: Screenshots of failed browser attempts.
+    evidence: list[EvidencePublic] = Field(default_factory=list)
+
+
+class JobSummary(BaseModel):
+    """A job without its steps: a list entry, and the data of a `job` event."""
+
+    id: str
+    restaurant_id: str
+    restaurant_name: str
+    status: JobStatusName
+    current_phase: Phase
+    current_step: int = Field(ge=0, le=12)
+    progress_percent: int = Field(ge=0, le=100)
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    error_message: str | None
+    #: The step that stopped a failed job, if one did.
+    failed_step: str | None = None
+    #: What a person can do about a failed or cancelled job.
+    next_action: NextActionName | None = None
+    #: Why a job that should run has not started yet (Prefect unavailable, queued...).
+    pending_reason: str | None = None
+    flow_run_id: str | None = None
+    flow_run_url: str | None = None
+    #: The Prefect state behind `status` (e.g. "Crashed", "Late"), as last seen.
+    flow_run_state: str | None = None
+    #: Grows with every change of the job or a step (the ETag; the last event's id).
+    version: int = 0
+
+
+class JobPublic(JobSummary):
+    steps: list[StepPublic]
+
+
+class ProgressPublic(BaseModel):
+    status: JobStatusName
+    current_phase: Phase
+    current_step: int = Field(ge=0, le=12)
+    step_statuses: dict[str, StepStatusName]
+    progress_percent: int = Field(ge=0, le=100)

@@ -1,0 +1,393 @@
+"""The ledger against the real job database (SQLite; PostgreSQL in CI's second pass):
+fencing by epoch, who may begin a job, compare-and-set transitions, the materialised view
+and its events. Each test makes its own organisation and job."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from prefect.client.schemas.objects import StateType
+from sqlalchemy import func, select
+
+from regjobs import ledger, translate
+from regjobs.catalogue import STEP_IDS, JobStatus
+from regjobs.config import ExecutionConfig
+from regjobs.db import read_session, transaction
+from regjobs.errors import Classified, ErrorClass
+from regjobs.models import (
+    JobEvent,
+    JobRun,
+    Organisation,
+    RegistrationJob,
+    RegistrationJobStep,
+    StepAttempt,
+)
+from regjobs.translate import FlowRunSnapshot, RunState
+from tests.helpers import full_config
+
+pytestmark = pytest.mark.database
+
+
+@pytest.fixture(autouse=True)
+def _settings(stack_env: dict[str, str]) -> None:
+    """The job database of this test session (no system started)."""
+
+
+def new_job(*, auto_start: bool = True) -> str:
+    def make(*, session: Any) -> str:
+        organisation = Organisation(name=f"ledger-{uuid.uuid4().hex[:8]}")
+        session.add(organisation)
+        session.flush()
+        job = ledger.create_job(
+            session=session,
+            organisation_id=organisation.id,
+            restaurant_id=f"r-{uuid.uuid4().hex[:8]}",
+            config=ExecutionConfig.model_validate(full_config()),
+            auto_start=auto_start,
+        )
+        return job.id
+
+    return transaction(make)
+
+
+def begin(job_id: str, flow_run_id: str = "flow-run-1", **kwargs: Any) -> ledger.RunStart:
+    kwargs.setdefault("generation", 1)
+    return transaction(ledger.begin_run, job_id=job_id, flow_run_id=flow_run_id, **kwargs)
+
+
+def snapshot(job_id: str) -> dict[str, Any]:
+    """Everything a write could change: the job row, its steps, attempts, runs, events."""
+    with read_session() as session:
+        job = session.get(RegistrationJob, job_id)
+        assert job is not None
+        rows = session.scalars(
+            select(RegistrationJobStep).where(RegistrationJobStep.job_id == job_id)
+        ).all()
+        attempts = session.scalar(
+            select(func.count()).select_from(StepAttempt).where(StepAttempt.job_id == job_id)
+        )
+        events = session.scalar(
+            select(func.count()).select_from(JobEvent).where(JobEvent.job_id == job_id)
+        )
+        return {
+            "job": {c.name: getattr(job, c.key) for c in RegistrationJob.__table__.columns},
+            "steps": {
+                r.step_id: (r.status, r.attempts, r.result_data, r.progress, r.error_message)
+                for r in rows
+            },
+            "attempts": attempts,
+            "events": events,
+        }
+
+
+def events_of(job_id: str) -> list[tuple[int, str, dict[str, Any]]]:
+    with read_session() as session:
+        rows = session.execute(
+            select(JobEvent.seq, JobEvent.kind, JobEvent.data)
+            .where(JobEvent.job_id == job_id)
+            .order_by(JobEvent.seq)
+        ).tuples()
+        return [(seq, kind, json.loads(data)) for seq, kind, data in rows]
+
+
+def view_of(job_id: str) -> dict[str, Any]:
+    with read_session() as session:
+        job = session.get(RegistrationJob, job_id)
+        assert job is not None and job.view is not None
+        return dict(json.loads(job.view))
+
+
+FAILURE = Classified(ErrorClass.NON_RETRYABLE, "HTTP 404")
+
+#: Every write a flow-run process makes, each with a stale epoch.
+STALE_WRITES: dict[str, Callable[[str, int], Any]] = {
+    "start_attempt": lambda job_id, epoch: transaction(
+        ledger.start_attempt, job_id=job_id, epoch=epoch, step_id="code_generation",
+        flow_run_id="flow-run-1", task_run_id=None,
+    ),
+    "complete_attempt": lambda job_id, epoch: transaction(
+        ledger.complete_attempt, job_id=job_id, epoch=epoch, step_id="account_registration",
+        attempt=1, result={"account_id": "stale"}, warning=None,
+    ),
+    "fail_attempt": lambda job_id, epoch: transaction(
+        ledger.fail_attempt, job_id=job_id, epoch=epoch, step_id="account_registration",
+        attempt=1, error=FAILURE, will_retry=False,
+    ),
+    "set_progress": lambda job_id, epoch: transaction(
+        ledger.set_progress, job_id=job_id, epoch=epoch, step_id="account_registration",
+        progress="stale",
+    ),
+    "skip_steps": lambda job_id, epoch: transaction(
+        ledger.skip_steps, job_id=job_id, epoch=epoch, reasons={"item_tags": "stale"}
+    ),
+    "finish_run": lambda job_id, epoch: transaction(
+        ledger.finish_run, job_id=job_id, epoch=epoch, status=JobStatus.COMPLETED,
+        error_message=None,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("write", sorted(STALE_WRITES))
+@pytest.mark.parametrize("taken_by", ["cancel", "another run"])
+def test_a_write_with_a_stale_epoch_changes_nothing(write: str, taken_by: str) -> None:
+    job_id = new_job()
+    old = begin(job_id)
+    transaction(
+        ledger.start_attempt, job_id=job_id, epoch=old.epoch, step_id="account_registration",
+        flow_run_id="flow-run-1", task_run_id=None,
+    )  # fmt: skip
+    if taken_by == "cancel":
+        transaction(ledger.cancel_job, job_id=job_id)
+        expected = "the job was cancelled"
+    else:
+        # A Prefect rerun of the same flow run (run count 2) takes the job over.
+        begin(job_id, run_count=2)
+        expected = "flow run flow-run-1 took over"
+    before = snapshot(job_id)
+
+    with pytest.raises(ledger.OwnershipLost, match=expected):
+        STALE_WRITES[write](job_id, old.epoch)
+
+    assert snapshot(job_id) == before
+    assert not transaction(ledger.heartbeat, job_id=job_id, epoch=old.epoch)
+
+
+def test_the_epoch_holder_writes_and_every_attempt_carries_its_epoch() -> None:
+    job_id = new_job()
+    start = begin(job_id)
+    attempt = transaction(
+        ledger.start_attempt, job_id=job_id, epoch=start.epoch, step_id="account_registration",
+        flow_run_id="flow-run-1", task_run_id=None,
+    )  # fmt: skip
+    transaction(
+        ledger.complete_attempt, job_id=job_id, epoch=start.epoch,
+        step_id="account_registration", attempt=attempt.number, result={"a": 1}, warning=None,
+    )  # fmt: skip
+    assert transaction(ledger.heartbeat, job_id=job_id, epoch=start.epoch)
+    with read_session() as session:
+        epochs = session.scalars(select(StepAttempt.epoch).where(StepAttempt.job_id == job_id))
+        assert list(epochs) == [start.epoch]
+    assert view_of(job_id)["steps"][0]["status"] == "completed"
+
+
+def test_only_the_current_run_may_begin_an_active_job() -> None:
+    job_id = new_job()
+    # A run made for an older generation (the dispatcher's key says which) is refused.
+    with pytest.raises(ledger.RunRefused, match="not starting another"):
+        begin(job_id, "stale-run", generation=0)
+    # An operator's run of an active job that already has a run request is refused too.
+    with pytest.raises(ledger.RunRefused):
+        begin(job_id, "operator-run", generation=None)
+    first = begin(job_id, "flow-run-1", generation=1)
+    # The same run beginning again with the same Prefect run count is not a rerun.
+    with pytest.raises(ledger.RunRefused, match="already began"):
+        begin(job_id, "flow-run-1", generation=1)
+    assert snapshot(job_id)["job"]["epoch"] == first.epoch
+
+
+def test_a_run_cancelled_before_it_began_never_starts_late() -> None:
+    job_id = new_job()
+    transaction(ledger.record_dispatch, run_id=_run_id(job_id, 1), flow_run_id="flow-run-1")
+    transaction(ledger.cancel_job, job_id=job_id)
+    transaction(ledger.retry_job, job_id=job_id, from_step=None)
+    # The cancelled run starts at last (Prefect had not heard of the cancel yet).
+    with pytest.raises(ledger.RunRefused):
+        begin(job_id, "flow-run-1", generation=1)
+    # The retry's run is the one that may begin.
+    assert begin(job_id, "flow-run-2", generation=2).epoch > 0
+
+
+def test_an_ended_job_is_begun_again_only_by_a_deliberate_rerun() -> None:
+    job_id = new_job()
+    start = begin(job_id)
+    transaction(
+        ledger.finish_run, job_id=job_id, epoch=start.epoch, status=JobStatus.FAILED,
+        error_message="failed step: Account registration",
+    )  # fmt: skip
+    # Prefect's Retry of the same run: run count 2.
+    again = begin(job_id, "flow-run-1", generation=1, run_count=2)
+    assert again.epoch > start.epoch
+    assert snapshot(job_id)["job"]["status"] == "in_progress"
+
+
+def test_cancel_and_retry_are_compare_and_set_on_the_status() -> None:
+    job_id = new_job()
+    transaction(ledger.cancel_job, job_id=job_id)
+    with pytest.raises(ledger.Conflict):
+        transaction(ledger.cancel_job, job_id=job_id)
+    transaction(ledger.retry_job, job_id=job_id, from_step=None)
+    with pytest.raises(ledger.Conflict):
+        transaction(ledger.retry_job, job_id=job_id, from_step=None)
+    with pytest.raises(ledger.Conflict):
+        transaction(ledger.start_job, job_id=job_id)
+
+
+def test_concurrent_transitions_one_wins_each_round() -> None:
+    """20 threads race cancel and retry on one job: every call wins or conflicts, and the
+    job's run requests and epochs show one winner per transition."""
+    job_id = new_job()
+    outcomes: list[str] = []
+    barrier = threading.Barrier(20)
+
+    def call(i: int) -> None:
+        barrier.wait()
+        try:
+            if i % 2:
+                transaction(ledger.cancel_job, job_id=job_id)
+                outcomes.append("cancel")
+            else:
+                transaction(ledger.retry_job, job_id=job_id, from_step=None)
+                outcomes.append("retry")
+        except ledger.Conflict:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(outcomes) == 20
+    cancels, retries = outcomes.count("cancel"), outcomes.count("retry")
+    # Transitions alternate: a retry needs an ended job, a cancel an active one.
+    assert cancels >= 1 and retries in (cancels - 1, cancels)
+    with read_session() as session:
+        runs = session.scalar(
+            select(func.count()).select_from(JobRun).where(JobRun.job_id == job_id)
+        )
+    assert runs == 1 + retries
+
+
+def test_record_outcome_for_a_stale_epoch_or_an_ended_job_writes_nothing() -> None:
+    job_id = new_job()
+    start = begin(job_id)
+    with read_session() as session:
+        job, rows = ledger.job_and_steps(session=session, job_id=job_id)
+    crashed = translate.job_public(
+        job, rows, FlowRunSnapshot("flow-run-1", RunState(StateType.CRASHED, "Crashed"), {})
+    )
+    # The flow fails the step for good and ends the job after the reconciler read it.
+    transaction(
+        ledger.start_attempt, job_id=job_id, epoch=start.epoch, step_id="onboarding_sync",
+        flow_run_id="flow-run-1", task_run_id=None,
+    )  # fmt: skip
+    transaction(
+        ledger.fail_attempt, job_id=job_id, epoch=start.epoch, step_id="onboarding_sync",
+        attempt=1, error=FAILURE, will_retry=False,
+    )  # fmt: skip
+    transaction(
+        ledger.finish_run, job_id=job_id, epoch=start.epoch, status=JobStatus.FAILED,
+        error_message="failed step: Onboarding sync",
+    )  # fmt: skip
+    before = snapshot(job_id)
+    written = transaction(
+        ledger.record_outcome, job_id=job_id, epoch=start.epoch, flow_run_id="flow-run-1",
+        observed_at=None, public=crashed,
+    )  # fmt: skip
+    assert written is False
+    assert snapshot(job_id) == before
+    assert snapshot(job_id)["steps"]["onboarding_sync"][0] == "failed"
+
+
+def test_record_outcome_fences_a_live_process() -> None:
+    job_id = new_job()
+    start = begin(job_id)
+    with read_session() as session:
+        job, rows = ledger.job_and_steps(session=session, job_id=job_id)
+    crashed = translate.job_public(
+        job, rows, FlowRunSnapshot("flow-run-1", RunState(StateType.CRASHED, "Crashed"), {})
+    )
+    assert transaction(
+        ledger.record_outcome, job_id=job_id, epoch=start.epoch, flow_run_id="flow-run-1",
+        observed_at=None, public=crashed, tell_prefect="no heartbeat",
+    )  # fmt: skip
+    with pytest.raises(ledger.OwnershipLost, match="the job was ended"):
+        STALE_WRITES["start_attempt"](job_id, start.epoch)
+    view = view_of(job_id)
+    assert (view["status"], view["next_action"]) == ("failed", "retry")
+    with read_session() as session:
+        pending = ledger.deliveries(session=session)
+    assert any(d.flow_run_id == "flow-run-1" and d.kind == "crash" for d in pending)
+
+
+def test_every_change_bumps_the_version_with_one_event_per_changed_part() -> None:
+    job_id = new_job()
+    created = events_of(job_id)
+    # Creation: every step, then the job.
+    assert [kind for _, kind, _ in created] == ["step"] * 12 + ["job"]
+    assert [seq for seq, _, _ in created] == list(range(1, 14))
+    start = begin(job_id)
+    before = len(events_of(job_id))
+    transaction(
+        ledger.set_progress, job_id=job_id, epoch=start.epoch, step_id="account_registration",
+        progress="half way",
+    )  # fmt: skip
+    after = events_of(job_id)
+    assert len(after) == before + 1
+    _, kind, data = after[-1]
+    assert (kind, data["step_id"], data["progress"]) == ("step", "account_registration", "half way")
+    transaction(
+        ledger.start_attempt, job_id=job_id, epoch=start.epoch, step_id="account_registration",
+        flow_run_id="flow-run-1", task_run_id=None,
+    )  # fmt: skip
+    last = events_of(job_id)
+    assert [s for s, _, _ in last] == list(range(1, len(last) + 1))
+    view = view_of(job_id)
+    assert view["version"] == last[-1][0]
+    assert view["steps"][0]["status"] == "running"
+    # A write that changes nothing public (the same progress again) adds no event.
+    transaction(
+        ledger.set_progress, job_id=job_id, epoch=start.epoch, step_id="account_registration",
+        progress="half way",
+    )  # fmt: skip
+    assert len(events_of(job_id)) == len(last)
+
+
+def test_attempts_count_across_runs() -> None:
+    job_id = new_job()
+    first = begin(job_id)
+    for _ in range(2):
+        attempt = transaction(
+            ledger.start_attempt, job_id=job_id, epoch=first.epoch, step_id="code_generation",
+            flow_run_id="flow-run-1", task_run_id=None,
+        )  # fmt: skip
+        transaction(
+            ledger.fail_attempt, job_id=job_id, epoch=first.epoch, step_id="code_generation",
+            attempt=attempt.number, error=FAILURE, will_retry=attempt.number < 2,
+        )  # fmt: skip
+    transaction(ledger.cancel_job, job_id=job_id)
+    transaction(ledger.retry_job, job_id=job_id, from_step=None)
+    second = begin(job_id, "flow-run-2", generation=2)
+    attempt = transaction(
+        ledger.start_attempt, job_id=job_id, epoch=second.epoch, step_id="code_generation",
+        flow_run_id="flow-run-2", task_run_id=None,
+    )  # fmt: skip
+    assert attempt.number == 3
+    step = next(s for s in view_of(job_id)["steps"] if s["step_id"] == "code_generation")
+    # The third attempt is the first of this run: running, not retrying.
+    assert (step["attempts"], step["status"]) == (3, "running")
+
+
+def test_a_job_without_a_view_gets_one_when_migrated() -> None:
+    job_id = new_job()
+
+    def forget(*, session: Any) -> None:
+        job = session.get(RegistrationJob, job_id)
+        job.view = job.progress_view = job.summary_view = None
+
+    transaction(forget)
+    assert transaction(ledger.publish_missing_views) >= 1
+    assert view_of(job_id)["id"] == job_id
+    assert {s["step_id"] for s in view_of(job_id)["steps"]} == set(STEP_IDS)
+
+
+def _run_id(job_id: str, generation: int) -> int:
+    with read_session() as session:
+        run = session.scalars(
+            select(JobRun).where(JobRun.job_id == job_id, JobRun.generation == generation)
+        ).one()
+        return run.id

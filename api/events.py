@@ -2,11 +2,11 @@
 job whichever process or machine changed it.
 
 One watcher per API process looks every `sse_poll_seconds` at the versions of the jobs
-someone here is subscribed to (one query, whatever the number of subscribers) and wakes the
-subscribers of a job whose version moved; each subscriber then reads the events after the
-last one it sent. A subscriber's position is the event id (the job's version at that
-event), so a reconnect with `Last-Event-ID` resumes exactly there: nothing missed, nothing
-repeated.
+someone here is subscribed to (one query, whatever the number of subscribers), reads the
+new events of each job that moved once, and hands them to that job's subscribers. A
+subscriber reads its own backlog from the database when it connects (after its
+`Last-Event-ID`), and again whenever it sees a gap, so it sends every event once and in
+order: an event's id is the job's version at that event.
 """
 
 from __future__ import annotations
@@ -24,16 +24,16 @@ from regjobs.settings import Settings
 logger = logging.getLogger("regjobs.events")
 
 FINAL = frozenset(s.value for s in FINAL_JOB_STATUSES)
-
-#: What the stream yields besides events: time for a keep-alive comment.
-KEEP_ALIVE = None
+#: Events a subscriber may fall behind by before it reads them from the database instead.
+QUEUE_LIMIT = 1000
 
 
 class EventHub:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._subscribers: dict[str, set[asyncio.Event]] = {}
-        self._versions: dict[str, int] = {}
+        self._subscribers: dict[str, set[asyncio.Queue[reads.Event | None]]] = {}
+        #: The last event of each watched job this process has handed out.
+        self._seen: dict[str, int] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -43,67 +43,87 @@ class EventHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
 
-    def _subscribe(self, job_id: str) -> asyncio.Event:
-        signal = asyncio.Event()
-        self._subscribers.setdefault(job_id, set()).add(signal)
+    def _subscribe(self, job_id: str) -> asyncio.Queue[reads.Event | None]:
+        queue: asyncio.Queue[reads.Event | None] = asyncio.Queue()
+        self._subscribers.setdefault(job_id, set()).add(queue)
         if self._watcher is None or self._watcher.done():
             self._watcher = asyncio.create_task(self._watch(), name="sse-watcher")
         self._wake.set()
-        return signal
+        return queue
 
-    def _unsubscribe(self, job_id: str, signal: asyncio.Event) -> None:
+    def _unsubscribe(self, job_id: str, queue: asyncio.Queue[reads.Event | None]) -> None:
         subscribers = self._subscribers.get(job_id)
         if subscribers is None:
             return
-        subscribers.discard(signal)
+        subscribers.discard(queue)
         if not subscribers:
             del self._subscribers[job_id]
-            self._versions.pop(job_id, None)
+            self._seen.pop(job_id, None)
 
     async def _watch(self) -> None:
-        """Wake the subscribers of every job whose version moved."""
+        failing = False
         while True:
             if not self._subscribers:
                 self._wake.clear()
                 await self._wake.wait()
             try:
-                now = await reads.run(reads.versions, list(self._subscribers))
+                await self._deliver()
+                failing = False
             except Exception:
-                logger.warning("reading job versions for the event streams failed", exc_info=True)
-                now = {}
-            for job_id, version in now.items():
-                if self._versions.get(job_id) != version:
-                    self._versions[job_id] = version
-                    for signal in self._subscribers.get(job_id, ()):
-                        signal.set()
+                if not failing:  # once per outage, not ten times a second
+                    logger.warning("reading events for the event streams failed", exc_info=True)
+                failing = True
             await asyncio.sleep(self.settings.sse_poll_seconds)
+
+    async def _deliver(self) -> None:
+        """Hand the new events of every job that moved to its subscribers."""
+        versions = await reads.run(reads.versions, list(self._subscribers))
+        for job_id, version in versions.items():
+            seen = self._seen.setdefault(job_id, version)
+            if version <= seen or job_id not in self._subscribers:
+                continue
+            events, _ = await reads.run(reads.events_after, job_id, seen)
+            for event in events:
+                self._seen[job_id] = event.seq
+                for queue in self._subscribers.get(job_id, ()):
+                    if queue.qsize() < QUEUE_LIMIT:
+                        queue.put_nowait(event)
+                    else:
+                        queue.put_nowait(None)  # too far behind: read from the database
 
     async def stream(self, job_id: str, after: int) -> AsyncIterator[reads.Event | None]:
         """The job's events after `after`, as they happen, until its final event; None when
         a keep-alive comment is due."""
-        signal = self._subscribe(job_id)
+        queue = self._subscribe(job_id)
+        last, ended, catch_up = after, False, True
         try:
             while True:
-                signal.clear()
-                events, status = await reads.run(reads.events_after, job_id, after)
-                for event in events:
-                    yield event
-                    after = event.seq
-                if not events or len(events) < 500:
-                    last = events[-1] if events else None
-                    ended = status in FINAL and (last is None or _ends(last))
-                    if ended:
-                        return
-                else:
-                    continue  # a long backlog: read on at once
+                if catch_up:
+                    events, status = await reads.run(reads.events_after, job_id, last)
+                    for event in events:
+                        yield event
+                        last, ended = event.seq, _ends(event)
+                    if len(events) == reads.EVENTS_PAGE:
+                        continue  # a long backlog: read on
+                    if not events and status in FINAL:
+                        ended = True  # the subscriber has the final event already
+                    catch_up = False
+                if ended and queue.empty():
+                    return
                 try:
-                    await asyncio.wait_for(
-                        signal.wait(), timeout=self.settings.sse_keepalive_seconds
+                    item = await asyncio.wait_for(
+                        queue.get(), timeout=self.settings.sse_keepalive_seconds
                     )
                 except TimeoutError:
-                    yield KEEP_ALIVE
+                    yield None
+                    continue
+                if item is None or item.seq > last + 1:
+                    catch_up = True  # fell behind, or joined between two reads: re-read
+                elif item.seq > last:
+                    yield item
+                    last, ended = item.seq, _ends(item)
         finally:
-            self._unsubscribe(job_id, signal)
+            self._unsubscribe(job_id, queue)
 
 
 def _ends(event: reads.Event) -> bool:

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.events import EventHub
+from api.hotpath import HotReads
 from api.orchestrator import Orchestrator
 from api.reconciler import Reconciler, lease_report
 from api.routes import jobs
@@ -86,6 +87,8 @@ def create_app(
     )
     app.include_router(jobs.router)
     app.include_router(jobs.restaurants)
+    # Added first, so CORS (added after it) wraps it.
+    app.add_middleware(HotReads, settings=settings)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

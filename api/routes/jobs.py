@@ -14,7 +14,7 @@ from uuid import UUID
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from api import reads, service
+from api import hotpath, reads, service
 from api.deps import (
     ApiKeyDep,
     CallerDep,
@@ -56,14 +56,6 @@ _JSON = "application/json"
 IfNoneMatch = Annotated[str | None, Header(max_length=1000)]
 
 
-def _not_modified(if_none_match: str | None, etag: str) -> bool:
-    """Whether `If-None-Match` names this version (weak comparison, lists, `*`)."""
-    if not if_none_match:
-        return False
-    tags = [tag.strip() for tag in if_none_match.split(",")]
-    return any(tag == "*" or tag.removeprefix("W/") == etag for tag in tags)
-
-
 async def _view(key: str, job_id: UUID, kind: reads.View) -> reads.Found:
     try:
         return await reads.run(reads.view, key, str(job_id), kind)
@@ -76,10 +68,10 @@ async def _view(key: str, job_id: UUID, kind: reads.View) -> reads.Found:
 
 
 def _cached(found: reads.Found, if_none_match: str | None, body: str | None = None) -> Response:
-    headers = {"ETag": found.etag, "Cache-Control": "no-cache"}
-    if _not_modified(if_none_match, found.etag):
-        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
-    return Response(body if body is not None else found.body, media_type=_JSON, headers=headers)
+    status_code, headers, data = hotpath.answer(found, if_none_match, body or found.body)
+    return Response(
+        data, status_code=status_code, headers={k.decode(): v.decode() for k, v in headers}
+    )
 
 
 @router.post(
@@ -161,9 +153,7 @@ async def get(
     """The job and its steps. Answers with an `ETag`; `If-None-Match` with it gives `304`
     while the job has not changed."""
     found = await _view(key, job_id, "job")
-    if _not_modified(if_none_match, found.etag):
-        return _cached(found, if_none_match)
-    return _cached(found, None, reads.job_body(settings, str(job_id), found.body))
+    return _cached(found, if_none_match, reads.job_body(settings, str(job_id), found.body))
 
 
 @router.get(

@@ -1,9 +1,9 @@
 """The only door to Prefect, used by the reconciler and its dispatcher alone: no request
 handler calls Prefect.
 
-Every call is made once (the client's own retries are off): the reconciler calls again on
-its next cycle, and a Prefect that does not answer must not hold it for the client's
-backoff.
+Every call is made once, in `single_tries()` (the client's own retries are off): the
+reconciler calls again on its next cycle, and a Prefect that does not answer must not hold
+it for the client's backoff.
 """
 
 from __future__ import annotations
@@ -62,12 +62,17 @@ class Orchestrator:
                 self._client.__exit__(None, None, None)
             self._client = None
 
+    @staticmethod
+    def single_tries() -> contextlib.AbstractContextManager[object]:
+        """Prefect's client without its retries, for the thread that enters this (settings
+        are per context; entering them per call costs more than the call)."""
+        return temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0})
+
     @contextmanager
     def _once(self) -> Iterator[None]:
-        """One try, and any failure to reach Prefect as OrchestratorUnavailable."""
+        """Any failure to reach Prefect as OrchestratorUnavailable."""
         try:
-            with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
-                yield
+            yield
         except (OrchestratorUnavailable, ObjectNotFound):
             raise
         except Exception as exc:

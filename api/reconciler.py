@@ -197,6 +197,10 @@ class Reconciler:
         self.orchestrator.close()
 
     def run(self) -> None:
+        with self.orchestrator.single_tries():
+            self._loop()
+
+    def _loop(self) -> None:
         backoff = self.settings.reconcile_seconds
         while not self._stop.is_set():
             self._wake.wait(backoff)

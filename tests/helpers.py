@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 import httpx
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
+
+from regjobs.catalogue import STEP_IDS
+
+if TYPE_CHECKING:
+    from deployments.stack import Stack
 
 FINAL_JOB = {"completed", "failed", "cancelled"}
 
@@ -65,3 +79,141 @@ def full_config(**overrides: Any) -> dict[str, Any]:
     for section, values in overrides.items():
         config[section] = {**config.get(section, {}), **values}
     return config
+
+
+def new_key(stack: Stack, organisation: str) -> str:
+    """A new API key of an organisation (made if new), through the key command."""
+    out = stack.run(
+        [sys.executable, "-m", "regjobs.auth", "create", "--organisation", organisation,
+         "--label", "test"]
+    )  # fmt: skip
+    return out.strip().splitlines()[-1]
+
+
+@dataclass
+class Sse:
+    """What a Server-Sent Events stream delivered: its events, its comment lines, and
+    whether the server ended it (rather than the reader stopping)."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    comments: list[str] = field(default_factory=list)
+    ended_by_server: bool = False
+
+    @property
+    def ids(self) -> list[int]:
+        return [int(e["id"]) for e in self.events]
+
+
+def read_events(
+    api: httpx.Client,
+    job_id: str,
+    *,
+    last_event_id: int | None = None,
+    until: Callable[[Sse], bool] = lambda _: False,
+    base_url: str | None = None,
+) -> Sse:
+    """Read a job's event stream over HTTP, as a browser's EventSource would, until the
+    server ends it or `until` says stop. Each event: id, event, data (parsed JSON)."""
+    headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+    url = f"{base_url or ''}/api/registration-jobs/{job_id}/events"
+    seen = Sse()
+    fields: dict[str, str] = {}
+    with api.stream("GET", url, headers=headers, timeout=60) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith(":"):
+                seen.comments.append(line[1:].strip())
+            elif line:
+                name, _, value = line.partition(":")
+                fields[name] = value.removeprefix(" ")
+            elif fields:
+                seen.events.append({**fields, "data": json.loads(fields["data"])})
+                fields = {}
+            if until(seen):
+                return seen
+        seen.ended_by_server = True
+    return seen
+
+
+# ------------------------------------------------ jobs, the stand-in and processes
+
+
+def create(api: httpx.Client, restaurant_id: str, **sections: Any) -> str:
+    response = api.post(
+        "/api/registration-jobs",
+        json={"restaurant_id": restaurant_id, "execution_config": full_config(**sections)},
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["status"] == "pending"
+    assert [s["step_id"] for s in body["steps"]] == list(STEP_IDS)
+    return str(body["job_id"])
+
+
+def fault(standin: httpx.Client, **spec: Any) -> None:
+    standin.post("/_control/faults", json=spec).raise_for_status()
+
+
+def calls_of(standin: httpx.Client, step: str) -> list[dict[str, Any]]:
+    return [c for c in standin.get("/_control/calls").json() if c["step"] == step]
+
+
+def flow_run_state(flow_run_id: str) -> tuple[StateType, int]:
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(UUID(flow_run_id))
+    assert run.state is not None
+    return run.state.type, run.run_count
+
+
+def progress(api: httpx.Client, job_id: str) -> dict[str, Any]:
+    response = api.get(f"/api/registration-jobs/{job_id}/progress")
+    response.raise_for_status()
+    return dict(response.json())
+
+
+def wait_step(api: httpx.Client, job_id: str, step: str, status: str) -> None:
+    wait_for(
+        lambda: progress(api, job_id)["step_statuses"][step] == status,
+        timeout=60,
+        what=f"{step} to be {status}",
+    )
+
+
+def hold_step(
+    api: httpx.Client, standin: httpx.Client, restaurant_id: str, step: str, seconds: float
+) -> str:
+    """A new job with `step` running: the stand-in holds the step's first call `seconds`."""
+    fault(standin, step=step, mode="slow", seconds=seconds, times=1)
+    job_id = create(api, restaurant_id)
+    wait_step(api, job_id, step, "running")
+    return job_id
+
+
+def effects(standin: httpx.Client) -> dict[str, int]:
+    return dict(standin.get("/_control/effects").json())
+
+
+def flow_run_pids(flow_run_id: str) -> list[int]:
+    """Processes whose environment names this flow run (the flow-run process)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode() in environ.split(b"\0"):
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_worker(stack: Stack, flow_run_id: str | None) -> None:
+    """SIGKILL the worker and the flow run's process, as when their machine dies: no process
+    is left to report anything."""
+    victims = flow_run_pids(flow_run_id) if flow_run_id else []
+    os.killpg(stack.children["worker"].process.pid, signal.SIGKILL)
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    stack.stop_child("worker")

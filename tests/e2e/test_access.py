@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from deployments.stack import Stack
-from tests.helpers import full_config
+from tests.helpers import full_config, new_key
 
 pytestmark = [pytest.mark.e2e, pytest.mark.database]
 
@@ -22,28 +22,14 @@ JOB_ENDPOINTS = [
     ("POST", "/api/registration-jobs/{job}/start"),
     ("POST", "/api/registration-jobs/{job}/cancel"),
     ("POST", "/api/registration-jobs/{job}/retry"),
+    ("GET", "/api/registration-jobs/{job}/events"),
 ]
 ALL_ENDPOINTS = [
     ("POST", "/api/registration-jobs"),
+    ("GET", "/api/registration-jobs"),
     ("GET", "/api/restaurants/{restaurant}/registration-jobs/active"),
     *JOB_ENDPOINTS,
 ]
-
-
-def new_key(stack: Stack, organisation: str) -> str:
-    out = stack.run(
-        [
-            sys.executable,
-            "-m",
-            "regjobs.auth",
-            "create",
-            "--organisation",
-            organisation,
-            "--label",
-            "test",
-        ]
-    )
-    return out.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")

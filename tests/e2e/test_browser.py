@@ -13,9 +13,17 @@ import pytest
 
 from deployments.stack import Stack
 from regjobs.catalogue import STEPS, StepKind
-from tests.e2e.test_control import effects, kill_worker, progress, wait_step
-from tests.e2e.test_run_job import create, fault
-from tests.helpers import steps_by_id, wait_for, watch_job
+from tests.helpers import (
+    create,
+    effects,
+    fault,
+    kill_worker,
+    progress,
+    steps_by_id,
+    wait_for,
+    wait_step,
+    watch_job,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("direct_mode")]
 

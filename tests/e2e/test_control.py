@@ -10,7 +10,6 @@ import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,63 +18,23 @@ from prefect.client.schemas.objects import StateType
 
 from deployments.stack import Stack
 from regjobs.catalogue import STEP_IDS
-from tests.e2e.test_run_job import calls_of, create, fault, flow_run_state
-from tests.helpers import full_config, steps_by_id, wait_for, watch_job
+from tests.helpers import (
+    calls_of,
+    create,
+    effects,
+    fault,
+    flow_run_pids,
+    flow_run_state,
+    full_config,
+    hold_step,
+    kill_worker,
+    steps_by_id,
+    wait_for,
+    wait_step,
+    watch_job,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.database]
-
-
-def progress(api: httpx.Client, job_id: str) -> dict[str, Any]:
-    response = api.get(f"/api/registration-jobs/{job_id}/progress")
-    response.raise_for_status()
-    return dict(response.json())
-
-
-def wait_step(api: httpx.Client, job_id: str, step: str, status: str) -> None:
-    wait_for(
-        lambda: progress(api, job_id)["step_statuses"][step] == status,
-        timeout=60,
-        what=f"{step} to be {status}",
-    )
-
-
-def hold_step(
-    api: httpx.Client, standin: httpx.Client, restaurant_id: str, step: str, seconds: float
-) -> str:
-    """A new job with `step` running: the stand-in holds the step's first call `seconds`."""
-    fault(standin, step=step, mode="slow", seconds=seconds, times=1)
-    job_id = create(api, restaurant_id)
-    wait_step(api, job_id, step, "running")
-    return job_id
-
-
-def effects(standin: httpx.Client) -> dict[str, int]:
-    return dict(standin.get("/_control/effects").json())
-
-
-def flow_run_pids(flow_run_id: str) -> list[int]:
-    """Processes whose environment names this flow run (the flow-run process)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode() in environ.split(b"\0"):
-            pids.append(int(entry.name))
-    return pids
-
-
-def kill_worker(stack: Stack, flow_run_id: str | None) -> None:
-    """SIGKILL the worker and the flow run's process, as when their machine dies: no process
-    is left to report anything."""
-    victims = flow_run_pids(flow_run_id) if flow_run_id else []
-    os.killpg(stack.children["worker"].process.pid, signal.SIGKILL)
-    for pid in victims:
-        os.kill(pid, signal.SIGKILL)
-    stack.stop_child("worker")
 
 
 # ------------------------------------------------------------------------------ cancel

@@ -9,8 +9,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from regjobs.catalogue import STEP_IDS
-from tests.e2e.test_control import effects, hold_step
-from tests.helpers import watch_job
+from tests.helpers import effects, hold_step, watch_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.database]
 

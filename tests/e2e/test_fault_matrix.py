@@ -10,8 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.test_run_job import create
-from tests.helpers import full_config, steps_by_id, watch_job
+from tests.helpers import create, full_config, steps_by_id, watch_job
 
 pytestmark = pytest.mark.e2e
 

@@ -18,9 +18,7 @@ import pytest
 
 from deployments.stack import Stack
 from regjobs.catalogue import STEP_IDS
-from tests.e2e.test_control import effects, kill_worker
-from tests.e2e.test_run_job import create
-from tests.helpers import FINAL_JOB, wait_for, watch_job
+from tests.helpers import FINAL_JOB, create, effects, kill_worker, wait_for, watch_job
 
 pytestmark = pytest.mark.e2e
 

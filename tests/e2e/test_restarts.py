@@ -7,8 +7,7 @@ import pytest
 
 from deployments.stack import Stack
 from regjobs.catalogue import STEP_IDS
-from tests.e2e.test_control import effects, hold_step
-from tests.helpers import watch_job
+from tests.helpers import effects, hold_step, watch_job
 
 pytestmark = pytest.mark.e2e
 

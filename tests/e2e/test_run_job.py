@@ -3,48 +3,27 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
-from uuid import UUID
 
 import httpx
 import pytest
-from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 
 from deployments.stack import Stack
 from regjobs.catalogue import STEP_IDS
-from tests.helpers import full_config, steps_by_id, wait_for, watch_job
+from tests.helpers import (
+    calls_of,
+    create,
+    fault,
+    flow_run_state,
+    full_config,
+    steps_by_id,
+    wait_for,
+    watch_job,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.database]
 
 PHASE1 = ("account_registration", "code_generation", "onboarding_user", "image_upload")
-
-
-def create(api: httpx.Client, restaurant_id: str, **sections: Any) -> str:
-    response = api.post(
-        "/api/registration-jobs",
-        json={"restaurant_id": restaurant_id, "execution_config": full_config(**sections)},
-    )
-    assert response.status_code == 201, response.text
-    body = response.json()
-    assert body["status"] == "pending"
-    assert [s["step_id"] for s in body["steps"]] == list(STEP_IDS)
-    return str(body["job_id"])
-
-
-def fault(standin: httpx.Client, **spec: Any) -> None:
-    standin.post("/_control/faults", json=spec).raise_for_status()
-
-
-def calls_of(standin: httpx.Client, step: str) -> list[dict[str, Any]]:
-    return [c for c in standin.get("/_control/calls").json() if c["step"] == step]
-
-
-def flow_run_state(flow_run_id: str) -> tuple[StateType, int]:
-    with get_client(sync_client=True) as client:
-        run = client.read_flow_run(UUID(flow_run_id))
-    assert run.state is not None
-    return run.state.type, run.run_count
 
 
 def test_job_completes_every_step_with_phase1_concurrent(

@@ -37,7 +37,7 @@ def unauthorized(message: str = INVALID_KEY) -> HTTPException:
     )
 
 
-def api_key(credentials: CredentialsDep) -> str:
+async def api_key(credentials: CredentialsDep) -> str:
     """The bearer key as given (checked where it is used: in the read's own query)."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise unauthorized(UNAUTHORIZED)

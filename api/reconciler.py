@@ -258,24 +258,35 @@ class Reconciler:
 
     def cycle(self) -> None:
         self.cycles += 1
-        self.orchestrator.ping()
-        self.deployment_ok = self.orchestrator.deployment_id() is not None
+        try:
+            self.orchestrator.ping()
+            self.deployment_ok = self.orchestrator.deployment_id() is not None
+        except OrchestratorUnavailable as exc:
+            self._hold_dispatches(exc)
+            raise
         self.dispatch()
         self.deliver()
         self.reconcile()
         self.prefect_ok = True
         self.last_error = None
 
+    def _waiting(self) -> list[ledger.Dispatch]:
+        with read_session() as session:
+            return ledger.runs_to_dispatch(session=session, limit=self.settings.dispatch_batch)
+
+    def _hold_dispatches(self, exc: OrchestratorUnavailable) -> None:
+        """Every job waiting for its flow run says why it waits."""
+        reason = f"{exc}; the job starts when Prefect answers"
+        for run in self._waiting():
+            transaction(ledger.record_dispatch_failure, run_id=run.run_id, reason=reason)
+
     def dispatch(self) -> None:
         """Create the flow run of every waiting run request, oldest first."""
-        with read_session() as session:
-            waiting = ledger.runs_to_dispatch(session=session, limit=self.settings.dispatch_batch)
-        for run in waiting:
+        for run in self._waiting():
             try:
                 flow_run_id = self.orchestrator.create_flow_run(run)
             except OrchestratorUnavailable as exc:
-                reason = f"{exc}; the job starts when Prefect answers"
-                transaction(ledger.record_dispatch_failure, run_id=run.run_id, reason=reason)
+                self._hold_dispatches(exc)
                 raise
             transaction(ledger.record_dispatch, run_id=run.run_id, flow_run_id=flow_run_id)
 

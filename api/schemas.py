@@ -7,11 +7,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from regjobs.catalogue import JobStatus
 from regjobs.config import ExecutionConfig
 from regjobs.schemas import (
     EvidencePublic,
     JobPublic,
-    JobStatusName,
     JobSummary,
     ProgressPublic,
     StepPublic,
@@ -43,7 +43,7 @@ class JobCreate(BaseModel):
 
 class JobCreated(BaseModel):
     job_id: str
-    status: JobStatusName
+    status: JobStatus
     steps: list[StepPublic]
     flow_run_id: str | None = None
     #: Why the job has not started yet (it starts once Prefect has its flow run).
@@ -77,7 +77,7 @@ class RetryRequest(BaseModel):
 
 class ActionResult(BaseModel):
     success: bool
-    status: JobStatusName
+    status: JobStatus
     flow_run_id: str | None = None
 
 

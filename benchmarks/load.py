@@ -47,19 +47,31 @@ class Connection:
         self.writer: asyncio.StreamWriter | None = None
 
     async def get(self, path: str, headers: Mapping[str, str]) -> tuple[int, dict[str, str]]:
+        status, answer_headers, _ = await self.request("GET", path, headers)
+        return status, answer_headers
+
+    async def request(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes = b""
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Send one request on the connection (opened on first use); its whole answer."""
         if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        assert self.reader is not None
-        lines = [f"GET {path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
+            await self.open()
+        assert self.writer is not None
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
-        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        if body:
+            lines.append(f"Content-Length: {len(body)}")
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
         try:
             return await asyncio.wait_for(self._answer(), self.timeout)
         except BaseException:
             self.close()
             raise
 
-    async def _answer(self) -> tuple[int, dict[str, str]]:
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def _answer(self) -> tuple[int, dict[str, str], bytes]:
         assert self.reader is not None
         head = await self.reader.readuntil(b"\r\n\r\n")
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
@@ -70,9 +82,8 @@ class Connection:
                 name, value = line.split(":", 1)
                 headers[name.strip().lower()] = value.strip()
         length = int(headers.get("content-length", "0"))
-        if length:
-            await self.reader.readexactly(length)
-        return status, headers
+        body = await self.reader.readexactly(length) if length else b""
+        return status, headers, body
 
     def close(self) -> None:
         if self.writer is not None:
@@ -100,7 +111,7 @@ async def closed_loop(
             started = time.perf_counter()
             try:
                 status, last = await connection.get(path(i), headers(i, last))
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
                 tally.errors += 1
                 continue
             tally.add(status, (time.perf_counter() - started) * 1000)
@@ -134,7 +145,7 @@ async def open_loop(
             sent = time.perf_counter()
             try:
                 status, last = await connection.get(path(i), headers(i, last))
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
                 tally.errors += 1
             else:
                 tally.add(status, (time.perf_counter() - sent) * 1000)

@@ -65,9 +65,7 @@ def polling(stack: Stack, job_id: str, seconds: float, *, conditional: bool) -> 
         return AUTH
 
     tally = load.run(
-        load.closed_loop(
-            "127.0.0.1", stack.config.api_port, 100, seconds, lambda _: path, headers
-        )
+        load.closed_loop("127.0.0.1", stack.config.api_port, 100, seconds, lambda _: path, headers)
     )
     return tally.line(seconds)
 

@@ -48,6 +48,8 @@ class StackConfig:
     prefect_ui: bool = True
     #: How often the worker asks for runs; Prefect's default makes a job wait ~10 s.
     poll_seconds: float = 1.0
+    #: API processes behind the API port (uvicorn's workers); they elect one reconciler.
+    api_workers: int = field(default_factory=lambda: get_settings().api_workers)
     #: Flow runs one worker runs at once (`prefect worker start --limit`); 0: no limit.
     #: Runs beyond it wait in the work pool as Scheduled, where any worker may take them.
     worker_limit: int = field(default_factory=lambda: get_settings().worker_limit)
@@ -266,11 +268,18 @@ class Stack:
         self.run([PYTHON, "-m", "regjobs.db", "upgrade"])
 
     def start_api(
-        self, env: Mapping[str, str] | None = None, *, name: str = "api", port: int | None = None
+        self,
+        env: Mapping[str, str] | None = None,
+        *,
+        name: str = "api",
+        port: int | None = None,
+        workers: int | None = None,
     ) -> Child:
-        """An API process (`name`, on `port`; the configured port by default); every API
-        process takes part in electing the one reconciler."""
+        """The API (`name`, on `port`; the configured port by default) as `workers` processes
+        (the configured number by default); every API process takes part in electing the
+        one reconciler."""
         port = port or self.config.api_port
+        workers = workers or self.config.api_workers
         child = self.spawn(
             name,
             [
@@ -283,6 +292,7 @@ class Stack:
                 "--port",
                 str(port),
                 "--no-access-log",
+                *(["--workers", str(workers)] if workers > 1 else []),
             ],
             {"REGJOBS_AUTO_MIGRATE": "false", **(env or {})},
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,8 +27,8 @@ def engine_for(url: str, *, read_only: bool = False) -> Engine:
     """The engine for a database URL. On SQLite a write transaction starts with
     `BEGIN IMMEDIATE`: it takes the write lock before its first read, so what it reads
     cannot change under it (a check and the write that depends on it are one step), and it
-    never fails half-way with "database is locked" when upgrading a read. Reads use a plain
-    `BEGIN` on their own engine, and never wait for writers (WAL)."""
+    never fails half-way with "database is locked" when upgrading a read. Reads use their
+    own engine, each statement on its own (no BEGIN), and never wait for writers (WAL)."""
     settings = get_settings()
     pool = {
         "pool_size": settings.db_pool_size,
@@ -56,11 +58,11 @@ def engine_for(url: str, *, read_only: bool = False) -> Engine:
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
-        begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+        if not read_only:
 
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(connection: Any) -> None:
-            connection.exec_driver_sql(begin)
+            @event.listens_for(engine, "begin")
+            def _sqlite_begin(connection: Any) -> None:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     # pool_pre_ping: a connection dropped by the server is replaced, not handed out.
@@ -81,18 +83,27 @@ def _session_factory(url: str, read_only: bool = False) -> sessionmaker[Session]
     return sessionmaker(engine_for(url, read_only=read_only), expire_on_commit=False)
 
 
+#: One write transaction at a time per process on SQLite. Threads that all ask SQLite for
+#: its write lock at once wait in its busy handler, which sleeps in growing steps (up to
+#: 100 ms) and wakes late; waiting here instead, a thread starts the moment the previous
+#: one commits. Other processes still wait in SQLite's busy handler.
+_SQLITE_WRITER = threading.RLock()
+
+
 @contextmanager
 def session_scope() -> Iterator[Session]:
     """A write session: commits on success, rolls back on error."""
-    session = _session_factory(get_settings().sqlalchemy_url)()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
+    url = get_settings().sqlalchemy_url
+    with _SQLITE_WRITER if url.startswith("sqlite") else contextlib.nullcontext():
+        session = _session_factory(url)()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
 
 
 @contextmanager

@@ -22,12 +22,13 @@ Completed steps keep their result, so any re-run of a job reuses them.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from functools import lru_cache
+from typing import Any, cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from regjobs import catalogue, translate
@@ -42,6 +43,7 @@ from regjobs.config import ExecutionConfig
 from regjobs.crypto import decrypt_json, encrypt_json
 from regjobs.errors import Classified, NonRetryableStepError
 from regjobs.models import (
+    Base,
     JobEvent,
     JobRun,
     Organisation,
@@ -49,6 +51,7 @@ from regjobs.models import (
     RegistrationJobStep,
     StepAttempt,
     StepEvidence,
+    new_id,
     utcnow,
 )
 from regjobs.schemas import EvidencePublic, JobPublic
@@ -138,45 +141,67 @@ def evidence_index(session: Session, *, job_id: str) -> dict[str, list[tuple[int
     return index
 
 
+def _table(model: type[Base]) -> Table:
+    """A model's table, for plain inserts."""
+    return cast(Table, model.__table__)
+
+
 # ----------------------------------------------------------------------- the public view
 
 
-def _publish(session: Session, job: RegistrationJob) -> None:
+def _publish(
+    session: Session, job: RegistrationJob, rows: Iterable[RegistrationJobStep] | None = None
+) -> None:
     """Write the job's public view again; one event per step whose public state changed,
-    then one for the job if its own state changed; the version counts the events."""
-    rows = list(_steps(session, job.id).values())
+    then one for the job if its own state changed; the version counts the events. `rows`:
+    the job's step rows, if the caller has them all."""
+    rows = list(rows) if rows is not None else list(_steps(session, job.id).values())
+    # A screenshot belongs to an attempt: a job none of whose steps was tried has none.
+    shots = evidence_index(session, job_id=job.id) if any(r.attempts for r in rows) else {}
+    events = _render(job, rows, shots)
+    if events:
+        session.execute(insert(_table(JobEvent)), events)
+
+
+def _render(
+    job: RegistrationJob,
+    rows: Sequence[RegistrationJobStep],
+    shots: Mapping[str, list[tuple[int, int]]],
+) -> list[dict[str, Any]]:
+    """The job's view from its rows (set on the job: view, progress, list entry, version)
+    and the event rows of what changed since the view it had."""
     evidence = {
-        step_id: [EvidencePublic(attempt=a, evidence_id=e) for a, e in shots]
-        for step_id, shots in evidence_index(session, job_id=job.id).items()
+        step_id: [EvidencePublic(attempt=a, evidence_id=e) for a, e in taken]
+        for step_id, taken in shots.items()
     }
     public = translate.job_public(
         job, rows, None, prefect_ui_url=get_settings().prefect_ui_url, evidence=evidence
     )
     before = json.loads(job.view) if job.view else {}
     before_steps = {s["step_id"]: s for s in before.get("steps", ())}
-    events: list[tuple[str, dict[str, Any]]] = []
+    changes: list[tuple[str, dict[str, Any]]] = []
     for step in public.steps:
         data = step.model_dump(mode="json")
         if before_steps.get(step.step_id) != data:
-            events.append(("step", data))
+            changes.append(("step", data))
     summary = translate.summary(public).model_dump(mode="json", exclude={"version"})
     before_summary = {k: v for k, v in before.items() if k not in ("steps", "version")}
     if summary != before_summary:
-        events.append(("job", summary))
-    if not events:
-        return
+        changes.append(("job", summary))
+    if not changes:
+        return []
     version = job.version
-    records = []
-    for kind, data in events:
+    events = []
+    for kind, data in changes:
         version += 1
         if kind == "job":
             data = {**data, "version": version}
-        records.append({"job_id": job.id, "seq": version, "kind": kind, "data": json.dumps(data)})
-    session.execute(insert(JobEvent), records)
+        events.append({"job_id": job.id, "seq": version, "kind": kind, "data": json.dumps(data)})
     job.version = public.version = version
     job.view = public.model_dump_json()
     job.progress_view = translate.progress_public(public).model_dump_json()
     job.summary_view = translate.summary(public).model_dump_json()
+    return events
 
 
 def publish_missing_views(*, session: Session) -> int:
@@ -190,6 +215,16 @@ def publish_missing_views(*, session: Session) -> int:
 # --------------------------------------------------------------------- API transitions
 
 
+@lru_cache
+def _new_steps() -> tuple[RegistrationJobStep, ...]:
+    """The twelve step rows of a new job (for its first view; not rows of any job)."""
+    return tuple(
+        RegistrationJobStep(step_id=s.id, step_number=s.number, status=StepStatus.PENDING,
+                            attempts=0, run_attempts=0, generation=0)
+        for s in catalogue.STEPS
+    )  # fmt: skip
+
+
 def create_job(
     *,
     session: Session,
@@ -199,43 +234,53 @@ def create_job(
     idempotency_key: str | None = None,
     auto_start: bool = True,
 ) -> RegistrationJob:
-    """Insert a job, its twelve pending steps and (with `auto_start`) its first run request,
-    flushed, not committed: the dispatcher creates the flow run once this commits. A second
-    active job of the restaurant, or a repeated idempotency key, fails the flush
-    (IntegrityError): the database's unique indexes decide, not a check before."""
+    """Insert a job, its twelve pending steps, its first events and (with `auto_start`) its
+    first run request; not committed: the dispatcher creates the flow run once this
+    commits. A second active job of the restaurant, or a repeated idempotency key, fails
+    the insert (IntegrityError): the database's unique indexes decide, not a check before.
+
+    The hot write of a burst of creates, so plain inserts, not the ORM's unit of work
+    (measured: docs/figures.md); the returned job is not attached to the session."""
     job = RegistrationJob(
+        id=new_id(),
         organisation_id=organisation_id,
         restaurant_id=restaurant_id,
         restaurant_name=config.restaurant.name,
-        status=JobStatus.PENDING,
+        status=JobStatus.PENDING.value,
         config_encrypted=encrypt_json(config.secret_dict()),
         config_public=config.public_dict(),
         flow_run_ids=[],
         idempotency_key=idempotency_key,
+        created_at=utcnow(),
         version=0,
         epoch=0,
         run_generation=1 if auto_start else 0,
         pending_reason=WAITING_FOR_DISPATCH if auto_start else NOT_STARTED,
     )
-    session.add(job)
-    session.flush()
-    session.add_all(
-        RegistrationJobStep(
-            job_id=job.id,
-            step_id=s.id,
-            step_number=s.number,
-            status=StepStatus.PENDING,
-            attempts=0,
-            run_attempts=0,
-            generation=0,
-        )
-        for s in catalogue.STEPS
+    events = _render(job, _new_steps(), {})
+    session.execute(
+        insert(_table(RegistrationJob)),
+        {
+            prop.columns[0].name: getattr(job, prop.key)
+            for prop in RegistrationJob.__mapper__.column_attrs
+        },
     )
+    session.execute(
+        insert(_table(RegistrationJobStep)),
+        [
+            {"job_id": job.id, "step_id": r.step_id, "step_number": r.step_number,
+             "status": r.status, "attempts": 0, "run_attempts": 0, "generation": 0,
+             "updated_at": job.created_at}
+            for r in _new_steps()
+        ],
+    )  # fmt: skip
     if auto_start:
-        session.add(JobRun(job_id=job.id, generation=1, source="api", dispatch_attempts=0))
-    session.flush()
-    _publish(session, job)
-    session.flush()
+        session.execute(
+            insert(_table(JobRun)),
+            {"job_id": job.id, "generation": 1, "source": "api", "dispatch_attempts": 0,
+             "requested_at": job.created_at, "begin_run_count": 0},
+        )  # fmt: skip
+    session.execute(insert(_table(JobEvent)), events)
     return job
 
 
@@ -309,11 +354,15 @@ def retry_job(*, session: Session, job_id: str, from_step: str | None) -> Regist
             _requeue(row)
         elif row.status != StepStatus.COMPLETED:
             _requeue(row)
-    # Whatever is left of an earlier run (a process still ending) can write nothing more.
+    # Whatever is left of an earlier run (a process still ending) can write nothing more,
+    # and what Prefect says of it (Cancelling, Crashed) is no longer about this job: the job
+    # has no flow run until the dispatcher has made the new one.
     job.epoch += 1
     job.status = JobStatus.IN_PROGRESS
     job.completed_at = None
     job.error_message = None
+    job.flow_run_id = None
+    job.flow_run_state = None
     _request_run(session, job)
     session.flush()
     _publish(session, job)
@@ -736,7 +785,7 @@ def record_outcome(
         row.status = step.status
         row.error_message = step.error_message
         row.skip_reason = step.skip_reason
-        row.next_action = NextAction.RETRY.value if step.status == "failed" else None
+        row.next_action = NextAction.RETRY.value if step.status is StepStatus.FAILED else None
         row.finished_at = now
         row.duration_ms = _ms(row.started_at, now)
         row.progress = None
@@ -746,7 +795,7 @@ def record_outcome(
     job.completed_at = now
     job.pending_reason = None
     job.flow_run_state = public.flow_run_state
-    if public.status == "cancelled":
+    if public.status is JobStatus.CANCELLED:
         _close_open_attempts(session, job.id, StepStatus.CANCELLED, None)
     else:
         _close_open_attempts(session, job.id, StepStatus.FAILED, "the flow-run process ended")
@@ -837,7 +886,7 @@ def record_dispatch(*, session: Session, run_id: int, flow_run_id: str) -> None:
 def record_dispatch_failure(*, session: Session, run_id: int, reason: str) -> None:
     """Prefect did not take the run (down, slow, no deployment): the job says so."""
     run = session.get(JobRun, run_id)
-    if run is None:
+    if run is None or run.dispatch_error == reason:
         return
     job = _job(session, run.job_id, lock=True)
     run.dispatch_attempts += 1
@@ -909,7 +958,9 @@ def _close_open_attempts(
 
 def failure_summary(states: Mapping[str, StepState]) -> str | None:
     """The job's error message: which steps failed, or None when none did."""
-    failed = [catalogue.BY_ID[s].label for s, st in states.items() if st.status == "failed"]
+    failed = [
+        catalogue.BY_ID[s].label for s, st in states.items() if st.status is StepStatus.FAILED
+    ]
     if not failed:
         return None
     return "failed step" + ("s" if len(failed) > 1 else "") + ": " + ", ".join(failed)

@@ -22,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from regjobs.catalogue import ACTIVE_JOB_STATUSES, JobStatus
+from regjobs.catalogue import ACTIVE_JOB_STATUSES, JobStatus, StepStatus
 
 #: SQL for "the job is active", for the partial unique index (one active job per restaurant).
 ACTIVE_SQL = "status IN ({})".format(
@@ -157,7 +157,7 @@ class RegistrationJobStep(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("registration_jobs.id"), primary_key=True)
     step_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     step_number: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(20), default="pending")
+    status: Mapped[str] = mapped_column(String(20), default=StepStatus.PENDING.value)
     #: Attempts in all runs of the job (each one is in StepAttempt).
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     #: Attempts since the step was last queued: the second and later are `retrying`.
@@ -257,6 +257,9 @@ class JobRun(Base):
     began_at: Mapped[datetime | None]
     #: Prefect's run count when this flow run last began the job.
     begin_run_count: Mapped[int] = mapped_column(Integer, default=0)
+
+    #: (So the job row is inserted first when both are new.)
+    job: Mapped[RegistrationJob] = relationship()
 
     __table_args__ = (UniqueConstraint("job_id", "generation", name="uq_job_runs_generation"),)
 

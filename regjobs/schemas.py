@@ -8,11 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-JobStatusName = Literal["pending", "in_progress", "completed", "failed", "cancelled"]
-StepStatusName = Literal[
-    "pending", "running", "retrying", "completed", "failed", "skipped", "cancelled"
-]
-NextActionName = Literal["retry", "retry_from_step", "fix_config"]
+from regjobs.catalogue import JobStatus, NextAction, StepStatus
+
 Phase = Literal["phase1", "phase2", "phase3", "phase4"]
 
 
@@ -28,7 +25,7 @@ class StepPublic(BaseModel):
     step_number: int
     step_label: str
     phase: Phase
-    status: StepStatusName
+    status: StepStatus
     #: Every attempt in every run of the job.
     attempts: int
     duration_ms: int | None
@@ -51,7 +48,7 @@ class JobSummary(BaseModel):
     id: str
     restaurant_id: str
     restaurant_name: str
-    status: JobStatusName
+    status: JobStatus
     current_phase: Phase
     current_step: int = Field(ge=0, le=12)
     progress_percent: int = Field(ge=0, le=100)
@@ -62,7 +59,7 @@ class JobSummary(BaseModel):
     #: The step that stopped a failed job, if one did.
     failed_step: str | None = None
     #: What a person can do about a failed or cancelled job.
-    next_action: NextActionName | None = None
+    next_action: NextAction | None = None
     #: Why a job that should run has not started yet (Prefect unavailable, queued...).
     pending_reason: str | None = None
     flow_run_id: str | None = None
@@ -78,8 +75,8 @@ class JobPublic(JobSummary):
 
 
 class ProgressPublic(BaseModel):
-    status: JobStatusName
+    status: JobStatus
     current_phase: Phase
     current_step: int = Field(ge=0, le=12)
-    step_statuses: dict[str, StepStatusName]
+    step_statuses: dict[str, StepStatus]
     progress_percent: int = Field(ge=0, le=100)

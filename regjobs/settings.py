@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     #: API processes, run `python -m regjobs.db upgrade` once instead and set this false.
     auto_migrate: bool = True
 
+    #: API processes `make run` starts behind the API port (uvicorn workers).
+    api_workers: int = Field(default=2, ge=1)
+
     #: Prefect deployment the API starts flow runs of ("flow-name/deployment-name").
     deployment: str = "registration-job/registration-job"
     work_pool: str = "registration-jobs"

@@ -32,13 +32,10 @@ from regjobs.models import RegistrationJob, RegistrationJobStep
 from regjobs.schemas import (
     EvidencePublic,
     JobPublic,
-    JobStatusName,
     JobSummary,
-    NextActionName,
     Phase,
     ProgressPublic,
     StepPublic,
-    StepStatusName,
 )
 
 #: A flow-run process starts in a few seconds; a run Pending much longer has no worker.
@@ -87,42 +84,45 @@ class FlowRunSnapshot:
 _QUEUED = {StateType.SCHEDULED, StateType.PENDING}
 _ACTIVE = {StateType.RUNNING, StateType.PAUSED}
 _CANCEL = {StateType.CANCELLING, StateType.CANCELLED}
-_FINAL_STEP = {s.value for s in catalogue.FINAL_STEP_STATUSES}
-_LIVE_STEP = {"pending", "running", "retrying"}
+_FINAL_STEP = catalogue.FINAL_STEP_STATUSES
+_RUNNING = {StepStatus.RUNNING, StepStatus.RETRYING}
+_LIVE_STEP = {StepStatus.PENDING, *_RUNNING}
+S = StepStatus
+J = JobStatus
 
 
 @dataclass(frozen=True)
 class _Step:
-    status: StepStatusName
+    status: StepStatus
     error_message: str | None
     skip_reason: str | None
 
 
-def _from_task_run(status: StepStatusName, task_run: TaskRunSnapshot | None) -> _Step | None:
+def _from_task_run(status: StepStatus, task_run: TaskRunSnapshot | None) -> _Step | None:
     """What a live task run adds to a non-final ledger row while its flow run is active."""
     if task_run is None:
         return None
     state = task_run.state
     if state.type in (StateType.SCHEDULED, StateType.PENDING) and task_run.run_count > 0:
-        return _Step("retrying", None, None)  # AwaitingRetry: between attempts
+        return _Step(S.RETRYING, None, None)  # AwaitingRetry: between attempts
     if state.type is StateType.RUNNING and state.name == "Retrying":
-        return _Step("retrying", None, None)
+        return _Step(S.RETRYING, None, None)
     if state.type is StateType.RUNNING:
-        return _Step("retrying" if status == "retrying" else "running", None, None)
+        return _Step(S.RETRYING if status is S.RETRYING else S.RUNNING, None, None)
     if state.type is StateType.CRASHED:
-        return _Step("failed", f"the step crashed: {state.message or 'no message'}", None)
+        return _Step(S.FAILED, f"the step crashed: {state.message or 'no message'}", None)
     if state.type in _CANCEL:
-        return _Step("cancelled", None, "cancelled while running")
+        return _Step(S.CANCELLED, None, "cancelled while running")
     if state.type is StateType.FAILED:
-        return _Step("failed", state.message or "the step failed", None)
+        return _Step(S.FAILED, state.message or "the step failed", None)
     return None  # Completed, Cached, Paused: the ledger row is written right after
 
 
 def step_view(
     row: RegistrationJobStep, flow: FlowRunSnapshot | None
-) -> tuple[StepStatusName, str | None, str | None]:
+) -> tuple[StepStatus, str | None, str | None]:
     """The status, error message and skip reason a step shows."""
-    ledger_status: StepStatusName = StepStatus(row.status).value
+    ledger_status = StepStatus(row.status)
     if ledger_status in _FINAL_STEP:
         return ledger_status, row.error_message, row.skip_reason
     if flow is None:
@@ -130,9 +130,9 @@ def step_view(
         return ledger_status, row.error_message, None
     if flow.state.type in _QUEUED:
         # Nothing runs while the flow run is queued, whatever an older run left behind.
-        return "pending", None, None
+        return S.PENDING, None, None
     state = flow.state.type
-    was_running = ledger_status in ("running", "retrying")
+    was_running = ledger_status in _RUNNING
     if state in _ACTIVE:
         task_run = flow.task_runs.get(row.task_run_id or "")
         refined = _from_task_run(ledger_status, task_run) if was_running else None
@@ -141,50 +141,50 @@ def step_view(
         return ledger_status, row.error_message, None
     if state in _CANCEL:
         reason = "the job was cancelled" + ("" if was_running else " before this step started")
-        return "cancelled", None, reason
+        return S.CANCELLED, None, reason
     if state is StateType.CRASHED and flow.state.name == DISAPPEARED:
         if was_running:
-            return "failed", DISAPPEARED_MESSAGE + " while this step was running", None
-        return "skipped", None, "not run: the flow run disappeared"
+            return S.FAILED, DISAPPEARED_MESSAGE + " while this step was running", None
+        return S.SKIPPED, None, "not run: the flow run disappeared"
     if state is StateType.CRASHED:
         if was_running:
-            return "failed", WORKER_LOST, None
-        return "skipped", None, "not run: the job's worker was lost"
+            return S.FAILED, WORKER_LOST, None
+        return S.SKIPPED, None, "not run: the job's worker was lost"
     # Failed or Completed with a step never finished: the flow ended around it.
     if was_running:
-        return "failed", "the flow run ended while this step was running", None
-    return "skipped", None, "not run: the job ended first"
+        return S.FAILED, "the flow run ended while this step was running", None
+    return S.SKIPPED, None, "not run: the job ended first"
 
 
 def job_status(
     job: RegistrationJob, steps: Sequence[StepPublic], flow: FlowRunSnapshot | None
-) -> tuple[JobStatusName, str | None]:
+) -> tuple[JobStatus, str | None]:
     if flow is None:
-        return JobStatus(job.status).value, job.error_message
+        return JobStatus(job.status), job.error_message
     state = flow.state
     if state.type in _QUEUED:
-        return ("in_progress" if job.started_at else "pending"), None
+        return (J.IN_PROGRESS if job.started_at else J.PENDING), None
     if state.type in _ACTIVE:
-        return "in_progress", None
+        return J.IN_PROGRESS, None
     if state.type in _CANCEL:
-        return "cancelled", job.error_message or "the job was cancelled"
+        return J.CANCELLED, job.error_message or "the job was cancelled"
     if state.type is StateType.CRASHED and state.name == DISAPPEARED:
-        return "failed", DISAPPEARED_MESSAGE
+        return J.FAILED, DISAPPEARED_MESSAGE
     if state.type is StateType.CRASHED:
-        return "failed", f"the worker was lost: {state.message or 'the flow run crashed'}"
+        return J.FAILED, f"the worker was lost: {state.message or 'the flow run crashed'}"
     if state.type is StateType.COMPLETED and all(
-        s.status == "completed" or _skipped_as_disabled(s) for s in steps
+        s.status is S.COMPLETED or _skipped_as_disabled(s) for s in steps
     ):
-        return "completed", None
-    return "failed", job.error_message or state.message or "the job failed"
+        return J.COMPLETED, None
+    return J.FAILED, job.error_message or state.message or "the job failed"
 
 
 def _skipped_as_disabled(step: StepPublic) -> bool:
-    return step.status == "skipped" and step.skip_reason == DISABLED_REASON
+    return step.status is S.SKIPPED and step.skip_reason == DISABLED_REASON
 
 
 def _current(steps: Sequence[StepPublic]) -> tuple[int, Phase]:
-    active = [s for s in steps if s.status in ("running", "retrying")]
+    active = [s for s in steps if s.status in _RUNNING]
     if active:
         first = min(active, key=lambda s: s.step_number)
         return first.step_number, first.phase
@@ -195,34 +195,35 @@ def _current(steps: Sequence[StepPublic]) -> tuple[int, Phase]:
     return 0, "phase1"
 
 
-def _percent(status: JobStatusName, steps: Sequence[StepPublic]) -> int:
-    if status == "completed":
+def _percent(status: JobStatus, steps: Sequence[StepPublic]) -> int:
+    if status is J.COMPLETED:
         return 100
     if not steps:
         return 0
-    if status in ("failed", "cancelled"):
+    if status in (J.FAILED, J.CANCELLED):
         # What got done: a failed job never reads 99 because its failed step "ended".
-        done = sum(1 for s in steps if s.status in ("completed", "skipped"))
+        done = sum(1 for s in steps if s.status in (S.COMPLETED, S.SKIPPED))
     else:
         done = sum(1 for s in steps if s.status in _FINAL_STEP)
     return min(99, done * 100 // len(steps))
 
 
 def _stopped_by(
-    status: JobStatusName, steps: Sequence[StepPublic], rows: Mapping[str, RegistrationJobStep]
-) -> tuple[str | None, NextActionName | None]:
+    status: JobStatus, steps: Sequence[StepPublic], rows: Mapping[str, RegistrationJobStep]
+) -> tuple[str | None, NextAction | None]:
     """Which step stopped a failed job, and what a person can do next (SPEC.md)."""
-    if status == "cancelled":
-        return None, NextAction.RETRY.value
-    if status != "failed":
+    if status is J.CANCELLED:
+        return None, NextAction.RETRY
+    if status is not J.FAILED:
         return None, None
-    failed = [s for s in steps if s.status == "failed"]
+    failed = [s for s in steps if s.status is S.FAILED]
     if not failed:
-        return None, NextAction.RETRY.value
+        return None, NextAction.RETRY
     first = min(failed, key=lambda s: s.step_number)
     row = rows.get(first.step_id)
-    action = NextAction(row.next_action) if row and row.next_action else NextAction.RETRY
-    return first.step_id, action.value
+    return first.step_id, NextAction(
+        row.next_action
+    ) if row and row.next_action else NextAction.RETRY
 
 
 def lease_expired(
@@ -281,8 +282,8 @@ def job_public(
                 completed_at=row.finished_at if ledger_final else None,
                 error_message=error,
                 warning=row.warning,
-                result_data=row.result_data if step_status == "completed" else None,
-                skip_reason=reason if step_status in ("skipped", "cancelled") else None,
+                result_data=row.result_data if step_status is S.COMPLETED else None,
+                skip_reason=reason if step_status in (S.SKIPPED, S.CANCELLED) else None,
                 # What a live step says it is doing (or waiting for); nothing stale.
                 progress=(
                     row.progress
@@ -307,11 +308,11 @@ def job_public(
         steps=steps,
         created_at=job.created_at,
         started_at=job.started_at,
-        completed_at=_ended_at(job, flow) if JobStatus(status).is_final else None,
+        completed_at=_ended_at(job, flow) if status.is_final else None,
         error_message=error,
         failed_step=failed_step,
         next_action=next_action,
-        pending_reason=job.pending_reason if JobStatus(status).is_active else None,
+        pending_reason=job.pending_reason if status.is_active else None,
         flow_run_id=flow_run_id,
         flow_run_url=(
             f"{prefect_ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}"

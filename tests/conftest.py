@@ -86,6 +86,8 @@ def stack(stack_env: dict[str, str], state_dir: Path) -> Iterator[Stack]:
         standin_port=free_port(),
         env=stack_env,
         prefect_ui=False,
+        # One process per port, so a test can tell which one leads the reconcilers.
+        api_workers=1,
     )
     system = Stack(config)
     system.start_all()

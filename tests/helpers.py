@@ -81,6 +81,16 @@ def full_config(**overrides: Any) -> dict[str, Any]:
     return config
 
 
+def own_accounts(tag: str) -> dict[str, dict[str, Any]]:
+    """Config sections that give a job its own account, restaurant and onboarding user, so
+    jobs at once count their own effects (`create(api, rid, **own_accounts(rid))`)."""
+    return {
+        "account": {"email": f"{tag}@example.com"},
+        "restaurant": {"name": f"Restaurant {tag}"},
+        "onboarding": {"user_email": f"owner-{tag}@example.com"},
+    }
+
+
 def new_key(stack: Stack, organisation: str) -> str:
     """A new API key of an organisation (made if new), through the key command."""
     out = stack.run(

@@ -37,8 +37,8 @@ from api.schemas import (
     RetryRequest,
 )
 from regjobs import catalogue, ledger
+from regjobs.catalogue import JobStatus
 from regjobs.evidence import valid
-from regjobs.schemas import JobStatusName
 
 router = APIRouter(prefix="/api/registration-jobs", tags=["registration-jobs"])
 
@@ -84,41 +84,42 @@ def _cached(found: reads.Found, if_none_match: str | None, body: str | None = No
         **_ERRORS,
     },
 )
-def create(
+async def create(
     job_in: JobCreate,
     organisation: CallerDep,
     request: Request,
-    response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-) -> JobCreated:
+) -> Response:
     """Create a job; unless `auto_start` is false its flow run is started in the background.
     Answers at once, whether Prefect is up or not (the job says what it waits for)."""
     try:
-        view, new = service.create_job(
-            organisation_id=organisation.id, job_in=job_in, idempotency_key=idempotency_key
+        view, new = await service.create_job(
+            organisation_id=organisation.id,
+            job_in=job_in,
+            idempotency_key=idempotency_key,
         )
     except ledger.ActiveJobExists as exists:
         raise _active_conflict(exists) from None
     if new:
         _nudge(request)
-    else:
-        response.status_code = status.HTTP_200_OK
-    job = JobPublic.model_validate_json(view)
-    return JobCreated(
-        job_id=job.id,
-        status=job.status,
-        steps=job.steps,
-        flow_run_id=job.flow_run_id,
-        pending_reason=job.pending_reason,
-        version=job.version,
+    job = json.loads(view)
+    created = {"job_id": job["id"]} | {k: job[k] for k in _CREATED_FIELDS}
+    return Response(
+        json.dumps(created),
+        status_code=status.HTTP_201_CREATED if new else status.HTTP_200_OK,
+        media_type=_JSON,
     )
+
+
+#: JobCreated's fields the job's view has under the same name.
+_CREATED_FIELDS = [name for name in JobCreated.model_fields if name != "job_id"]
 
 
 @router.get("", response_model=JobList, responses={401: _ERRORS[401]})
 async def list_jobs(
     organisation: CallerDep,
     restaurant_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-    status_: Annotated[JobStatusName | None, Query(alias="status")] = None,
+    status_: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(min_length=1, max_length=500)] = None,
 ) -> Response:
@@ -207,30 +208,30 @@ _CONFLICT: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/{job_id}/start", response_model=ActionResult, responses=_CONFLICT)
-def start(job_id: OwnJobDep, request: Request) -> ActionResult:
+async def start(job_id: OwnJobDep, request: Request) -> ActionResult:
     """Start a job created with `auto_start: false`."""
     try:
-        service.start_job(job_id=job_id)
+        await service.run(service.start_job, job_id=job_id)
     except ledger.Conflict as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     _nudge(request)
-    return ActionResult(success=True, status="pending", flow_run_id=None)
+    return ActionResult(success=True, status=JobStatus.PENDING, flow_run_id=None)
 
 
 @router.post("/{job_id}/cancel", response_model=ActionResult, responses=_CONFLICT)
-def cancel(job_id: OwnJobDep, request: Request) -> ActionResult:
+async def cancel(job_id: OwnJobDep, request: Request) -> ActionResult:
     """Cancel the job: no step starts after this answers (its flow run loses the job at
     once, Prefect or not); running steps are stopped, and Prefect cancels the run."""
     try:
-        job = service.cancel_job(job_id=job_id)
+        job = await service.run(service.cancel_job, job_id=job_id)
     except ledger.Conflict as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     _nudge(request)
-    return ActionResult(success=True, status="cancelled", flow_run_id=job.flow_run_id)
+    return ActionResult(success=True, status=JobStatus.CANCELLED, flow_run_id=job.flow_run_id)
 
 
 @router.post("/{job_id}/retry", response_model=ActionResult, responses=_CONFLICT)
-def retry(
+async def retry(
     job_id: UUID,
     organisation: CallerDep,
     request: Request,
@@ -259,7 +260,7 @@ def retry(
     except ledger.Conflict as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     _nudge(request)
-    return ActionResult(success=True, status="in_progress", flow_run_id=None)
+    return ActionResult(success=True, status=JobStatus.IN_PROGRESS, flow_run_id=None)
 
 
 @router.get(
@@ -277,7 +278,7 @@ async def evidence(
     """A screenshot of a failed browser attempt: with an API key of the job's organisation,
     or with the signed link the job and its Prefect artifact give."""
     if sig is None or not valid(settings, str(job_id), evidence_id, sig):
-        organisation = await caller(api_key(credentials))
+        organisation = await caller(await api_key(credentials))
         if not await reads.run(reads.job_exists, organisation.id, str(job_id)):
             raise not_found(job_id)
     shot = await reads.run(reads.evidence, str(job_id), evidence_id)

@@ -1,0 +1,153 @@
+"""Creates: a burst of concurrent creates of distinct restaurants, then every job to its end.
+Prints figures.
+
+    .venv/bin/python -m benchmarks.creates [--jobs 50 200] [--database sqlite postgresql]
+
+For each database and burst size, a fresh system started as `make run` does (`postgresql`:
+the job tables and the Prefect server on fresh PostgreSQL databases on 127.0.0.1, made here
+and dropped at the end), steps in `endpoints` mode. Reports the creates' status codes and
+latency (p50, p95, max), how many jobs completed, and the makespan (first create sent to
+last job ended).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import httpx
+
+from benchmarks import load
+from benchmarks.latency import KEY, own_stack
+from deployments.demo import DEMO_CONFIG
+from deployments.stack import Stack
+from regjobs.db import LOCAL_POSTGRES_ADMIN_URL, scratch_postgres_database
+
+PG_ADMIN_URL = os.environ.get("REGJOBS_PG_ADMIN_URL", LOCAL_POSTGRES_ADMIN_URL)
+AUTH = {"Authorization": f"Bearer {KEY}"}
+FINAL = ("completed", "failed", "cancelled")
+
+
+def body(tag: str) -> dict[str, Any]:
+    """A job of its own account, restaurant and onboarding user."""
+    return {
+        "restaurant_id": f"burst-{tag}",
+        "execution_config": {
+            **DEMO_CONFIG,
+            "account": {**DEMO_CONFIG["account"], "email": f"burst-{tag}@example.com"},
+            "restaurant": {**DEMO_CONFIG["restaurant"], "name": f"Burst {tag}"},
+            "onboarding": {**DEMO_CONFIG["onboarding"], "user_email": f"owner-{tag}@example.com"},
+        },
+    }
+
+
+async def burst(base_url: str, jobs: int) -> tuple[list[int], list[float], list[str]]:
+    """`jobs` creates sent at once, each on its own (already open) connection."""
+    host, port = base_url.removeprefix("http://").split(":")
+    connections = [load.Connection(host, int(port), timeout=120) for _ in range(jobs)]
+    await asyncio.gather(*(c.open() for c in connections))
+    headers = {**AUTH, "Content-Type": "application/json"}
+    payloads = [json.dumps(body(uuid.uuid4().hex[:10])).encode() for _ in range(jobs)]
+
+    async def one(connection: load.Connection, payload: bytes) -> tuple[int, float, str]:
+        sent = time.perf_counter()
+        status, _, answer = await connection.request(
+            "POST", "/api/registration-jobs", headers, payload
+        )
+        took = (time.perf_counter() - sent) * 1000
+        connection.close()
+        return status, took, json.loads(answer).get("job_id", "") if status < 300 else ""
+
+    answers = await asyncio.gather(*(one(c, p) for c, p in zip(connections, payloads, strict=True)))
+    return [a[0] for a in answers], [a[1] for a in answers], [a[2] for a in answers if a[2]]
+
+
+def ends(stack: Stack, job_ids: list[str], timeout: float) -> Counter[str]:
+    """Wait for every job to end (the list endpoint, a page at a time); their statuses."""
+    wanted = set(job_ids)
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=stack.config.api_url, headers=AUTH, timeout=30) as api:
+        while True:
+            statuses: dict[str, str] = {}
+            cursor = None
+            while True:
+                params: dict[str, Any] = {"limit": 200, **({"cursor": cursor} if cursor else {})}
+                page = api.get("/api/registration-jobs", params=params).json()
+                statuses.update({j["id"]: j["status"] for j in page["jobs"] if j["id"] in wanted})
+                cursor = page["next_cursor"]
+                if not cursor:
+                    break
+            if all(statuses.get(j) in FINAL for j in wanted) or time.monotonic() > deadline:
+                return Counter(statuses.get(j, "missing") for j in wanted)
+            time.sleep(1)
+
+
+def explain_failures(stack: Stack, job_ids: list[str]) -> None:
+    """A line for each job that did not complete: what stopped it."""
+    with httpx.Client(base_url=stack.config.api_url, headers=AUTH, timeout=30) as api:
+        for job_id in job_ids:
+            job = api.get(f"/api/registration-jobs/{job_id}").json()
+            if job["status"] != "completed":
+                step: dict[str, Any] = next(
+                    (s for s in job["steps"] if s["step_id"] == job["failed_step"]), {}
+                )
+                print(
+                    f"  job {job_id} {job['status']}: {job['error_message']} "
+                    f"(step {job['failed_step']}: {step.get('error_message')})"
+                )
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
+
+
+def run(database: str, jobs: int, timeout: float, keep: bool = False) -> None:
+    with contextlib.ExitStack() as resources:
+        env: dict[str, str] = {"REGJOBS_STEP_MODE": "endpoints"}
+        if database == "postgresql":
+            env["DATABASE_URL"] = resources.enter_context(
+                scratch_postgres_database(PG_ADMIN_URL, "regjobs_creates")
+            )
+            prefect_db = resources.enter_context(
+                scratch_postgres_database(PG_ADMIN_URL, "prefect_creates")
+            )
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = prefect_db.replace("+psycopg2", "+asyncpg")
+        stack = resources.enter_context(own_stack(keep=keep, worker_limit=None, **env))
+        started = time.monotonic()
+        codes, latencies, job_ids = asyncio.run(burst(stack.config.api_url, jobs))
+        statuses = ends(stack, job_ids, timeout)
+        makespan = time.monotonic() - started
+        explain_failures(stack, job_ids)
+        print(
+            f"{database}, {jobs} concurrent creates: status codes {dict(Counter(codes))}; "
+            f"create latency p50 {percentile(latencies, 50):.0f} ms, "
+            f"p95 {percentile(latencies, 95):.0f} ms, max {max(latencies):.0f} ms; "
+            f"jobs {dict(statuses)}; makespan {makespan:.0f} s",
+            flush=True,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, nargs="+", default=[50, 200])
+    parser.add_argument(
+        "--database", nargs="+", choices=("sqlite", "postgresql"), default=["sqlite", "postgresql"]
+    )
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds for jobs to end")
+    parser.add_argument("--keep", action="store_true", help="keep logs and databases")
+    args = parser.parse_args()
+    for database in args.database:
+        for jobs in args.jobs:
+            run(database, jobs, args.timeout, args.keep)
+
+
+if __name__ == "__main__":
+    main()

@@ -349,6 +349,19 @@ class Reconciler:
         # Prefect still thinks the run alive (the lease ran out): tell it, so the UI agrees
         # and `prefect flow-run retry` accepts the run.
         alive_in_prefect = effective is not snapshot
+        if effective.state.type is StateType.CRASHED and effective.state.name != DISAPPEARED:
+            replaced = transaction(
+                ledger.replace_unbegun_run,
+                job_id=job.id,
+                epoch=job.epoch,
+                flow_run_id=snapshot.id,
+                reason=public.error_message or "crashed",
+                tell_prefect=public.error_message if alive_in_prefect else None,
+            )
+            if replaced:
+                logger.info("job %s: flow run %s ended before it began; a new one was requested",
+                            job.id, snapshot.id)  # fmt: skip
+                return
         written = transaction(
             ledger.record_outcome,
             job_id=job.id,

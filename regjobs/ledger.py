@@ -225,6 +225,17 @@ def _new_steps() -> tuple[RegistrationJobStep, ...]:
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class NewJob:
+    """What a create asks for."""
+
+    organisation_id: str
+    restaurant_id: str
+    config: ExecutionConfig
+    idempotency_key: str | None = None
+    auto_start: bool = True
+
+
 def create_job(
     *,
     session: Session,
@@ -238,50 +249,55 @@ def create_job(
     first run request; not committed: the dispatcher creates the flow run once this
     commits. A second active job of the restaurant, or a repeated idempotency key, fails
     the insert (IntegrityError): the database's unique indexes decide, not a check before.
+    The returned job is not attached to the session."""
+    new = NewJob(organisation_id, restaurant_id, config, idempotency_key, auto_start)
+    return create_jobs(session=session, batch=[new])[0]
 
-    The hot write of a burst of creates, so plain inserts, not the ORM's unit of work
-    (measured: docs/figures.md); the returned job is not attached to the session."""
-    job = RegistrationJob(
-        id=new_id(),
-        organisation_id=organisation_id,
-        restaurant_id=restaurant_id,
-        restaurant_name=config.restaurant.name,
-        status=JobStatus.PENDING.value,
-        config_encrypted=encrypt_json(config.secret_dict()),
-        config_public=config.public_dict(),
-        flow_run_ids=[],
-        idempotency_key=idempotency_key,
-        created_at=utcnow(),
-        version=0,
-        epoch=0,
-        run_generation=1 if auto_start else 0,
-        pending_reason=WAITING_FOR_DISPATCH if auto_start else NOT_STARTED,
-    )
-    events = _render(job, _new_steps(), {})
-    session.execute(
-        insert(_table(RegistrationJob)),
-        {
-            prop.columns[0].name: getattr(job, prop.key)
-            for prop in RegistrationJob.__mapper__.column_attrs
-        },
-    )
-    session.execute(
-        insert(_table(RegistrationJobStep)),
-        [
+
+def create_jobs(*, session: Session, batch: Sequence[NewJob]) -> list[RegistrationJob]:
+    """`create_job` for several jobs at once, one batch insert per table: the hot write of a
+    burst of creates, so plain inserts, not the ORM's unit of work, and four statements
+    whatever the number of jobs (measured: docs/figures.md). One refused job fails
+    them all (IntegrityError): the caller tries them one by one then."""
+    jobs, steps, runs, events = [], [], [], []
+    for new in batch:
+        job = RegistrationJob(
+            id=new_id(),
+            organisation_id=new.organisation_id,
+            restaurant_id=new.restaurant_id,
+            restaurant_name=new.config.restaurant.name,
+            status=JobStatus.PENDING.value,
+            config_encrypted=encrypt_json(new.config.secret_dict()),
+            config_public=new.config.public_dict(),
+            flow_run_ids=[],
+            idempotency_key=new.idempotency_key,
+            created_at=utcnow(),
+            version=0,
+            epoch=0,
+            run_generation=1 if new.auto_start else 0,
+            pending_reason=WAITING_FOR_DISPATCH if new.auto_start else NOT_STARTED,
+        )
+        events += _render(job, _new_steps(), {})
+        jobs.append(job)
+        steps += [
             {"job_id": job.id, "step_id": r.step_id, "step_number": r.step_number,
              "status": r.status, "attempts": 0, "run_attempts": 0, "generation": 0,
              "updated_at": job.created_at}
             for r in _new_steps()
-        ],
-    )  # fmt: skip
-    if auto_start:
-        session.execute(
-            insert(_table(JobRun)),
-            {"job_id": job.id, "generation": 1, "source": "api", "dispatch_attempts": 0,
-             "requested_at": job.created_at, "begin_run_count": 0},
-        )  # fmt: skip
+        ]  # fmt: skip
+        if new.auto_start:
+            runs.append(
+                {"job_id": job.id, "generation": 1, "source": "api", "dispatch_attempts": 0,
+                 "requested_at": job.created_at, "begin_run_count": 0}
+            )  # fmt: skip
+    columns = [(p.columns[0].name, p.key) for p in RegistrationJob.__mapper__.column_attrs]
+    rows = [{name: getattr(job, key) for name, key in columns} for job in jobs]
+    session.execute(insert(_table(RegistrationJob)), rows)
+    session.execute(insert(_table(RegistrationJobStep)), steps)
+    if runs:
+        session.execute(insert(_table(JobRun)), runs)
     session.execute(insert(_table(JobEvent)), events)
-    return job
+    return jobs
 
 
 def start_job(*, session: Session, job_id: str) -> RegistrationJob:
@@ -804,6 +820,59 @@ def record_outcome(
         run.stopped_at = now
         if tell_prefect:
             run.crash_message = tell_prefect
+    _publish(session, job)
+    return True
+
+
+#: How many flow runs in a row may end before beginning their job (their infrastructure
+#: could not start them) before the job fails rather than gets another.
+RUNS_BEFORE_BEGIN = 3
+
+
+def replace_unbegun_run(
+    *,
+    session: Session,
+    job_id: str,
+    epoch: int,
+    flow_run_id: str,
+    reason: str,
+    tell_prefect: str | None = None,
+) -> bool:
+    """The job's flow run ended before it began the job (its worker could not start it: a
+    503 from Prefect's server, a worker lost while the run was Pending): nothing of the job
+    ran, so a new run is requested instead of failing the job, up to RUNS_BEFORE_BEGIN
+    runs in a row. Returns whether a new run was requested; False leaves the job to
+    `record_outcome`. `tell_prefect`: as for `record_outcome`."""
+    job = _job(session, job_id, lock=True)
+    run = _current_run(session, job)
+    if (
+        not JobStatus(job.status).is_active
+        or job.epoch != epoch
+        or job.flow_run_id != flow_run_id
+        or run is None
+        or run.flow_run_id != flow_run_id
+        or run.began_at is not None
+    ):
+        return False
+    runs = session.scalars(
+        select(JobRun).where(JobRun.job_id == job.id).order_by(JobRun.generation.desc())
+    ).all()  # (a rerun's row takes a new generation, so this is the runs' order)
+    unbegun = 0
+    for earlier in runs:
+        if earlier.began_at is not None:
+            break
+        unbegun += 1
+    if unbegun >= RUNS_BEFORE_BEGIN:
+        return False
+    run.stopped_at = utcnow()
+    run.crash_message = tell_prefect
+    job.epoch += 1
+    job.flow_run_id = None
+    job.flow_run_state = None
+    _request_run(session, job)
+    job.pending_reason = (
+        f"flow run {flow_run_id} ended before it began ({reason}); a new one was requested"
+    )
     _publish(session, job)
     return True
 

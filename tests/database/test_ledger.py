@@ -391,3 +391,39 @@ def _run_id(job_id: str, generation: int) -> int:
             select(JobRun).where(JobRun.job_id == job_id, JobRun.generation == generation)
         ).one()
         return run.id
+
+
+def test_a_run_that_ends_before_it_begins_is_replaced_a_few_times_then_not() -> None:
+    job_id = new_job()
+    for generation in range(1, ledger.RUNS_BEFORE_BEGIN + 1):
+        flow_run_id = f"flow-run-{generation}"
+        transaction(
+            ledger.record_dispatch, run_id=_run_id(job_id, generation), flow_run_id=flow_run_id
+        )
+        epoch = snapshot(job_id)["job"]["epoch"]
+        replaced = transaction(
+            ledger.replace_unbegun_run, job_id=job_id, epoch=epoch, flow_run_id=flow_run_id,
+            reason="the worker could not start it", tell_prefect="never started",
+        )  # fmt: skip
+        if generation < ledger.RUNS_BEFORE_BEGIN:
+            assert replaced
+            view = view_of(job_id)
+            assert (view["status"], view["flow_run_id"]) == ("pending", None)
+            assert "ended before it began" in view["pending_reason"]
+            # The replaced run, should it start after all, may not begin the job.
+            with pytest.raises(ledger.RunRefused):
+                begin(job_id, flow_run_id, generation=generation)
+        else:
+            assert not replaced  # the job is left to fail with its reason
+    with read_session() as session:
+        crashes = [d for d in ledger.deliveries(session=session) if d.kind == "crash"]
+    assert {d.flow_run_id for d in crashes} >= {"flow-run-1", "flow-run-2"}
+
+
+def test_a_run_that_began_is_not_replaced() -> None:
+    job_id = new_job()
+    start = begin(job_id)
+    assert not transaction(
+        ledger.replace_unbegun_run, job_id=job_id, epoch=start.epoch, flow_run_id="flow-run-1",
+        reason="crashed",
+    )  # fmt: skip

@@ -114,8 +114,9 @@ async def run_step(job_id: str, step_id: str) -> dict[str, Any]:
     )
     # The slot's lease outlives a killed process by at most this (Prefect's minimum: 60 s).
     lease = max(60.0, settings.worker_lost_seconds)
-    async with concurrency(
-        settings.browser_limit_name, occupy=1, strict=True, lease_duration=lease
+    async with (
+        concurrency(settings.browser_limit_name, occupy=1, strict=True, lease_duration=lease),
+        _resources.get().browser.held(),
     ):
         return await _attempt(settings, step, task_run)
 

@@ -115,6 +115,12 @@ class Stack:
             # A slot's lease is at least 60 s; the server frees expired ones this often
             # (Prefect's default is 15 s), so a dead process's browser slot is back sooner.
             "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "5",
+            # Slot leases kept on disk: they outlive a Prefect server crash, and the server
+            # frees a dead holder's slot when its lease runs out, instead of forgetting the
+            # lease and counting the slot taken for good (the default keeps them in memory).
+            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": (
+                "prefect.server.concurrency.lease_storage.filesystem"
+            ),
             "REGJOBS_STATE_DIR": str(c.state_dir),
             MARKER: self.stack_id,
             "REGJOBS_PLATFORM_API_URL": f"{c.standin_url}/platform",

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from regjobs import catalogue, translate
@@ -336,6 +336,7 @@ def cancel_job(*, session: Session, job_id: str) -> RegistrationJob:
             continue
         was_running = row.status in (StepStatus.RUNNING, StepStatus.RETRYING)
         row.status = StepStatus.CANCELLED
+        row.stalled_since = None
         row.skip_reason = (
             "the job was cancelled" if was_running else "the job was cancelled before it started"
         )
@@ -498,6 +499,7 @@ def begin_run(
     job.completed_at = None
     job.error_message = None
     job.pending_reason = None
+    job.stalled_since = None
     job.flow_run_state = "Running"
     if flow_run_id not in job.flow_run_ids:
         job.flow_run_ids = [*job.flow_run_ids, flow_run_id]
@@ -552,6 +554,7 @@ def heartbeat(*, session: Session, job_id: str, epoch: int) -> bool:
 def _requeue(row: RegistrationJobStep) -> None:
     row.status = StepStatus.PENDING
     row.run_attempts = 0
+    row.slot_since = row.stalled_since = None
     row.started_at = row.finished_at = row.duration_ms = None
     row.error_message = row.warning = row.skip_reason = row.progress = None
     row.next_action = None
@@ -604,6 +607,7 @@ def start_attempt(
     row = rows[step_id]
     row.attempts += 1
     row.run_attempts += 1
+    row.stalled_since = None
     row.status = StepStatus.RUNNING if row.run_attempts == 1 else StepStatus.RETRYING
     row.started_at = row.started_at or now
     row.finished_at = None
@@ -660,6 +664,7 @@ def complete_attempt(
     now = utcnow()
     row = _steps(session, job_id)[step_id]
     row.status = StepStatus.COMPLETED
+    row.stalled_since = None
     row.result_data = result
     row.warning = warning
     row.error_message = None
@@ -690,6 +695,7 @@ def fail_attempt(
     row = _steps(session, job_id)[step_id]
     row.error_message = error.message
     row.progress = None
+    row.stalled_since = None
     if will_retry:
         row.status = StepStatus.RETRYING
         row.not_before = now + timedelta(seconds=error.retry_after) if error.retry_after else None
@@ -724,6 +730,18 @@ def set_progress(*, session: Session, job_id: str, epoch: int, step_id: str, pro
     if row.progress != progress:
         row.progress = progress
         _publish(session, job)
+
+
+def hold_slot(*, session: Session, job_id: str, epoch: int, step_id: str, holding: bool) -> None:
+    """Record that a step holds a browser slot (once Prefect granted it; only while this run
+    holds the job) or gave it back (always allowed)."""
+    if holding:
+        _owned(session, job_id, epoch)
+    session.execute(
+        update(RegistrationJobStep)
+        .where(RegistrationJobStep.job_id == job_id, RegistrationJobStep.step_id == step_id)
+        .values(slot_since=utcnow() if holding else None)
+    )
 
 
 def finish_run(
@@ -796,6 +814,7 @@ def record_outcome(
     seen = {s.step_id: s for s in public.steps}
     for row in _steps(session, job.id, fresh=True).values():
         step = seen.get(row.step_id)
+        row.slot_since = None  # a dead process holds no browser slot, whatever Prefect counts
         if row.status in FINAL or step is None:
             continue
         row.status = step.status
@@ -889,6 +908,115 @@ def note_flow_run(
         job.flow_run_state = state_name
         job.pending_reason = reason
         _publish(session, job)
+
+
+def slots_held(*, session: Session) -> int:
+    """Browser slots live holders have: steps of active jobs between being granted a slot
+    and giving it back."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(RegistrationJobStep)
+            .join(RegistrationJob, RegistrationJob.id == RegistrationJobStep.job_id)
+            .where(
+                RegistrationJobStep.slot_since.is_not(None),
+                RegistrationJob.status.in_(ACTIVE),
+            )
+        )
+        or 0
+    )
+
+
+@dataclass(frozen=True)
+class Stall:
+    job_id: str
+    epoch: int
+    #: Steps whose current attempt runs past the step's own timeout.
+    step_ids: list[str]
+    #: The job has waited past the limit for its flow run to start.
+    job_waiting: bool
+
+
+def stalls(
+    *,
+    session: Session,
+    now: datetime,
+    step_grace: float,
+    timeout_scale: float,
+    queue_limit: float,
+) -> list[Stall]:
+    """Active jobs with something stuck that is not marked yet: an attempt running past its
+    step's timeout (plus `step_grace`), or a job waiting for its flow run to start longer
+    than `queue_limit` seconds."""
+    found: dict[str, tuple[int, list[str], bool]] = {}
+    attempts = session.execute(
+        select(
+            RegistrationJob.id, RegistrationJob.epoch, StepAttempt.step_id, StepAttempt.started_at
+        )
+        .join(StepAttempt, StepAttempt.job_id == RegistrationJob.id)
+        .join(
+            RegistrationJobStep,
+            (RegistrationJobStep.job_id == StepAttempt.job_id)
+            & (RegistrationJobStep.step_id == StepAttempt.step_id),
+        )
+        .where(
+            RegistrationJob.status.in_(ACTIVE),
+            StepAttempt.finished_at.is_(None),
+            RegistrationJobStep.stalled_since.is_(None),
+            RegistrationJobStep.status.in_([StepStatus.RUNNING.value, StepStatus.RETRYING.value]),
+        )
+    ).tuples()
+    for job_id, epoch, step_id, started_at in attempts:
+        limit = catalogue.step(step_id).timeout_seconds * timeout_scale + step_grace
+        if (now - started_at).total_seconds() > limit:
+            found.setdefault(job_id, (epoch, [], False))[1].append(step_id)
+    waiting = session.execute(
+        select(RegistrationJob.id, RegistrationJob.epoch)
+        .join(
+            JobRun,
+            (JobRun.job_id == RegistrationJob.id)
+            & (JobRun.generation == RegistrationJob.run_generation),
+        )
+        .where(
+            RegistrationJob.status.in_(ACTIVE),
+            RegistrationJob.stalled_since.is_(None),
+            JobRun.began_at.is_(None),
+            JobRun.stopped_at.is_(None),
+            JobRun.requested_at < now - timedelta(seconds=queue_limit),
+        )
+    ).tuples()
+    for job_id, epoch in waiting:
+        epoch_, steps, _ = found.get(job_id, (epoch, [], False))
+        found[job_id] = (epoch_, steps, True)
+    return [Stall(job_id, e, sorted(s), w) for job_id, (e, s, w) in found.items()]
+
+
+def mark_stalled(
+    *,
+    session: Session,
+    job_id: str,
+    epoch: int,
+    step_ids: Iterable[str],
+    job_stalled: bool,
+    since: datetime,
+) -> bool:
+    """Mark steps (and the job) as stalled since `since`, for the epoch the reconciler
+    looked at; whether anything was newly marked."""
+    job = _job(session, job_id, lock=True)
+    if job.epoch != epoch or not JobStatus(job.status).is_active:
+        return False
+    rows = _steps(session, job_id)
+    marked = False
+    for step_id in step_ids:
+        if rows[step_id].stalled_since is None:
+            rows[step_id].stalled_since = since
+            marked = True
+    if job_stalled and job.stalled_since is None:
+        job.stalled_since = since
+        marked = True
+    if marked:
+        _publish(session, job, rows.values())
+    return marked
 
 
 @dataclass(frozen=True)

@@ -415,3 +415,25 @@ def test_a_prefect_crash_while_two_browser_steps_hold_both_slots_heals(
     finally:
         stack.stop_child("worker")
         stack.start_worker(env=direct)
+
+
+def test_a_settings_step_run_again_sets_nothing_twice(
+    api: httpx.Client, standin: httpx.Client, restaurant_id: str
+) -> None:
+    """Website and services settings look at the saved form before they submit: run again
+    with the same config (as after a crash whose success never reached the ledger), they
+    find it saved as wanted and submit nothing."""
+    job_id = create(api, restaurant_id)
+    assert watch_job(api, job_id, timeout=180).job["status"] == "completed"
+    for step in ("website_configuration", "services_configuration"):
+        api.post(
+            f"/api/registration-jobs/{job_id}/retry", json={"from_step": step}
+        ).raise_for_status()
+        again = watch_job(api, job_id, timeout=120).job
+        assert again["status"] == "completed"
+        assert steps_by_id(again)[step]["attempts"] == 2
+    assert effects(standin) == {s.id: 1 for s in STEPS}
+    submitted = [
+        c for c in portal_calls(standin) if c["method"] == "POST" and "/settings/" in c["path"]
+    ]
+    assert len(submitted) == 3  # website, services, payments: once each

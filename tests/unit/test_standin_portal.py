@@ -726,3 +726,21 @@ def test_full_portal_walk_records_each_step(client: TestClient) -> None:
     everything = client.get("/_control/state").text
     assert PASSWORD not in everything
     assert client.get("/portal/").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("page_name", "form_id", "data"),
+    [
+        ("website", "website-form", {"theme": "dark", "item_layout": "card"}),
+        ("services", "services-form", {"pickup": "1"}),
+        ("payments", "payments-form", {}),
+    ],
+)
+def test_a_settings_form_says_whether_it_shows_saved_values(
+    client: TestClient, page_name: str, form_id: str, data: dict[str, str]
+) -> None:
+    subdomain = logged_in_with_restaurant(client)
+    path = f"/portal/r/{subdomain}/settings/{page_name}"
+    assert page(client.get(path)).one("form", id=form_id)["data-saved"] == "false"
+    client.post(path, data=data)
+    assert page(client.get(path)).one("form", id=form_id)["data-saved"] == "true"

@@ -75,6 +75,7 @@ class Supervisor:
             "prefect": self.stack.start_prefect,
             "standin": self.stack.start_standin,
             "worker": self.stack.start_worker,
+            "worker-warm": self.stack.start_warm_pool,
             "api": self.stack.start_api,
         }
 

@@ -93,6 +93,8 @@ class Stack:
         self.logs_dir = config.state_dir / "logs"
         #: Inherited by every process this stack causes, wherever it runs.
         self.stack_id = uuid.uuid4().hex
+        #: The environment each worker was started with (its warm processes share it).
+        self._worker_env: dict[str, dict[str, str]] = {}
 
     # ------------------------------------------------------------------ environment
 
@@ -131,6 +133,9 @@ class Stack:
             "REGJOBS_PREFECT_UI_URL": c.prefect_url,
             "REGJOBS_PUBLIC_API_URL": c.api_url,
             "PYTHONUNBUFFERED": "1",
+            # `python` is this environment's (the work pool's command runs `python -m ...`).
+            "PATH": os.pathsep.join([str(Path(PYTHON).parent), os.environ.get("PATH", "")]),
+            "REGJOBS_WARM_PROCESSES": str(get_settings().warm_processes),
         }
         env.update(c.env)
         return env
@@ -179,7 +184,9 @@ class Stack:
     def stop_children(
         self, names: list[str], *, sig: int = signal.SIGTERM, timeout: float = 15
     ) -> None:
-        """Signal each child's process group, wait for all, then kill what is left."""
+        """Signal each child's process group, wait for all, then kill what is left. A
+        worker goes with its warm processes."""
+        names = [*names, *(f"{n}-warm" for n in names if n.startswith("worker"))]
         children = [self.children.pop(n) for n in names if n in self.children]
         for child in children:
             _signal_group(child.process, sig)
@@ -267,8 +274,27 @@ class Stack:
     def set_up_deployment(self) -> None:
         self.run([PYTHON, "-m", "deployments.setup"])
 
+    def warm_socket(self, worker: str) -> str:
+        """The Unix socket of a worker's warm-process pool (short: at most 108 bytes)."""
+        return f"/tmp/regjobs-{self.stack_id[:12]}-{worker}.sock"
+
+    def start_warm_pool(self, worker: str = "worker", env: Mapping[str, str] | None = None) -> None:
+        """The warm flow-run processes of a worker (`deployments.warm`), started with the
+        worker's own environment (as last given), so they run what the worker would."""
+        if env is not None:
+            self._worker_env[worker] = dict(env)
+        self.spawn(
+            f"{worker}-warm",
+            [PYTHON, "-m", "deployments.warm", "pool"],
+            {**self._worker_env.get(worker, {}), "REGJOBS_WARM_SOCKET": self.warm_socket(worker)},
+        )
+
     def start_worker(self, name: str = "worker", env: Mapping[str, str] | None = None) -> Child:
-        """A process worker on the pool; `env` overrides settings for it and its flow runs."""
+        """A process worker on the pool, with its warm flow-run processes beside it; `env`
+        overrides settings for it and its flow runs."""
+        if get_settings().warm_processes and f"{name}-warm" not in self.children:
+            self.start_warm_pool(name, env or {})
+        env = {**(env or {}), "REGJOBS_WARM_SOCKET": self.warm_socket(name)}
         before = self.log_count(name, "started!")
         child = self.spawn(
             name,

@@ -124,6 +124,10 @@ class Settings(BaseSettings):
     #: API processes, run `python -m regjobs.db upgrade` once instead and set this false.
     auto_migrate: bool = True
 
+    #: Warm flow-run processes each worker keeps waiting (`deployments.warm`): a flow run
+    #: starts in one that has imported Prefect and the flow already. 0: a new interpreter
+    #: per flow run, as Prefect's process worker does by itself.
+    warm_processes: int = Field(default=2, ge=0)
     #: API processes `make run` starts behind the API port (uvicorn workers).
     api_workers: int = Field(default=2, ge=1)
 

@@ -154,7 +154,8 @@ async def get(
     """The job and its steps. Answers with an `ETag`; `If-None-Match` with it gives `304`
     while the job has not changed."""
     found = await _view(key, job_id, "job")
-    return _cached(found, if_none_match, reads.job_body(settings, str(job_id), found.body))
+    body = reads.job_body(settings, str(job_id), found.organisation_id, found.body)
+    return _cached(found, if_none_match, body)
 
 
 @router.get(
@@ -182,6 +183,7 @@ async def progress(job_id: UUID, key: ApiKeyDep, if_none_match: IfNoneMatch = No
 )
 async def events(
     job_id: OwnJobDep,
+    organisation: CallerDep,
     request: Request,
     settings: SettingsDep,
     last_event_id: Annotated[int | None, Header(ge=0, le=2**62)] = None,
@@ -196,7 +198,7 @@ async def events(
         data = event.data
         if event.kind == "step" and '"evidence_id"' in data:
             step = json.loads(data)
-            reads.with_links(settings, job_id, [step])
+            reads.with_links(settings, job_id, organisation.id, [step])
             data = json.dumps(step)
         yield ServerSentEvent(raw_data=data, event=event.kind, id=str(event.seq))
 
@@ -263,6 +265,10 @@ async def retry(
     return ActionResult(success=True, status=JobStatus.IN_PROGRESS, flow_run_id=None)
 
 
+#: The largest id a row can have (a signed 64-bit integer); beyond it nothing exists.
+MAX_ROW_ID = 2**63 - 1
+
+
 @router.get(
     "/{job_id}/evidence/{evidence_id}",
     response_class=Response,
@@ -273,15 +279,29 @@ async def evidence(
     evidence_id: int,
     settings: SettingsDep,
     credentials: CredentialsDep,
+    org: Annotated[str | None, Query(max_length=64)] = None,
+    exp: Annotated[str | None, Query(max_length=20)] = None,
     sig: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
     """A screenshot of a failed browser attempt: with an API key of the job's organisation,
-    or with the signed link the job and its Prefect artifact give."""
-    if sig is None or not valid(settings, str(job_id), evidence_id, sig):
+    or with the signed link the job and its Prefect artifact give (`org`, `exp`, `sig`),
+    until it expires. A link that is expired, altered or of another organisation is 404."""
+    if org is not None or exp is not None or sig is not None:
+        if not (
+            org
+            and exp
+            and sig
+            and valid(settings, str(job_id), evidence_id, org, exp, sig)
+            and await reads.run(reads.job_exists, org, str(job_id))
+        ):
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such evidence link (or it expired)")
+    else:
         organisation = await caller(await api_key(credentials))
         if not await reads.run(reads.job_exists, organisation.id, str(job_id)):
             raise not_found(job_id)
-    shot = await reads.run(reads.evidence, str(job_id), evidence_id)
+    shot = None
+    if 1 <= evidence_id <= MAX_ROW_ID:
+        shot = await reads.run(reads.evidence, str(job_id), evidence_id)
     if shot is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"evidence {evidence_id} not found")
     return Response(shot[0], media_type=shot[1])
@@ -322,4 +342,5 @@ async def active(
     if view is None:
         return Response('{"job":null}', media_type=_JSON)
     job_id = json.loads(view)["id"]
-    return Response('{"job":' + reads.job_body(settings, job_id, view) + "}", media_type=_JSON)
+    body = reads.job_body(settings, job_id, organisation.id, view)
+    return Response('{"job":' + body + "}", media_type=_JSON)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Literal, TypeVar
+from uuid import UUID
 
 from sqlalchemy import Engine, and_, bindparam, or_, select, tuple_
 from sqlalchemy.sql import Select
@@ -192,7 +193,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, job_id = json.loads(raw)
-        return datetime.fromisoformat(created_at), str(job_id)
+        # A job id is a UUID: anything else (a NUL, say) never reaches the database.
+        return datetime.fromisoformat(created_at), str(UUID(str(job_id)))
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError) as exc:
         raise BadCursor("not a cursor this API gave (use next_cursor as it came)") from exc
 

@@ -54,6 +54,8 @@ _CACHED: dict[int | str, dict[str, Any]] = {
 _JSON = "application/json"
 
 IfNoneMatch = Annotated[str | None, Header(max_length=1000)]
+#: Any text but a NUL character (PostgreSQL cannot compare or store one).
+NO_NUL = r"^[^\x00]*$"
 
 
 async def _view(key: str, job_id: UUID, kind: reads.View) -> reads.Found:
@@ -118,7 +120,9 @@ _CREATED_FIELDS = [name for name in JobCreated.model_fields if name != "job_id"]
 @router.get("", response_model=JobList, responses={401: _ERRORS[401]})
 async def list_jobs(
     organisation: CallerDep,
-    restaurant_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    restaurant_id: Annotated[
+        str | None, Query(min_length=1, max_length=200, pattern=NO_NUL)
+    ] = None,
     status_: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(min_length=1, max_length=500)] = None,
@@ -333,7 +337,7 @@ restaurants = APIRouter(prefix="/api/restaurants", tags=["restaurants"])
     responses={401: _ERRORS[401]},
 )
 async def active(
-    restaurant_id: Annotated[str, Path(min_length=1, max_length=200)],
+    restaurant_id: Annotated[str, Path(min_length=1, max_length=200, pattern=NO_NUL)],
     organisation: CallerDep,
     settings: SettingsDep,
 ) -> Response:

@@ -11,7 +11,7 @@ import httpx
 
 from regjobs.errors import RetryableStepError
 from regjobs.settings import Settings
-from tasks.clients.http import OutsideSystem
+from tasks.clients.http import OutsideSystem, segment
 
 ACCOUNT_EXISTS: Final = {"account_exists": "the account already exists; using it"}
 RESTAURANT_EXISTS: Final = {"restaurant_exists": "the restaurant is already registered; using it"}
@@ -50,7 +50,10 @@ class OnboardingService:
         self, subdomain: str, payload: Mapping[str, Any], key: str
     ) -> dict[str, Any]:
         return await self.system.request(
-            "PUT", f"/api/records/{subdomain}", json=payload, idempotency_key=key
+            "PUT",
+            f"/api/records/{segment(subdomain, 'subdomain')}",
+            json=payload,
+            idempotency_key=key,
         )
 
 
@@ -69,7 +72,8 @@ class ImageCdn:
         while batch.get("status") == "processing":
             await progress(f"{batch.get('uploaded', 0)} of {batch.get('total', '?')} images")
             await asyncio.sleep(self.poll_seconds)
-            batch = await self.system.request("GET", f"/api/batches/{batch['batch_id']}")
+            batch_id = segment(batch.get("batch_id"), "upload batch id")
+            batch = await self.system.request("GET", f"/api/batches/{batch_id}")
         if batch.get("status") != "completed":
             raise RetryableStepError(
                 f"image upload batch {batch.get('batch_id')} ended {batch.get('status')!r}"
@@ -107,7 +111,9 @@ class AppEndpoints:
     async def call(
         self, step_id: str, payload: Mapping[str, Any], key: str, **path_args: str
     ) -> dict[str, Any]:
-        path = ENDPOINT_PATHS[step_id].format(**path_args)
+        path = ENDPOINT_PATHS[step_id].format(
+            **{name: segment(value, name.replace("_", " ")) for name, value in path_args.items()}
+        )
         return await self.system.request(
             "POST",
             path,

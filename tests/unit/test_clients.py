@@ -425,3 +425,62 @@ def test_clients_build_names_each_system_and_uses_its_key() -> None:
         ("app.test", "Bearer ak"),
     ]
     assert str(seen[0].url) == "https://platform.test/api/v1/code-injections"
+
+
+# --- path segments ------------------------------------------------------------------------
+
+
+def _recording(seen: list[httpx.Request], body: Any = None) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=body if body is not None else {"ok": True})
+
+    return handler
+
+
+def test_the_traversal_menu_id_stays_in_its_path_segment() -> None:
+    # Were it validated away upstream or not: quoted, it cannot reach another path.
+    seen: list[httpx.Request] = []
+    menu_id = "../../api/admin/x#"
+    run(lambda http: AppEndpoints(system(http)).call("image_upload", {}, "k", menu_id=menu_id),
+        _recording(seen))  # fmt: skip
+    assert seen[0].url.raw_path == b"/platform/menus/..%2F..%2Fapi%2Fadmin%2Fx%23/upload-images"
+    assert seen[0].url.fragment == ""
+
+
+@pytest.mark.parametrize("subdomain", ["..", ".", "", "a\nb"])
+def test_a_segment_a_url_would_resolve_away_is_refused_before_any_request(
+    subdomain: str,
+) -> None:
+    from regjobs.errors import NonRetryableStepError
+
+    seen: list[httpx.Request] = []
+    raises(
+        NonRetryableStepError,
+        lambda http: OnboardingService(system(http)).sync_record(subdomain, {}, "k"),
+        _recording(seen),
+    )
+    assert seen == []
+
+
+def test_a_batch_id_from_the_cdn_is_quoted() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.method == "POST":
+            return httpx.Response(202, json={"batch_id": "../admin?x", "status": "processing"})
+        return httpx.Response(200, json={"batch_id": "b", "status": "completed"})
+
+    async def progress(_: str) -> None:
+        pass
+
+    run(lambda http: ImageCdn(system(http), 0.01).upload("m", "k", progress), handler)
+    assert seen[1].url.raw_path == b"/platform/api/batches/..%2Fadmin%3Fx"
+
+
+def test_portal_paths_quote_the_subdomain() -> None:
+    from tasks.portal.base import restaurant_path
+
+    assert restaurant_path("pizza") == "/r/pizza"
+    assert restaurant_path("a/../b") == "/r/a%2F..%2Fb"

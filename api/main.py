@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from api.bodylimit import BodyLimit
 from api.events import EventHub
 from api.hotpath import HotReads
 from api.orchestrator import Orchestrator
@@ -130,6 +131,9 @@ def create_app(
             expose_headers=["ETag"],
             max_age=600,
         )
+
+    # Added last, so it is the outermost: no body is read past the limit, by anything.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

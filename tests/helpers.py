@@ -7,7 +7,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -227,3 +228,117 @@ def kill_worker(stack: Stack, flow_run_id: str | None) -> None:
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
     stack.stop_child("worker")
+
+
+# ------------------------------------------------ in-process servers and raw sockets
+
+
+@contextmanager
+def serve_in_thread(app: Any) -> Iterator[str]:
+    """An ASGI app served by uvicorn on a free loopback port in this process; its URL."""
+    import threading
+
+    import uvicorn
+
+    from deployments.stack import free_port
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@dataclass
+class BigUpload:
+    """How a large upload over a raw socket went."""
+
+    #: The HTTP status of the answer, if one came.
+    status: int | None
+    #: The answer as received (head and body).
+    answer: bytes
+    #: Body bytes sent before the answer came (or the server closed the connection).
+    sent: int
+    #: Whether sending stopped because the server had closed the connection.
+    closed_by_server: bool
+
+
+def upload(
+    base_url: str,
+    path: str,
+    *,
+    total: int,
+    chunked: bool = False,
+    headers: dict[str, str] | None = None,
+    piece: int = 64 * 1024,
+) -> BigUpload:
+    """POST a body of `total` bytes over a raw socket, a piece at a time, looking for an
+    answer before each piece: stops as soon as the server answers or closes."""
+    import select
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base_url)
+    sock = socket.create_connection((url.hostname or "127.0.0.1", url.port or 80), timeout=30)
+    lines = [f"POST {path} HTTP/1.1", f"Host: {url.netloc}", "Content-Type: application/json"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    lines.append("Transfer-Encoding: chunked" if chunked else f"Content-Length: {total}")
+    answer = b""
+    sent = 0
+    closed = False
+
+    def answered() -> bool:
+        nonlocal answer, closed
+        readable, _, _ = select.select([sock], [], [], 0.02)
+        if not readable:
+            return False
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            closed = True
+            return True
+        if not data:
+            closed = True
+        answer += data
+        return True
+
+    try:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        while sent < total and not answered():
+            size = min(piece, total - sent)
+            data = b" " * size
+            try:
+                sock.sendall(b"%x\r\n%s\r\n" % (size, data) if chunked else data)
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            sent += size
+        # Whatever else of the answer is on its way.
+        sock.settimeout(5)
+        while True:
+            try:
+                data = sock.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not data:
+                closed = True
+                break
+            answer += data
+    finally:
+        sock.close()
+    status = None
+    if answer.startswith(b"HTTP/1.1 "):
+        status = int(answer[9:12])
+    return BigUpload(status, answer, sent, closed)

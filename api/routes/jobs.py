@@ -52,6 +52,9 @@ _CACHED: dict[int | str, dict[str, Any]] = {
     **_ERRORS,
 }
 _JSON = "application/json"
+_TOO_LARGE: dict[str, Any] = {
+    "description": "The body is larger than REGJOBS_MAX_BODY_BYTES (256 KiB by default)"
+}
 
 IfNoneMatch = Annotated[str | None, Header(max_length=1000)]
 #: Any text but a NUL character (PostgreSQL cannot compare or store one).
@@ -83,6 +86,7 @@ def _cached(found: reads.Found, if_none_match: str | None, body: str | None = No
     responses={
         200: {"model": JobCreated, "description": "A repeated Idempotency-Key: the original job"},
         409: {"description": "The restaurant already has an active job (its id in `detail`)"},
+        413: _TOO_LARGE,
         **_ERRORS,
     },
 )
@@ -236,7 +240,9 @@ async def cancel(job_id: OwnJobDep, request: Request) -> ActionResult:
     return ActionResult(success=True, status=JobStatus.CANCELLED, flow_run_id=job.flow_run_id)
 
 
-@router.post("/{job_id}/retry", response_model=ActionResult, responses=_CONFLICT)
+@router.post(
+    "/{job_id}/retry", response_model=ActionResult, responses={413: _TOO_LARGE, **_CONFLICT}
+)
 async def retry(
     job_id: UUID,
     organisation: CallerDep,

@@ -71,11 +71,19 @@ PRECONDITION_STATUSES = frozenset({404, 409, 410, 412})
 
 
 class OutsideSystemError(StepError):
-    """An outside system answered with an HTTP error."""
+    """An outside system answered with an HTTP error (`code`: its error code, if it gave one)."""
 
-    def __init__(self, message: str, *, status_code: int, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        retry_after: float | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message, retry_after=retry_after)
         self.status_code = status_code
+        self.code = code
         retryable = status_code == 429 or status_code >= 500
         self.error_class = ErrorClass.RETRYABLE if retryable else ErrorClass.NON_RETRYABLE
         if retryable:

@@ -80,6 +80,7 @@ class OutsideSystem:
             f"{_message(detail) or response.reason_phrase}",
             status_code=response.status_code,
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            code=code if isinstance(code, str) else None,
         )
 
 

@@ -9,11 +9,27 @@ from typing import Any, Final
 
 import httpx
 
-from regjobs.errors import RetryableStepError
+from regjobs.errors import NonRetryableStepError, OutsideSystemError, RetryableStepError
 from regjobs.settings import Settings
 from tasks.clients.http import OutsideSystem, segment
 
 ACCOUNT_EXISTS: Final = {"account_exists": "the account already exists; using it"}
+#: Why an account that exists is not used: the job's credentials do not open it.
+CREDENTIALS_MISMATCH: Final = "an account with this email exists and the credentials do not match"
+
+
+class CredentialsMismatch(NonRetryableStepError):
+    """The email has an account, but the job's password does not log in to it."""
+
+    def __init__(self) -> None:
+        super().__init__(CREDENTIALS_MISMATCH)
+
+
+def credentials_refused(exc: OutsideSystemError) -> bool:
+    """Whether an answer says the credentials were refused (not our API key)."""
+    return exc.status_code in (401, 403) and exc.code == "invalid_credentials"
+
+
 RESTAURANT_EXISTS: Final = {"restaurant_exists": "the restaurant is already registered; using it"}
 USER_EXISTS: Final = {"user_exists": "the onboarding user already exists; using it"}
 
@@ -30,6 +46,17 @@ class PlatformApi:
             idempotency_key=key,
             already_done=ACCOUNT_EXISTS,
         )
+
+    async def log_in(self, email: str, password: str, trace: str) -> dict[str, Any]:
+        """The account these credentials open; CredentialsMismatch if they open none."""
+        try:
+            return await self.system.request(
+                "POST", "/api/v1/sessions", json={"email": email, "password": password}, trace=trace
+            )
+        except OutsideSystemError as exc:
+            if exc.status_code in (401, 403):
+                raise CredentialsMismatch() from None
+            raise
 
     async def generate_code(self, payload: Mapping[str, Any], key: str) -> dict[str, Any]:
         return await self.system.request(

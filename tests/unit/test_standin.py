@@ -641,3 +641,17 @@ def test_account_endpoint_says_exists_only_for_the_accounts_own_credentials(
     }
     assert "account" not in other.json()["detail"]
     assert effects(client)["account_registration"] == 1
+
+
+def test_echo_fault_repeats_the_request_body_in_the_error(client: TestClient) -> None:
+    fault(client, step="account_registration", mode="echo", status=400, times=1)
+    echoed = create_account(client)
+    assert echoed.status_code == 400
+    detail = echoed.json()["detail"]
+    assert detail["code"] == "rejected"
+    assert detail["message"].startswith("injected fault: rejected {")
+    assert PASSWORD in detail["message"]
+    assert effects(client)["account_registration"] == 0
+    assert create_account(client).status_code == 201
+    calls = client.get("/_control/calls").json()
+    assert [c["fault"] for c in calls] == ["echo", None]

@@ -726,3 +726,13 @@ def test_full_portal_walk_records_each_step(client: TestClient) -> None:
     everything = client.get("/_control/state").text
     assert PASSWORD not in everything
     assert client.get("/portal/").status_code == 200
+
+
+def test_the_password_field_can_be_rendered_disabled(client: TestClient) -> None:
+    assert "disabled" not in page(client.get("/portal/login")).one("input", name="password")
+    switched = client.post("/_control/config", json={"portal_password_disabled": True})
+    assert switched.json()["portal_password_disabled"] is True
+    field = page(client.get("/portal/login")).one("input", name="password")
+    assert "disabled" in field
+    client.post("/_control/reset")
+    assert "disabled" not in page(client.get("/portal/login")).one("input", name="password")

@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun, State, StateType
+from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
@@ -151,6 +153,26 @@ class Orchestrator:
             self.client.set_flow_run_state(
                 UUID(flow_run_id), State(type=StateType.CRASHED, message=message), force=True
             )
+
+    def browser_slots(self) -> tuple[int, int]:
+        """The browser limit's slots taken, and its size, as Prefect counts them."""
+        with self._once():
+            limit = self.client.read_global_concurrency_limit_by_name(
+                self.settings.browser_limit_name
+            )
+        return limit.active_slots, limit.limit
+
+    def give_back_slots(self, slots: int) -> None:
+        """Free browser slots Prefect counts but nobody holds (their lease was lost)."""
+        with self._once():
+            self.client.release_concurrency_slots(
+                names=[self.settings.browser_limit_name], slots=slots, occupancy_seconds=0
+            )
+
+    def emit(self, event: str, resource: dict[str, str], payload: dict[str, Any]) -> None:
+        """A Prefect event (automations can act on it: notify someone)."""
+        with self._once():
+            emit_event(event=event, resource=resource, payload=payload)
 
 
 def _brief(exc: BaseException) -> str:

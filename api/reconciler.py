@@ -21,7 +21,7 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from prefect.client.schemas.objects import StateType
@@ -38,6 +38,8 @@ from regjobs.translate import DISAPPEARED, DISAPPEARED_MESSAGE, FlowRunSnapshot,
 logger = logging.getLogger("regjobs.reconciler")
 
 ROLE = "reconciler"
+#: A step running this long past its own timeout is stalled (its timeout did not end it).
+STALL_GRACE_SECONDS = 60.0
 #: The PostgreSQL advisory lock key of the role (any constant; "regjobs" in ASCII).
 ADVISORY_KEY = 0x7265676A6F6273
 
@@ -166,6 +168,8 @@ class Reconciler:
     prefect_ok: bool = False
     deployment_ok: bool = False
     last_error: str | None = None
+    #: Since when Prefect has counted more browser slots taken than live holders hold.
+    _excess_since: datetime | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _wake: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -267,6 +271,8 @@ class Reconciler:
         self.dispatch()
         self.deliver()
         self.reconcile()
+        self.heal_slots()
+        self.find_stalls()
         self.prefect_ok = True
         self.last_error = None
 
@@ -323,6 +329,67 @@ class Reconciler:
             )
             self._reconcile_job(job, snapshot, now)
 
+    def heal_slots(self) -> None:
+        """Give back browser slots Prefect counts as taken but no live holder holds (their
+        lease was lost with a Prefect server's memory, say), once that has lasted longer
+        than a lease: a kept lease of a dead holder is freed by Prefect itself by then, so
+        nothing is given back twice."""
+        taken, _ = self.orchestrator.browser_slots()
+        with read_session() as session:
+            held = ledger.slots_held(session=session)
+        now = utcnow()
+        if taken <= held:
+            self._excess_since = None
+            return
+        self._excess_since = self._excess_since or now
+        if (now - self._excess_since).total_seconds() < self.settings.slot_leak_seconds:
+            return
+        logger.warning(
+            "browser slots: Prefect counts %d taken, live holders hold %d; giving back %d",
+            taken,
+            held,
+            taken - held,
+        )
+        self.orchestrator.give_back_slots(taken - held)
+        self._excess_since = None
+
+    def find_stalls(self) -> None:
+        """Mark what runs or waits past its own limit, and tell Prefect (an event an
+        automation can page someone on)."""
+        now = utcnow()
+        with read_session() as session:
+            found = ledger.stalls(
+                session=session,
+                now=now,
+                step_grace=STALL_GRACE_SECONDS,
+                timeout_scale=self.settings.step_timeout_scale,
+                queue_limit=self.settings.queue_stall_seconds,
+            )
+        for stall in found:
+            marked = transaction(
+                ledger.mark_stalled,
+                job_id=stall.job_id,
+                epoch=stall.epoch,
+                step_ids=stall.step_ids,
+                job_stalled=stall.job_waiting,
+                since=now,
+            )
+            if not marked:
+                continue
+            what = ", ".join(stall.step_ids) or "its flow run to start"
+            logger.warning("job %s is stalled: %s", stall.job_id, what)
+            stuck: list[str | None] = [*stall.step_ids] or [None]
+            for step_id in stuck:
+                self.orchestrator.emit(
+                    f"regjobs.{'step' if step_id else 'job'}.stalled",
+                    resource={
+                        "prefect.resource.id": f"regjobs.job.{stall.job_id}"
+                        + (f".step.{step_id}" if step_id else ""),
+                        "prefect.resource.name": step_id or stall.job_id,
+                    },
+                    payload={"job_id": stall.job_id, "step_id": step_id, "since": now.isoformat()},
+                )
+
     def _reconcile_job(self, job: RegistrationJob, snapshot: FlowRunSnapshot, now: Any) -> None:
         lease = self.settings.worker_lost_seconds
         effective = translate.lease_expired(job, snapshot, now, lease) or snapshot
@@ -349,6 +416,19 @@ class Reconciler:
         # Prefect still thinks the run alive (the lease ran out): tell it, so the UI agrees
         # and `prefect flow-run retry` accepts the run.
         alive_in_prefect = effective is not snapshot
+        if effective.state.type is StateType.CRASHED and effective.state.name != DISAPPEARED:
+            replaced = transaction(
+                ledger.replace_unbegun_run,
+                job_id=job.id,
+                epoch=job.epoch,
+                flow_run_id=snapshot.id,
+                reason=public.error_message or "crashed",
+                tell_prefect=public.error_message if alive_in_prefect else None,
+            )
+            if replaced:
+                logger.info("job %s: flow run %s ended before it began; a new one was requested",
+                            job.id, snapshot.id)  # fmt: skip
+                return
         written = transaction(
             ledger.record_outcome,
             job_id=job.id,

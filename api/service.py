@@ -12,7 +12,6 @@ import functools
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -24,20 +23,18 @@ from api.schemas import JobCreate
 from regjobs import ledger
 from regjobs.catalogue import ACTIVE_JOB_STATUSES
 from regjobs.db import read_session, transaction
-from regjobs.ledger import ActiveJobExists
+from regjobs.ledger import ActiveJobExists, NewJob
 from regjobs.models import RegistrationJob
-from regjobs.settings import get_settings
 
 R = TypeVar("R")
 
 
 @lru_cache
 def _writer() -> ThreadPoolExecutor:
-    """The threads transitions run in. On SQLite one: writes take the database's one write
-    lock in turn anyway, and queue here rather than contend for it."""
-    settings = get_settings()
-    threads = 1 if settings.sqlalchemy_url.startswith("sqlite") else settings.db_pool_size
-    return ThreadPoolExecutor(threads, thread_name_prefix="writes")
+    """The thread transitions run in, one per process: on SQLite writes take the database's
+    one write lock in turn anyway, and creates that queue meanwhile are written together
+    (`CreateBatches`), which a second thread would only split up."""
+    return ThreadPoolExecutor(1, thread_name_prefix="writes")
 
 
 async def run(fn: Callable[..., R], /, **kwargs: Any) -> R:
@@ -64,13 +61,6 @@ def _active_id(session: Session, organisation_id: str, restaurant_id: str) -> st
             RegistrationJob.status.in_([s.value for s in ACTIVE_JOB_STATUSES]),
         )
     ).first()
-
-
-@dataclass(frozen=True)
-class NewJob:
-    organisation_id: str
-    job_in: JobCreate
-    idempotency_key: str | None
 
 
 class _Conflict:
@@ -117,19 +107,18 @@ class CreateBatches:
 
 
 def _create_all(*, session: Session, batch: list[NewJob]) -> list[str | _Conflict]:
+    """All of the batch in one go; if the unique indexes refuse one, one at a time, each in
+    a savepoint of its own, so only the refused ones are left out."""
+    try:
+        with session.begin_nested():
+            return [job.view or "" for job in ledger.create_jobs(session=session, batch=batch)]
+    except IntegrityError:
+        pass
     views: list[str | _Conflict] = []
     for new in batch:
         try:
             with session.begin_nested():
-                job = ledger.create_job(
-                    session=session,
-                    organisation_id=new.organisation_id,
-                    restaurant_id=new.job_in.restaurant_id,
-                    config=new.job_in.execution_config,
-                    idempotency_key=new.idempotency_key,
-                    auto_start=new.job_in.auto_start,
-                )
-            views.append(job.view or "")
+                views.append(ledger.create_jobs(session=session, batch=[new])[0].view or "")
         except IntegrityError:
             views.append(_CONFLICT)
     return views
@@ -143,7 +132,7 @@ def _refused(new: NewJob) -> tuple[str, bool]:
             earlier = _by_idempotency_key(session, new.organisation_id, new.idempotency_key)
             if earlier is not None:
                 return earlier, False
-        active = _active_id(session, new.organisation_id, new.job_in.restaurant_id)
+        active = _active_id(session, new.organisation_id, new.restaurant_id)
     raise ActiveJobExists(active or "unknown")
 
 
@@ -157,7 +146,13 @@ async def create_job(
     repeated `Idempotency-Key` gives the job the first create made, even when both arrive at
     once; a second active job for the restaurant is refused. The database's unique indexes
     decide both races, not a check before the insert."""
-    new = NewJob(organisation_id, job_in, idempotency_key)
+    new = NewJob(
+        organisation_id,
+        job_in.restaurant_id,
+        job_in.execution_config,
+        idempotency_key,
+        job_in.auto_start,
+    )
     if idempotency_key:
         earlier = await run(_earlier, new=new)
         if earlier is not None:

@@ -18,8 +18,8 @@ these fates, drawn from the seed:
 Transient faults are injected on the stand-in per step for the next calls, whichever job
 makes them; the retries absorb them. The report: jobs completed/failed against what each
 fate expects, side effects against the number each step should have had (duplicates must be
-0), jobs not ended by the deadline (stuck, must be 0), and the peak memory of the two
-workers' process trees.
+0), jobs not ended by the deadline (stuck, must be 0), and the peak memory (PSS) of the
+whole system.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from collections import Counter
 
 import httpx
 
-from benchmarks.browser import tree_rss
+from benchmarks.browser import sample as memory
 from benchmarks.latency import KEY, own_stack
 from deployments.demo import DEMO_CONFIG
 from deployments.stack import Stack
@@ -99,14 +99,13 @@ def soak(stack: Stack, jobs: int, mode: str, rng: random.Random) -> None:
         base_url=stack.config.api_url, timeout=30, headers={"Authorization": f"Bearer {KEY}"}
     )
     standin = httpx.Client(base_url=stack.config.standin_url, timeout=30)
-    workers = [stack.children[n].process.pid for n in ("worker", "worker2")]
     peak = 0
     stop = threading.Event()
 
     def sample() -> None:
         nonlocal peak
         while not stop.is_set():
-            peak = max(peak, sum(tree_rss(pid) for pid in workers))
+            peak = max(peak, memory(stack.stack_id).total)
             stop.wait(0.5)
 
     threading.Thread(target=sample, daemon=True).start()
@@ -204,7 +203,7 @@ def soak(stack: Stack, jobs: int, mode: str, rng: random.Random) -> None:
         if ends.get(job_id) != expected[job_id]:
             job = api.get(f"/api/registration-jobs/{job_id}").json()
             print(f"  unexpected: job {job_id} ({fate}) {job['status']}: {job['error_message']}")
-    print(f"  peak RSS of the two workers' process trees: {peak / 2**20:.0f} MiB")
+    print(f"  peak PSS of the whole system: {peak / 2**20:.0f} MiB")
 
 
 if __name__ == "__main__":

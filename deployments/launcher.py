@@ -3,20 +3,130 @@
 Ports: REGJOBS_API_PORT (8000), REGJOBS_PREFECT_PORT (4200), REGJOBS_STANDIN_PORT (8100).
 REGJOBS_DEMO=0 skips the demo job. State (Prefect's SQLite database, the job database,
 logs, the development key) lives in REGJOBS_STATE_DIR (.state).
+
+The launcher supervises: a child that exits (the worker, the Prefect server, the stand-in,
+the API) is started again after a pause that doubles with each quick failure, and the rest
+keep serving meanwhile (the API answers from the job database with Prefect down). On
+Ctrl-C or SIGTERM it ends every process it caused, the worker's flow-run processes and
+their Chromium included. One launcher per state folder: a second refuses and names the
+first.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from deployments.demo import run_demo
 from deployments.stack import Stack, StackConfig
 from regjobs.settings import PROJECT_DIR
+
+#: Pauses before restarting a child that exited, doubling up to the last.
+BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+#: A child that ran this long before exiting starts again after the first pause.
+HEALTHY_SECONDS = 60.0
+
+
+class StateDirBusy(RuntimeError):
+    pass
+
+
+def lock_state_dir(state_dir: Path) -> IO[str]:
+    """Hold the state folder for this process (released when it exits, however)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(state_dir / "launcher.lock", "a+")  # noqa: SIM115 - held for the run
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise StateDirBusy(
+            f"another `make run` (PID {holder}) is using {state_dir}; stop it first, or give "
+            "this one its own REGJOBS_STATE_DIR and ports"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+@dataclass
+class Supervisor:
+    stack: Stack
+    say: Callable[[str], None] = print
+    _failures: dict[str, int] = field(default_factory=dict)
+    _restarting: dict[str, threading.Thread] = field(default_factory=dict)
+    _started: dict[str, float] = field(default_factory=dict)
+
+    def starters(self) -> dict[str, Callable[[], object]]:
+        return {
+            "prefect": self.stack.start_prefect,
+            "standin": self.stack.start_standin,
+            "worker": self.stack.start_worker,
+            "api": self.stack.start_api,
+        }
+
+    def check(self) -> None:
+        """Start again, after its pause, every child that exited."""
+        for name, child in list(self.stack.children.items()):
+            if name in self._restarting or child.process.poll() is None:
+                continue
+            lived = time.monotonic() - self._started.get(name, 0.0)
+            failures = 0 if lived > HEALTHY_SECONDS else self._failures.get(name, 0)
+            pause = BACKOFF[min(failures, len(BACKOFF) - 1)]
+            self._failures[name] = failures + 1
+            self.say(
+                f"{name} exited ({child.process.returncode}); starting it again in {pause:.0f} s"
+            )
+            thread = threading.Thread(target=self._restart, args=(name, pause), daemon=True)
+            self._restarting[name] = thread
+            thread.start()
+        self.write_status()
+
+    def _restart(self, name: str, pause: float) -> None:
+        try:
+            time.sleep(pause)
+            self._started[name] = time.monotonic()
+            self.starters()[name]()
+            self.say(f"{name} is back")
+        except Exception as exc:  # seen as exited again at the next check
+            self.say(f"{name} did not start: {exc}".splitlines()[0])
+        finally:
+            self._restarting.pop(name, None)
+
+    def started_all(self) -> None:
+        now = time.monotonic()
+        self._started.update(dict.fromkeys(self.stack.children, now))
+        self.write_status()
+
+    def write_status(self) -> None:
+        """`launcher.json` in the state folder: this launcher and its children, for
+        operators and tests."""
+        status = {
+            "pid": os.getpid(),
+            "stack_id": self.stack.stack_id,
+            "children": {
+                name: child.process.pid
+                for name, child in self.stack.children.items()
+                if child.process.poll() is None
+            },
+        }
+        path = self.stack.config.state_dir / "launcher.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status))
+        tmp.replace(path)
 
 
 def main() -> int:
@@ -27,35 +137,40 @@ def main() -> int:
         prefect_port=int(os.environ.get("REGJOBS_PREFECT_PORT", "4200")),
         standin_port=int(os.environ.get("REGJOBS_STANDIN_PORT", "8100")),
     )
+    try:
+        lock = lock_state_dir(state_dir)
+    except StateDirBusy as busy:
+        print(busy, file=sys.stderr)
+        return 1
     stack = Stack(config)
+    supervisor = Supervisor(stack, say=lambda line: print(line, flush=True))
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     started = time.monotonic()
     print(f"starting registration-jobs (state in {state_dir}, logs in {stack.logs_dir})")
     try:
         stack.start_all()
+        supervisor.started_all()
         print(f"up in {time.monotonic() - started:.1f} s")
         print(f"  API         {config.api_url}  (docs: {config.api_url}/docs)")
         print(f"  Prefect UI  {config.prefect_url}")
         print(f"  stand-in    {config.standin_url}")
         print(f"  API key     {stack.dev_api_key()}  (organisation: demo-organisation)")
+        print(f"  for the prefect CLI: export PREFECT_API_URL={config.prefect_api_url}")
         if os.environ.get("REGJOBS_DEMO", "1") != "0":
             run_demo(config.api_url, stack.dev_api_key(), stop)
-        print("serving; Ctrl-C stops everything")
-        while not stop.wait(1):
-            for name, child in stack.children.items():
-                if child.process.poll() is not None:
-                    print(
-                        f"{name} exited ({child.process.returncode}); see "
-                        f"{stack.logs_dir / (name + '.log')}"
-                    )
-                    return 1
-    except KeyboardInterrupt:
-        pass
+        print("serving; Ctrl-C stops everything", flush=True)
+        while not stop.wait(0.5):
+            supervisor.check()
     finally:
-        print("stopping...")
+        print("stopping...", flush=True)
+        stopping = time.monotonic()
         stack.stop()
-        print("stopped")
+        with contextlib.suppress(OSError):
+            (state_dir / "launcher.json").unlink()
+        lock.close()
+        print(f"stopped in {time.monotonic() - stopping:.1f} s", flush=True)
     return 0
 
 

@@ -2,8 +2,11 @@
 worker, stand-in and API. Used by `make run` (the launcher) and by the end-to-end tests, so
 both exercise the same start-up path.
 
-Every child runs in its own process group and is stopped by that group's id, so nothing
-this started outlives it and nothing it did not start is touched.
+Every child runs in its own process group and is stopped by that group's id. Processes the
+children start in sessions of their own (the worker's flow-run processes, their Chromium)
+are found by a marker every process of the stack inherits in its environment
+(`REGJOBS_STACK_ID`), so nothing this started outlives it and nothing it did not start is
+touched.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,11 +82,17 @@ class Child:
     log: IO[bytes]
 
 
+#: The environment variable that marks every process of one stack.
+MARKER = "REGJOBS_STACK_ID"
+
+
 class Stack:
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         self.children: dict[str, Child] = {}
         self.logs_dir = config.state_dir / "logs"
+        #: Inherited by every process this stack causes, wherever it runs.
+        self.stack_id = uuid.uuid4().hex
 
     # ------------------------------------------------------------------ environment
 
@@ -105,7 +115,14 @@ class Stack:
             # A slot's lease is at least 60 s; the server frees expired ones this often
             # (Prefect's default is 15 s), so a dead process's browser slot is back sooner.
             "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "5",
+            # Slot leases kept on disk: they outlive a Prefect server crash, and the server
+            # frees a dead holder's slot when its lease runs out, instead of forgetting the
+            # lease and counting the slot taken for good (the default keeps them in memory).
+            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": (
+                "prefect.server.concurrency.lease_storage.filesystem"
+            ),
             "REGJOBS_STATE_DIR": str(c.state_dir),
+            MARKER: self.stack_id,
             "REGJOBS_PLATFORM_API_URL": f"{c.standin_url}/platform",
             "REGJOBS_ONBOARDING_URL": f"{c.standin_url}/onboarding",
             "REGJOBS_CDN_URL": f"{c.standin_url}/cdn",
@@ -122,6 +139,9 @@ class Stack:
 
     def spawn(self, name: str, args: list[str], env: Mapping[str, str] | None = None) -> Child:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
+        previous = self.children.pop(name, None)
+        if previous is not None:  # it exited: this starts it again
+            previous.log.close()
         log = open(self.logs_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
         process = subprocess.Popen(
             args,
@@ -174,10 +194,33 @@ class Stack:
             _signal_group(child.process, signal.SIGKILL)
             child.log.close()
 
-    def stop(self) -> None:
-        # The API and the worker first, so no new work starts while the rest goes down.
-        self.stop_children(["api", "worker"])
-        self.stop_children(list(self.children))
+    def stop(self, *, grace: float = 5) -> None:
+        """Everything this stack caused, within about 15 s: the API and the workers first (so
+        no new work starts), then what they left in sessions of their own (flow-run
+        processes, their browsers: SIGTERM, then SIGKILL after `grace` seconds), then the
+        rest."""
+        workers = [n for n in self.children if n == "api" or n.startswith("worker")]
+        self.stop_children(workers, timeout=grace)
+        self.stop_leftovers(grace=grace)
+        self.stop_children(list(self.children), timeout=grace)
+        self.stop_leftovers(grace=grace)
+
+    def leftovers(self) -> list[int]:
+        """Processes that carry this stack's marker and are not its children's leaders."""
+        return [pid for pid in marked_processes(self.stack_id) if pid != os.getpid()]
+
+    def stop_leftovers(self, *, grace: float = 5) -> None:
+        pids = self.leftovers()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.1)
+            pids = [pid for pid in pids if _alive(pid)]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
     # ------------------------------------------------------------------ services
 
@@ -321,6 +364,31 @@ class Stack:
         if explicit:
             return explicit
         return (self.config.state_dir / "dev-api-key").read_text().strip()
+
+
+def marked_processes(stack_id: str) -> list[int]:
+    """Live processes whose environment carries `REGJOBS_STACK_ID=<stack_id>`."""
+    needle = f"{MARKER}={stack_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and _alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie is not: it waits only to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from regjobs import catalogue, translate
@@ -238,6 +238,17 @@ def _new_steps() -> tuple[RegistrationJobStep, ...]:
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class NewJob:
+    """What a create asks for."""
+
+    organisation_id: str
+    restaurant_id: str
+    config: ExecutionConfig
+    idempotency_key: str | None = None
+    auto_start: bool = True
+
+
 def create_job(
     *,
     session: Session,
@@ -251,50 +262,55 @@ def create_job(
     first run request; not committed: the dispatcher creates the flow run once this
     commits. A second active job of the restaurant, or a repeated idempotency key, fails
     the insert (IntegrityError): the database's unique indexes decide, not a check before.
+    The returned job is not attached to the session."""
+    new = NewJob(organisation_id, restaurant_id, config, idempotency_key, auto_start)
+    return create_jobs(session=session, batch=[new])[0]
 
-    The hot write of a burst of creates, so plain inserts, not the ORM's unit of work
-    (measured: docs/figures.md); the returned job is not attached to the session."""
-    job = RegistrationJob(
-        id=new_id(),
-        organisation_id=organisation_id,
-        restaurant_id=restaurant_id,
-        restaurant_name=config.restaurant.name,
-        status=JobStatus.PENDING.value,
-        config_encrypted=encrypt_json(config.secret_dict()),
-        config_public=config.public_dict(),
-        flow_run_ids=[],
-        idempotency_key=idempotency_key,
-        created_at=utcnow(),
-        version=0,
-        epoch=0,
-        run_generation=1 if auto_start else 0,
-        pending_reason=WAITING_FOR_DISPATCH if auto_start else NOT_STARTED,
-    )
-    events = _render(job, _new_steps(), {})
-    session.execute(
-        insert(_table(RegistrationJob)),
-        {
-            prop.columns[0].name: getattr(job, prop.key)
-            for prop in RegistrationJob.__mapper__.column_attrs
-        },
-    )
-    session.execute(
-        insert(_table(RegistrationJobStep)),
-        [
+
+def create_jobs(*, session: Session, batch: Sequence[NewJob]) -> list[RegistrationJob]:
+    """`create_job` for several jobs at once, one batch insert per table: the hot write of a
+    burst of creates, so plain inserts, not the ORM's unit of work, and four statements
+    whatever the number of jobs (measured: docs/figures.md). One refused job fails
+    them all (IntegrityError): the caller tries them one by one then."""
+    jobs, steps, runs, events = [], [], [], []
+    for new in batch:
+        job = RegistrationJob(
+            id=new_id(),
+            organisation_id=new.organisation_id,
+            restaurant_id=new.restaurant_id,
+            restaurant_name=new.config.restaurant.name,
+            status=JobStatus.PENDING.value,
+            config_encrypted=encrypt_json(new.config.secret_dict()),
+            config_public=new.config.public_dict(),
+            flow_run_ids=[],
+            idempotency_key=new.idempotency_key,
+            created_at=utcnow(),
+            version=0,
+            epoch=0,
+            run_generation=1 if new.auto_start else 0,
+            pending_reason=WAITING_FOR_DISPATCH if new.auto_start else NOT_STARTED,
+        )
+        events += _render(job, _new_steps(), {})
+        jobs.append(job)
+        steps += [
             {"job_id": job.id, "step_id": r.step_id, "step_number": r.step_number,
              "status": r.status, "attempts": 0, "run_attempts": 0, "generation": 0,
              "updated_at": job.created_at}
             for r in _new_steps()
-        ],
-    )  # fmt: skip
-    if auto_start:
-        session.execute(
-            insert(_table(JobRun)),
-            {"job_id": job.id, "generation": 1, "source": "api", "dispatch_attempts": 0,
-             "requested_at": job.created_at, "begin_run_count": 0},
-        )  # fmt: skip
+        ]  # fmt: skip
+        if new.auto_start:
+            runs.append(
+                {"job_id": job.id, "generation": 1, "source": "api", "dispatch_attempts": 0,
+                 "requested_at": job.created_at, "begin_run_count": 0}
+            )  # fmt: skip
+    columns = [(p.columns[0].name, p.key) for p in RegistrationJob.__mapper__.column_attrs]
+    rows = [{name: getattr(job, key) for name, key in columns} for job in jobs]
+    session.execute(insert(_table(RegistrationJob)), rows)
+    session.execute(insert(_table(RegistrationJobStep)), steps)
+    if runs:
+        session.execute(insert(_table(JobRun)), runs)
     session.execute(insert(_table(JobEvent)), events)
-    return job
+    return jobs
 
 
 def start_job(*, session: Session, job_id: str) -> RegistrationJob:
@@ -333,6 +349,7 @@ def cancel_job(*, session: Session, job_id: str) -> RegistrationJob:
             continue
         was_running = row.status in (StepStatus.RUNNING, StepStatus.RETRYING)
         row.status = StepStatus.CANCELLED
+        row.stalled_since = None
         row.skip_reason = (
             "the job was cancelled" if was_running else "the job was cancelled before it started"
         )
@@ -497,6 +514,7 @@ def begin_run(
     job.completed_at = None
     job.error_message = None
     job.pending_reason = None
+    job.stalled_since = None
     job.flow_run_state = "Running"
     if flow_run_id not in job.flow_run_ids:
         job.flow_run_ids = [*job.flow_run_ids, flow_run_id]
@@ -554,6 +572,7 @@ def heartbeat(*, session: Session, job_id: str, epoch: int) -> bool:
 def _requeue(row: RegistrationJobStep) -> None:
     row.status = StepStatus.PENDING
     row.run_attempts = 0
+    row.slot_since = row.stalled_since = None
     row.started_at = row.finished_at = row.duration_ms = None
     row.error_message = row.warning = row.skip_reason = row.progress = None
     row.next_action = None
@@ -606,6 +625,7 @@ def start_attempt(
     row = rows[step_id]
     row.attempts += 1
     row.run_attempts += 1
+    row.stalled_since = None
     row.status = StepStatus.RUNNING if row.run_attempts == 1 else StepStatus.RETRYING
     row.started_at = row.started_at or now
     row.finished_at = None
@@ -662,6 +682,7 @@ def complete_attempt(
     now = utcnow()
     row = _steps(session, job_id)[step_id]
     row.status = StepStatus.COMPLETED
+    row.stalled_since = None
     row.result_data = result
     row.warning = warning
     row.error_message = None
@@ -692,6 +713,7 @@ def fail_attempt(
     row = _steps(session, job_id)[step_id]
     row.error_message = error.message
     row.progress = None
+    row.stalled_since = None
     if will_retry:
         row.status = StepStatus.RETRYING
         row.not_before = now + timedelta(seconds=error.retry_after) if error.retry_after else None
@@ -726,6 +748,18 @@ def set_progress(*, session: Session, job_id: str, epoch: int, step_id: str, pro
     if row.progress != progress:
         row.progress = progress
         _publish(session, job)
+
+
+def hold_slot(*, session: Session, job_id: str, epoch: int, step_id: str, holding: bool) -> None:
+    """Record that a step holds a browser slot (once Prefect granted it; only while this run
+    holds the job) or gave it back (always allowed)."""
+    if holding:
+        _owned(session, job_id, epoch)
+    session.execute(
+        update(RegistrationJobStep)
+        .where(RegistrationJobStep.job_id == job_id, RegistrationJobStep.step_id == step_id)
+        .values(slot_since=utcnow() if holding else None)
+    )
 
 
 def finish_run(
@@ -798,6 +832,7 @@ def record_outcome(
     seen = {s.step_id: s for s in public.steps}
     for row in _steps(session, job.id, fresh=True).values():
         step = seen.get(row.step_id)
+        row.slot_since = None  # a dead process holds no browser slot, whatever Prefect counts
         if row.status in FINAL or step is None:
             continue
         row.status = step.status
@@ -826,6 +861,59 @@ def record_outcome(
     return True
 
 
+#: How many flow runs in a row may end before beginning their job (their infrastructure
+#: could not start them) before the job fails rather than gets another.
+RUNS_BEFORE_BEGIN = 3
+
+
+def replace_unbegun_run(
+    *,
+    session: Session,
+    job_id: str,
+    epoch: int,
+    flow_run_id: str,
+    reason: str,
+    tell_prefect: str | None = None,
+) -> bool:
+    """The job's flow run ended before it began the job (its worker could not start it: a
+    503 from Prefect's server, a worker lost while the run was Pending): nothing of the job
+    ran, so a new run is requested instead of failing the job, up to RUNS_BEFORE_BEGIN
+    runs in a row. Returns whether a new run was requested; False leaves the job to
+    `record_outcome`. `tell_prefect`: as for `record_outcome`."""
+    job = _job(session, job_id, lock=True)
+    run = _current_run(session, job)
+    if (
+        not JobStatus(job.status).is_active
+        or job.epoch != epoch
+        or job.flow_run_id != flow_run_id
+        or run is None
+        or run.flow_run_id != flow_run_id
+        or run.began_at is not None
+    ):
+        return False
+    runs = session.scalars(
+        select(JobRun).where(JobRun.job_id == job.id).order_by(JobRun.generation.desc())
+    ).all()  # (a rerun's row takes a new generation, so this is the runs' order)
+    unbegun = 0
+    for earlier in runs:
+        if earlier.began_at is not None:
+            break
+        unbegun += 1
+    if unbegun >= RUNS_BEFORE_BEGIN:
+        return False
+    run.stopped_at = utcnow()
+    run.crash_message = tell_prefect
+    job.epoch += 1
+    job.flow_run_id = None
+    job.flow_run_state = None
+    _request_run(session, job)
+    job.pending_reason = (
+        f"flow run {flow_run_id} ended before it began ({reason}); a new one was requested"
+    )
+    _publish(session, job)
+    return True
+
+
 def note_flow_run(
     *, session: Session, job_id: str, flow_run_id: str, state_name: str, queued: bool
 ) -> None:
@@ -838,6 +926,115 @@ def note_flow_run(
         job.flow_run_state = state_name
         job.pending_reason = reason
         _publish(session, job)
+
+
+def slots_held(*, session: Session) -> int:
+    """Browser slots live holders have: steps of active jobs between being granted a slot
+    and giving it back."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(RegistrationJobStep)
+            .join(RegistrationJob, RegistrationJob.id == RegistrationJobStep.job_id)
+            .where(
+                RegistrationJobStep.slot_since.is_not(None),
+                RegistrationJob.status.in_(ACTIVE),
+            )
+        )
+        or 0
+    )
+
+
+@dataclass(frozen=True)
+class Stall:
+    job_id: str
+    epoch: int
+    #: Steps whose current attempt runs past the step's own timeout.
+    step_ids: list[str]
+    #: The job has waited past the limit for its flow run to start.
+    job_waiting: bool
+
+
+def stalls(
+    *,
+    session: Session,
+    now: datetime,
+    step_grace: float,
+    timeout_scale: float,
+    queue_limit: float,
+) -> list[Stall]:
+    """Active jobs with something stuck that is not marked yet: an attempt running past its
+    step's timeout (plus `step_grace`), or a job waiting for its flow run to start longer
+    than `queue_limit` seconds."""
+    found: dict[str, tuple[int, list[str], bool]] = {}
+    attempts = session.execute(
+        select(
+            RegistrationJob.id, RegistrationJob.epoch, StepAttempt.step_id, StepAttempt.started_at
+        )
+        .join(StepAttempt, StepAttempt.job_id == RegistrationJob.id)
+        .join(
+            RegistrationJobStep,
+            (RegistrationJobStep.job_id == StepAttempt.job_id)
+            & (RegistrationJobStep.step_id == StepAttempt.step_id),
+        )
+        .where(
+            RegistrationJob.status.in_(ACTIVE),
+            StepAttempt.finished_at.is_(None),
+            RegistrationJobStep.stalled_since.is_(None),
+            RegistrationJobStep.status.in_([StepStatus.RUNNING.value, StepStatus.RETRYING.value]),
+        )
+    ).tuples()
+    for job_id, epoch, step_id, started_at in attempts:
+        limit = catalogue.step(step_id).timeout_seconds * timeout_scale + step_grace
+        if (now - started_at).total_seconds() > limit:
+            found.setdefault(job_id, (epoch, [], False))[1].append(step_id)
+    waiting = session.execute(
+        select(RegistrationJob.id, RegistrationJob.epoch)
+        .join(
+            JobRun,
+            (JobRun.job_id == RegistrationJob.id)
+            & (JobRun.generation == RegistrationJob.run_generation),
+        )
+        .where(
+            RegistrationJob.status.in_(ACTIVE),
+            RegistrationJob.stalled_since.is_(None),
+            JobRun.began_at.is_(None),
+            JobRun.stopped_at.is_(None),
+            JobRun.requested_at < now - timedelta(seconds=queue_limit),
+        )
+    ).tuples()
+    for job_id, epoch in waiting:
+        epoch_, steps, _ = found.get(job_id, (epoch, [], False))
+        found[job_id] = (epoch_, steps, True)
+    return [Stall(job_id, e, sorted(s), w) for job_id, (e, s, w) in found.items()]
+
+
+def mark_stalled(
+    *,
+    session: Session,
+    job_id: str,
+    epoch: int,
+    step_ids: Iterable[str],
+    job_stalled: bool,
+    since: datetime,
+) -> bool:
+    """Mark steps (and the job) as stalled since `since`, for the epoch the reconciler
+    looked at; whether anything was newly marked."""
+    job = _job(session, job_id, lock=True)
+    if job.epoch != epoch or not JobStatus(job.status).is_active:
+        return False
+    rows = _steps(session, job_id)
+    marked = False
+    for step_id in step_ids:
+        if rows[step_id].stalled_since is None:
+            rows[step_id].stalled_since = since
+            marked = True
+    if job_stalled and job.stalled_since is None:
+        job.stalled_since = since
+        marked = True
+    if marked:
+        _publish(session, job, rows.values())
+    return marked
 
 
 @dataclass(frozen=True)

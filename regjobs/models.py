@@ -123,6 +123,8 @@ class RegistrationJob(Base):
     pending_reason: Mapped[str | None] = mapped_column(Text)
     #: The state of the current flow run as Prefect last showed it (the reconciler's view).
     flow_run_state: Mapped[str | None] = mapped_column(String(50))
+    #: Since when the job has waited for its flow run to start past the limit (no worker?).
+    stalled_since: Mapped[datetime | None]
     #: The materialised public state, written with every change: the job as GET answers
     #: it (JSON), its `/progress` and its list entry. Reads return these and nothing else.
     view: Mapped[str | None] = mapped_column(Text)
@@ -174,6 +176,12 @@ class RegistrationJobStep(Base):
     skip_reason: Mapped[str | None] = mapped_column(Text)
     #: Progress inside a long step ("option set 14 of 73").
     progress: Mapped[str | None] = mapped_column(Text)
+    #: Since when the step holds a browser slot (set once Prefect granted it, cleared once
+    #: it was given back): the reconciler's count of the slots live holders have.
+    slot_since: Mapped[datetime | None]
+    #: Since when the step has been running (or waiting) past its own limit, as the
+    #: reconciler saw it; cleared by the step's next change.
+    stalled_since: Mapped[datetime | None]
     #: Prefect task run of the current attempt.
     task_run_id: Mapped[str | None] = mapped_column(String(36))
     flow_run_id: Mapped[str | None] = mapped_column(String(36))

@@ -40,6 +40,9 @@ class StepPublic(BaseModel):
     progress: str | None = None
     #: Screenshots of failed browser attempts.
     evidence: list[EvidencePublic] = Field(default_factory=list)
+    #: Since when the step has been running or waiting past its own limit (something is
+    #: wrong: a hung process, no browser slot ever free); null while all is well.
+    stalled_since: datetime | None = None
 
 
 class JobSummary(BaseModel):
@@ -62,6 +65,9 @@ class JobSummary(BaseModel):
     next_action: NextAction | None = None
     #: Why a job that should run has not started yet (Prefect unavailable, queued...).
     pending_reason: str | None = None
+    #: Since when the job (waiting to start) or one of its steps has been stuck past its
+    #: limit; null while all is well.
+    stalled_since: datetime | None = None
     flow_run_id: str | None = None
     flow_run_url: str | None = None
     #: The Prefect state behind `status` (e.g. "Crashed", "Late"), as last seen.

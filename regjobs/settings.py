@@ -87,6 +87,15 @@ class Settings(BaseSettings):
     #: concurrency limit, created by the deployment set-up).
     browser_limit: int = Field(default=2, ge=1)
     browser_limit_name: str = "registration-browser"
+    #: Seconds a browser step waits for a slot before that attempt fails (retryably), so a
+    #: step never waits for ever (REGJOBS_SLOT_WAIT_LIMIT; 15 min).
+    slot_wait_limit: float = Field(default=900.0, gt=0)
+    #: How long Prefect may count more browser slots taken than live holders hold before
+    #: the reconciler gives the difference back (longer than a slot's lease, 60 s, so a dead
+    #: holder's lease has been freed by Prefect itself by then, where it was kept).
+    slot_leak_seconds: float = Field(default=90.0, gt=0)
+    #: A job waiting this long for its flow run to start is marked stalled (no worker?).
+    queue_stall_seconds: float = Field(default=600.0, gt=0)
     #: Waiting for one element or one navigation in the portal.
     browser_action_timeout_seconds: float = Field(default=15.0, gt=0)
     #: Where operators reach the API (links to evidence in Prefect artifacts).

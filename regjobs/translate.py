@@ -291,6 +291,7 @@ def job_public(
                     else None
                 ),
                 evidence=list((evidence or {}).get(row.step_id, ())),
+                stalled_since=row.stalled_since if step_status in _LIVE_STEP else None,
             )
         )
     status, error = job_status(job, steps, flow)
@@ -313,6 +314,14 @@ def job_public(
         failed_step=failed_step,
         next_action=next_action,
         pending_reason=job.pending_reason if status.is_active else None,
+        stalled_since=(
+            min(
+                (t for t in (job.stalled_since, *(s.stalled_since for s in steps)) if t),
+                default=None,
+            )
+            if status.is_active
+            else None
+        ),
         flow_run_id=flow_run_id,
         flow_run_url=(
             f"{prefect_ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}"

@@ -184,6 +184,11 @@ def _redirect(path: str) -> RedirectResponse:
     return RedirectResponse(path, status_code=303)
 
 
+def _saved(saved: bool) -> str:
+    """A settings form says whether it shows saved values or the portal's defaults."""
+    return markup.attrs(data_saved="true" if saved else "false")
+
+
 def _flash(message: str, shown: bool) -> str:
     return f'<p class="flash-success" role="status">{esc(message)}</p>\n' if shown else ""
 
@@ -576,7 +581,7 @@ def _website_form(
     return (
         f"{_nav(restaurant)}<h1>Website settings</h1>\n"
         f"{_flash('Website settings saved', saved)}{_form_errors(errors, rendered)}"
-        f'<form id="website-form" method="post"'
+        f'<form id="website-form" method="post"{_saved(restaurant.website is not None)}'
         f' action="{esc(_r(restaurant))}/settings/website" novalidate>\n'
         + markup.textarea_field(
             "head_injection", "Head code injection", values.get("head_injection"), errors
@@ -666,7 +671,7 @@ async def services_page(
     )
     body = (
         f"{_nav(r)}<h1>Services</h1>\n{_flash('Services saved', saved == '1')}"
-        f'<form id="services-form" method="post"'
+        f'<form id="services-form" method="post"{_saved(r.services_saved)}'
         f' action="{esc(_r(r))}/settings/services" novalidate>\n{boxes}\n'
         '<button type="submit" id="save-services">Save services</button>\n</form>'
     )
@@ -714,7 +719,7 @@ async def payments_page(
     )
     body = (
         f"{_nav(r)}<h1>Payments</h1>\n{_flash('Payment settings saved', saved == '1')}{link}"
-        f'<form id="payments-form" method="post"'
+        f'<form id="payments-form" method="post"{_saved(r.payment_saved)}'
         f' action="{esc(_r(r))}/settings/payments" novalidate>\n{box}\n'
         '<button type="submit" id="save-payments">Save payment settings</button>\n</form>'
     )

@@ -415,6 +415,7 @@ def configure_services_as(
             raise validation_failed(f"unknown services: {', '.join(unknown)}", "services")
         chosen = [s for s in SERVICES if s in services]
     restaurant.services = chosen
+    restaurant.services_saved = True
     _record(restaurant, "services_configuration", body)
     state.effect("services_configuration")
     return Reply(200, {"success": True, "services": list(chosen)})
@@ -434,6 +435,7 @@ def configure_payment_as(
     restaurant = open_restaurant(state, account, body.subdomain)
     url = stripe_connect_url(restaurant) if body.include_stripe_link else None
     restaurant.stripe_connect_url = url
+    restaurant.payment_saved = True
     _record(restaurant, "payment_configuration", body)
     state.effect("payment_configuration")
     return Reply(200, {"success": True, "stripe_connect_url": url})

@@ -128,6 +128,10 @@ class Restaurant:
     created_at: float = field(default_factory=time.time)
     website: JSON | None = None
     services: list[str] = field(default_factory=list)
+    #: Whether the services and payment settings were ever saved (a form shows defaults
+    #: until then; the portal marks a saved form so a page can tell them apart).
+    services_saved: bool = False
+    payment_saved: bool = False
     stripe_connect_url: str | None = None
     menus: dict[str, RestaurantMenu] = field(default_factory=dict)
     #: Every successful portal call's body (password removed), by step, in order.

@@ -1,5 +1,9 @@
-"""One Chromium per flow-run process, started when a browser step first needs it, shared by
-the job's browser steps, each in a fresh context; closed when the flow run ends.
+"""One Chromium per flow-run process at most, and only while the run holds a browser slot:
+started when a browser step that holds a slot first needs it, shared by the job's browser
+steps holding slots at the same time (each in a fresh context), and closed as soon as the
+last of them lets its slot go. A run waiting for a slot holds no browser, so the browsers
+alive on a machine never outnumber the slots (REGJOBS_BROWSER_LIMIT), however many jobs
+run there (measured: docs/figures.md).
 
 Playwright's temporary files go to a folder of this flow run (TMPDIR), removed on close and
 swept at the next start if a killed process left it behind.
@@ -42,8 +46,29 @@ class BrowserPool:
         self._lock = asyncio.Lock()
         self._playwright: Playwright | None = None
         self._browser: Browser | None = None
+        #: Browser steps of this run holding a slot right now.
+        self._holders = 0
         #: How many times a browser was launched (a crashed one is replaced).
         self.launches = 0
+
+    @contextlib.asynccontextmanager
+    async def held(self) -> AsyncIterator[None]:
+        """While a step holds a browser slot; the last one out closes the browser (the
+        Playwright driver, which is no browser, stays for the run)."""
+        self._holders += 1
+        try:
+            yield
+        finally:
+            self._holders -= 1
+            if self._holders == 0:
+                await self._close_browser()
+
+    async def _close_browser(self) -> None:
+        async with self._lock:
+            if self._browser is not None and self._holders == 0:
+                with contextlib.suppress(Exception):
+                    await self._browser.close()
+                self._browser = None
 
     async def browser(self) -> Browser:
         async with self._lock:
@@ -80,11 +105,9 @@ class BrowserPool:
                 await context.close()
 
     async def close(self) -> None:
+        self._holders = 0
+        await self._close_browser()
         async with self._lock:
-            if self._browser is not None:
-                with contextlib.suppress(Exception):
-                    await self._browser.close()
-                self._browser = None
             if self._playwright is not None:
                 with contextlib.suppress(Exception):
                     await self._playwright.stop()

@@ -30,7 +30,14 @@ from regjobs import catalogue, ledger
 from regjobs.catalogue import StepKind
 from regjobs.config import ExecutionConfig
 from regjobs.db import read_session, transaction
-from regjobs.errors import AlreadyDone, StepAttemptFailed, classify
+from regjobs.errors import (
+    AlreadyDone,
+    Classified,
+    ErrorClass,
+    RetryableStepError,
+    StepAttemptFailed,
+    classify,
+)
 from regjobs.evidence import evidence_url
 from regjobs.secrets import Scrubber
 from regjobs.settings import Settings, StepMode, get_settings
@@ -117,20 +124,79 @@ async def run_step(job_id: str, step_id: str) -> dict[str, Any]:
     if not in_portal:
         return await _attempt(settings, step, task_run)
     # Browser steps share one limit across every worker; waiting for a slot is `pending`
-    # (or `retrying`) with the reason, not `running`.
+    # (or `retrying`) with the reason and since when, not `running`; past
+    # REGJOBS_SLOT_WAIT_LIMIT it is a failed attempt, retryable.
+    resources = _resources.get()
+    waiting = datetime.now(UTC)
     await ledger_write(
         ledger.set_progress,
         job_id=job_id,
-        epoch=_resources.get().epoch,
+        epoch=resources.epoch,
         step_id=step_id,
-        progress=f"waiting for a browser slot (at most {settings.browser_limit} at once)",
+        progress=f"waiting for a browser slot since {waiting:%H:%M:%S} UTC "
+        f"(at most {settings.browser_limit} at once)",
     )
     # The slot's lease outlives a killed process by at most this (Prefect's minimum: 60 s).
     lease = max(60.0, settings.worker_lost_seconds)
-    async with concurrency(
-        settings.browser_limit_name, occupy=1, strict=True, lease_duration=lease
-    ):
+    async with contextlib.AsyncExitStack() as slot:
+        # The ledger says the slot is given back only once Prefect has it (this runs last).
+        slot.push_async_callback(_gave_back, job_id, step_id)
+        try:
+            await slot.enter_async_context(
+                concurrency(
+                    settings.browser_limit_name,
+                    occupy=1,
+                    strict=True,
+                    lease_duration=lease,
+                    timeout_seconds=settings.slot_wait_limit,
+                )
+            )
+        except TimeoutError:
+            minutes = (datetime.now(UTC) - waiting).total_seconds() / 60
+            message = (
+                f"no browser slot in {minutes:.0f} min (at most {settings.browser_limit} at "
+                "once; REGJOBS_SLOT_WAIT_LIMIT); the step will wait again"
+            )
+            await _failed_before_running(settings, step, task_run, message)
+            raise RetryableStepError(message) from None
+        await ledger_write(
+            ledger.hold_slot, job_id=job_id, epoch=resources.epoch, step_id=step_id, holding=True
+        )
+        await slot.enter_async_context(resources.browser.held())
         return await _attempt(settings, step, task_run)
+
+
+async def _gave_back(job_id: str, step_id: str) -> None:
+    with contextlib.suppress(Exception):  # the reconciler counts again anyway
+        await ledger_write(ledger.hold_slot, job_id=job_id, epoch=0, step_id=step_id, holding=False)
+
+
+async def _failed_before_running(
+    settings: Settings, step: catalogue.Step, task_run: TaskRun | None, message: str
+) -> None:
+    """Record an attempt that failed (retryably) before its handler could run."""
+    resources = _resources.get()
+    attempt = await ledger_write(
+        ledger.start_attempt,
+        job_id=resources.job_id,
+        epoch=resources.epoch,
+        step_id=step.id,
+        flow_run_id=str(task_run.flow_run_id) if task_run and task_run.flow_run_id else None,
+        task_run_id=str(task_run.id) if task_run else None,
+    )
+    error = Classified(ErrorClass.RETRYABLE, message)
+    run_count = task_run.run_count if task_run else 1
+    will_retry = run_count <= settings.step_retries
+    get_run_logger().error("%s attempt %d failed: %s", step.label, attempt.number, message)
+    await ledger_write(
+        ledger.fail_attempt,
+        job_id=resources.job_id,
+        epoch=resources.epoch,
+        step_id=step.id,
+        attempt=attempt.number,
+        error=error,
+        will_retry=will_retry,
+    )
 
 
 async def _attempt(

@@ -3,8 +3,9 @@ error pages, and logging in again when the session expired."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import ClassVar
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
 from playwright.async_api import Locator, Page
@@ -19,6 +20,19 @@ LOGIN_PATH = "/login"
 def restaurant_path(subdomain: str) -> str:
     """The path of a restaurant's pages (the subdomain comes from the portal's answer)."""
     return f"/r/{segment(subdomain, 'subdomain')}"
+
+
+#: A settings form whose values were saved before (the portal's mark), not defaults.
+SAVED_FORM = "form[data-saved=true]"
+
+
+@dataclass(frozen=True)
+class Field:
+    """A form field and the value a step wants in it."""
+
+    kind: Literal["text", "checkbox", "select"]
+    selector: str
+    wanted: str | bool | None
 
 
 class SessionExpired(RetryableStepError):
@@ -92,6 +106,29 @@ class PortalPage:
 
     async def select(self, selector: str, value: str) -> None:
         await (await self.element(selector)).select_option(value)
+
+    async def settle(self, fields: Sequence[Field], submit: str) -> bool:
+        """Set each field that differs from what is wanted, and submit the form, unless it
+        holds saved values (not the portal's defaults) that are all as wanted already: a
+        step repeated after a crash then sets nothing twice. Whether it submitted."""
+        saved = await self.page.locator(SAVED_FORM).count() > 0
+        differs = False
+        for field in fields:
+            locator = await self.element(field.selector)
+            if field.kind == "checkbox":
+                if await locator.is_checked() != bool(field.wanted):
+                    differs = True
+                    await locator.set_checked(bool(field.wanted))
+            elif await locator.input_value() != (field.wanted or ""):
+                differs = True
+                if field.kind == "select":
+                    await locator.select_option(str(field.wanted))
+                else:
+                    await locator.fill(str(field.wanted or ""))
+        if saved and not differs:
+            return False
+        await self.submit(submit)
+        return True
 
     async def submit(self, selector: str) -> None:
         """Click a submit button and wait for the page it leads to."""

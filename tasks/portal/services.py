@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.portal.base import PortalPage, restaurant_path
+from tasks.portal.base import Field, PortalPage, restaurant_path
 
 SUBMIT = "button#save-services"
 SAVED = ".flash-success"
@@ -13,7 +13,9 @@ class ServicesPage(PortalPage):
 
     async def apply(self, subdomain: str, *, pickup: bool = True, delivery: bool = True) -> None:
         await self.open(f"{restaurant_path(subdomain)}/settings/services")
-        await self.check_box("input[name=pickup]", pickup)
-        await self.check_box("input[name=delivery]", delivery)
-        await self.submit(SUBMIT)
-        await self.element(SAVED)
+        fields = [
+            Field("checkbox", "input[name=pickup]", pickup),
+            Field("checkbox", "input[name=delivery]", delivery),
+        ]
+        if await self.settle(fields, SUBMIT):
+            await self.element(SAVED)

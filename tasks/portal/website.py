@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tasks.portal.base import PortalPage, restaurant_path
+from tasks.portal.base import Field, PortalPage, restaurant_path
 
 TEXT_FIELDS = (
     "primary_color",
@@ -30,13 +30,12 @@ class WebsitePage(PortalPage):
         self, subdomain: str, head: str, body: str, settings: Mapping[str, Any]
     ) -> None:
         await self.open(f"{restaurant_path(subdomain)}/settings/website")
-        await self.fill("textarea[name=head_injection]", head)
-        await self.fill("textarea[name=body_injection]", body)
-        for field in SELECTS:
-            await self.select(f"select[name={field}]", str(settings[field]))
-        for field in TEXT_FIELDS:
-            await self.fill(f"input[name={field}]", settings.get(field))
-        for field in CHECKBOXES:
-            await self.check_box(f"input[name={field}]", bool(settings.get(field)))
-        await self.submit(SUBMIT)
-        await self.element(SAVED)
+        fields = [
+            Field("text", "textarea[name=head_injection]", head),
+            Field("text", "textarea[name=body_injection]", body),
+            *(Field("select", f"select[name={f}]", str(settings[f])) for f in SELECTS),
+            *(Field("text", f"input[name={f}]", settings.get(f)) for f in TEXT_FIELDS),
+            *(Field("checkbox", f"input[name={f}]", bool(settings.get(f))) for f in CHECKBOXES),
+        ]
+        if await self.settle(fields, SUBMIT):
+            await self.element(SAVED)

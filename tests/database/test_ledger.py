@@ -8,13 +8,14 @@ import json
 import threading
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from prefect.client.schemas.objects import StateType
 from sqlalchemy import func, select
 
-from regjobs import ledger, translate
+from regjobs import catalogue, ledger, translate
 from regjobs.catalogue import STEP_IDS, JobStatus
 from regjobs.config import ExecutionConfig
 from regjobs.db import read_session, transaction
@@ -26,6 +27,7 @@ from regjobs.models import (
     RegistrationJob,
     RegistrationJobStep,
     StepAttempt,
+    utcnow,
 )
 from regjobs.translate import FlowRunSnapshot, RunState
 from tests.helpers import full_config
@@ -391,3 +393,112 @@ def _run_id(job_id: str, generation: int) -> int:
             select(JobRun).where(JobRun.job_id == job_id, JobRun.generation == generation)
         ).one()
         return run.id
+
+
+def test_a_run_that_ends_before_it_begins_is_replaced_a_few_times_then_not() -> None:
+    job_id = new_job()
+    for generation in range(1, ledger.RUNS_BEFORE_BEGIN + 1):
+        flow_run_id = f"flow-run-{generation}"
+        transaction(
+            ledger.record_dispatch, run_id=_run_id(job_id, generation), flow_run_id=flow_run_id
+        )
+        epoch = snapshot(job_id)["job"]["epoch"]
+        replaced = transaction(
+            ledger.replace_unbegun_run, job_id=job_id, epoch=epoch, flow_run_id=flow_run_id,
+            reason="the worker could not start it", tell_prefect="never started",
+        )  # fmt: skip
+        if generation < ledger.RUNS_BEFORE_BEGIN:
+            assert replaced
+            view = view_of(job_id)
+            assert (view["status"], view["flow_run_id"]) == ("pending", None)
+            assert "ended before it began" in view["pending_reason"]
+            # The replaced run, should it start after all, may not begin the job.
+            with pytest.raises(ledger.RunRefused):
+                begin(job_id, flow_run_id, generation=generation)
+        else:
+            assert not replaced  # the job is left to fail with its reason
+    with read_session() as session:
+        crashes = [d for d in ledger.deliveries(session=session) if d.kind == "crash"]
+    assert {d.flow_run_id for d in crashes} >= {"flow-run-1", "flow-run-2"}
+
+
+def test_a_run_that_began_is_not_replaced() -> None:
+    job_id = new_job()
+    start = begin(job_id)
+    assert not transaction(
+        ledger.replace_unbegun_run, job_id=job_id, epoch=start.epoch, flow_run_id="flow-run-1",
+        reason="crashed",
+    )  # fmt: skip
+
+
+def test_slots_held_count_only_live_holders_of_active_jobs() -> None:
+    before = transaction(ledger.slots_held)
+    job_id = new_job()
+    start = begin(job_id)
+    for step in ("restaurant_registration", "website_configuration"):
+        transaction(ledger.hold_slot, job_id=job_id, epoch=start.epoch, step_id=step, holding=True)
+    assert transaction(ledger.slots_held) == before + 2
+    transaction(
+        ledger.hold_slot, job_id=job_id, epoch=0, step_id="website_configuration", holding=False
+    )
+    assert transaction(ledger.slots_held) == before + 1
+    # A holder that lost the job cannot claim a slot; an ended job holds none.
+    transaction(ledger.cancel_job, job_id=job_id)
+    with pytest.raises(ledger.OwnershipLost):
+        transaction(
+            ledger.hold_slot, job_id=job_id, epoch=start.epoch, step_id="menu_import",
+            holding=True,
+        )  # fmt: skip
+    assert transaction(ledger.slots_held) == before
+
+
+def test_stalls_are_found_once_and_cleared_by_the_next_change() -> None:
+    job_id = new_job()
+    start = begin(job_id)
+    transaction(
+        ledger.start_attempt, job_id=job_id, epoch=start.epoch, step_id="code_generation",
+        flow_run_id="flow-run-1", task_run_id=None,
+    )  # fmt: skip
+    code_generation = catalogue.step("code_generation").timeout_seconds
+
+    def found(after: float) -> list[ledger.Stall]:
+        with read_session() as session:
+            return [
+                s
+                for s in ledger.stalls(
+                    session=session,
+                    now=utcnow() + timedelta(seconds=after),
+                    step_grace=60,
+                    timeout_scale=1,
+                    queue_limit=3600,
+                )
+                if s.job_id == job_id
+            ]
+
+    assert found(code_generation) == []
+    [stall] = found(code_generation + 61)
+    assert (stall.step_ids, stall.job_waiting) == (["code_generation"], False)
+    since = utcnow()
+    assert transaction(
+        ledger.mark_stalled, job_id=job_id, epoch=start.epoch, step_ids=stall.step_ids,
+        job_stalled=False, since=since,
+    )  # fmt: skip
+    view = view_of(job_id)
+    step = next(s for s in view["steps"] if s["step_id"] == "code_generation")
+    assert step["stalled_since"] is not None and view["stalled_since"] == step["stalled_since"]
+    assert found(code_generation + 61) == []  # marked already
+    transaction(
+        ledger.fail_attempt, job_id=job_id, epoch=start.epoch, step_id="code_generation",
+        attempt=1, error=FAILURE, will_retry=True,
+    )  # fmt: skip
+    assert view_of(job_id)["stalled_since"] is None
+
+
+def test_a_job_waiting_too_long_for_its_run_is_a_stall() -> None:
+    job_id = new_job()
+    with read_session() as session:
+        waiting = ledger.stalls(
+            session=session, now=utcnow() + timedelta(hours=2), step_grace=60,
+            timeout_scale=1, queue_limit=3600,
+        )  # fmt: skip
+    assert any(s.job_id == job_id and s.job_waiting for s in waiting)

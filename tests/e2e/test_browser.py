@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -17,7 +20,9 @@ from tests.helpers import (
     create,
     effects,
     fault,
+    flow_run_pids,
     kill_worker,
+    own_accounts,
     progress,
     steps_by_id,
     wait_for,
@@ -357,3 +362,78 @@ def test_a_dead_worker_gives_back_its_browser_slot(
     api.post(f"/api/registration-jobs/{job_id}/retry").raise_for_status()
     assert watch_job(api, job_id, timeout=120).job["status"] == "completed"
     assert effects(standin) == {s.id: 1 for s in STEPS}
+
+
+@pytest.mark.slow
+def test_a_prefect_crash_while_two_browser_steps_hold_both_slots_heals(
+    api: httpx.Client, standin: httpx.Client, stack: Stack
+) -> None:
+    """The machine of Prefect and the worker crashes while two browser steps hold both
+    slots (Prefect server, worker and flow-run processes SIGKILLed), and comes back: the
+    held jobs fail within 30 s, the slots their dead steps held come back (their leases are
+    on disk, so the server frees them when they run out; a slot with no lease at all is
+    given back by the reconciler), and a new job completes within 120 s of the restart."""
+    direct = {"REGJOBS_STEP_MODE": "direct"}
+    stack.stop_child("worker")
+    stack.start_worker(env={**direct, "REGJOBS_BROWSER_ACTION_TIMEOUT_SECONDS": "150"})
+    fault(standin, step="restaurant_registration", mode="slow", seconds=120, times=2)
+    held = [create(api, tag, **own_accounts(tag)) for tag in ("held-a", "held-b")]
+    wait_for(
+        lambda: (
+            all(
+                progress(api, job_id)["step_statuses"]["restaurant_registration"] == "running"
+                for job_id in held
+            )
+            and browser_slots_in_use() == 2
+        ),
+        timeout=120,
+        what="both jobs to hold a browser slot",
+    )
+    runs = [api.get(f"/api/registration-jobs/{job_id}").json()["flow_run_id"] for job_id in held]
+    victims = [pid for run in runs for pid in flow_run_pids(run)]
+    os.killpg(stack.children["prefect"].process.pid, signal.SIGKILL)
+    kill_worker(stack, None)
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    stack.stop_child("prefect")
+    try:
+        stack.start_prefect()
+        restarted = time.monotonic()
+        stack.start_worker(env=direct)
+        wait_for(
+            lambda: all(progress(api, job_id)["status"] == "failed" for job_id in held),
+            timeout=30,
+            interval=0.5,
+            what="the held jobs to fail",
+        )
+        print(f"held jobs failed {time.monotonic() - restarted:.1f} s after the restart")
+        fresh = create(api, "after-crash", **own_accounts("after-crash"))
+        job = watch_job(api, fresh, timeout=120 - (time.monotonic() - restarted)).job
+        print(f"a new job completed {time.monotonic() - restarted:.1f} s after the restart")
+        assert job["status"] == "completed", job["error_message"]
+    finally:
+        stack.stop_child("worker")
+        stack.start_worker(env=direct)
+
+
+def test_a_settings_step_run_again_sets_nothing_twice(
+    api: httpx.Client, standin: httpx.Client, restaurant_id: str
+) -> None:
+    """Website and services settings look at the saved form before they submit: run again
+    with the same config (as after a crash whose success never reached the ledger), they
+    find it saved as wanted and submit nothing."""
+    job_id = create(api, restaurant_id)
+    assert watch_job(api, job_id, timeout=180).job["status"] == "completed"
+    for step in ("website_configuration", "services_configuration"):
+        api.post(
+            f"/api/registration-jobs/{job_id}/retry", json={"from_step": step}
+        ).raise_for_status()
+        again = watch_job(api, job_id, timeout=120).job
+        assert again["status"] == "completed"
+        assert steps_by_id(again)[step]["attempts"] == 2
+    assert effects(standin) == {s.id: 1 for s in STEPS}
+    submitted = [
+        c for c in portal_calls(standin) if c["method"] == "POST" and "/settings/" in c["path"]
+    ]
+    assert len(submitted) == 3  # website, services, payments: once each

@@ -1,40 +1,59 @@
 """Kill the worker (with its flow runs) at many points of a job's life, restart it, retry:
-every job completes and every side effect happened exactly once.
+every job completes and every side effect happened exactly once. Through the app's
+endpoints, and in direct mode with the browser steps in real Chromium.
 
 The kill points come from a seeded random list (KILL_SEED, KILL_POINTS), so a failure can
-be replayed exactly. The lease is short here (4 s, beats every second) so the test does
-not wait 20 s per point; the production default is measured in test_control.py.
+be replayed exactly. Five jobs live at once, each started so that the one kill finds it at
+its own point, from "not yet claimed by the worker" to "after its last step". The lease is
+short here (4 s, beats every second) so the test does not wait 20 s per round; the
+production default is measured in test_control.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import signal
 import time
-from typing import Any
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from deployments.stack import Stack
-from regjobs.catalogue import STEP_IDS
-from tests.helpers import FINAL_JOB, create, effects, kill_worker, wait_for, watch_job
+from regjobs.catalogue import STEP_IDS, StepKind, step
+from tests.helpers import (
+    FINAL_JOB,
+    create,
+    effects,
+    fault,
+    flow_run_pids,
+    kill_worker,
+    own_accounts,
+    wait_for,
+    watch_job,
+)
 
 pytestmark = pytest.mark.e2e
 
 SEED = int(os.environ.get("KILL_SEED", "20261129"))
 POINTS = int(os.environ.get("KILL_POINTS", "20"))
+AT_ONCE = 5
 FAST_LEASE = {"REGJOBS_WORKER_LOST_SECONDS": "4", "REGJOBS_HEARTBEAT_SECONDS": "1"}
+#: How late in a job's life a kill may come, by mode (past the last step either way).
+LATEST = {"endpoints": 9.0, "direct": 45.0}
 
 
-@pytest.fixture
-def fast_lease(stack: Stack) -> Any:
+@pytest.fixture(params=["endpoints", "direct"])
+def mode(request: pytest.FixtureRequest, stack: Stack) -> Iterator[str]:
+    worker_env = {**FAST_LEASE, "REGJOBS_STEP_MODE": request.param}
     stack.stop_child("api")
     stack.start_api(env=FAST_LEASE)
     stack.stop_child("worker")
-    stack.start_worker(env=FAST_LEASE)
+    stack.start_worker(env=worker_env)
     try:
-        yield
+        yield str(request.param)
     finally:
         stack.stop_child("api")
         stack.start_api()
@@ -42,53 +61,72 @@ def fast_lease(stack: Stack) -> Any:
         stack.start_worker()
 
 
-@pytest.mark.usefixtures("fast_lease")
+def settled(api: httpx.Client, job_id: str, what: str) -> str:
+    """The job's status once it ended (a job killed before it was claimed just runs)."""
+
+    def ended() -> str | None:
+        status = str(api.get(f"/api/registration-jobs/{job_id}/progress").json()["status"])
+        return status if status in FINAL_JOB else None
+
+    return str(wait_for(ended, timeout=120, interval=0.5, what=what))
+
+
+def kill_everything(stack: Stack, api: httpx.Client, jobs: list[str]) -> None:
+    """The worker's machine dies: the worker and every flow-run process, at once."""
+    runs = [api.get(f"/api/registration-jobs/{job_id}").json()["flow_run_id"] for job_id in jobs]
+    victims = [pid for run in runs if run for pid in flow_run_pids(run)]
+    kill_worker(stack, None)
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_kill_the_worker_anywhere_and_resume(
-    api: httpx.Client, standin: httpx.Client, stack: Stack
+    api: httpx.Client, standin: httpx.Client, stack: Stack, mode: str
 ) -> None:
-    rng = random.Random(SEED)
-    # From the POST (nothing started yet) to well past the last step (0.3 s per call).
-    points = [round(rng.uniform(0.0, 9.0), 2) for _ in range(POINTS)]
-    outcomes: list[str] = []
-    for n, delay in enumerate(points):
+    rng = random.Random(f"{SEED}-{mode}")
+    points = [round(rng.uniform(0.0, LATEST[mode]), 2) for _ in range(POINTS)]
+    worker_env = {**FAST_LEASE, "REGJOBS_STEP_MODE": mode}
+    killed_while: list[str] = []
+    for first in range(0, len(points), AT_ONCE):
+        delays = sorted(points[first : first + AT_ONCE], reverse=True)
         standin.post("/_control/reset").raise_for_status()
-        for step in STEP_IDS:
-            standin.post(
-                "/_control/faults", json={"step": step, "mode": "slow", "seconds": 0.3}
-            ).raise_for_status()
-        job_id = create(api, f"kill-{SEED}-{n}-{time.time_ns()}")
-        time.sleep(delay)  # the kill point itself, not a wait for a condition
-        status = api.get(f"/api/registration-jobs/{job_id}/progress").json()["status"]
-        kill_worker(stack, api.get(f"/api/registration-jobs/{job_id}").json()["flow_run_id"])
-        stack.start_worker(env=FAST_LEASE)
+        for s in STEP_IDS:
+            if step(s).kind is StepKind.API or mode == "endpoints":
+                fault(standin, step=s, mode="slow", seconds=0.3)
+        # Start each job `delay` seconds before the one kill: the latest point first.
+        kill_at = time.monotonic() + delays[0]
+        jobs = []
+        for n, delay in enumerate(delays):
+            time.sleep(max(0.0, kill_at - delay - time.monotonic()))
+            tag = f"kill-{SEED}-{mode}-{first + n}-{time.time_ns()}"
+            jobs.append(create(api, tag, **own_accounts(tag)))
+        time.sleep(max(0.0, kill_at - time.monotonic()))  # the kill point, not a wait
+        killed_while += [
+            api.get(f"/api/registration-jobs/{job_id}/progress").json()["status"] for job_id in jobs
+        ]
+        kill_everything(stack, api, jobs)
+        stack.start_worker(env=worker_env)
 
-        def settled(job_id: str = job_id) -> str | None:
-            current = api.get(f"/api/registration-jobs/{job_id}/progress").json()["status"]
-            return current if current in FINAL_JOB else None
-
-        # A job killed before its flow run was claimed is still queued: the new worker runs
-        # it. One claimed by the dead worker stays Pending in Prefect: failed after 30 s.
-        ended = wait_for(
-            settled,
-            timeout=90,
-            interval=0.2,
-            what=f"job {n} (killed at {delay} s, {status}) to settle: "
-            f"{api.get(f'/api/registration-jobs/{job_id}').text}",
-        )
-        if ended != "completed":
-            api.post(f"/api/registration-jobs/{job_id}/retry").raise_for_status()
-            ended = watch_job(api, job_id, timeout=60).job["status"]
-        assert ended == "completed", (n, delay)
-        # Calls the killed process had in flight end in the stand-in too; then count.
+        for job_id, delay in zip(jobs, delays, strict=True):
+            ended = settled(api, job_id, f"job killed at {delay} s to settle")
+            if ended != "completed":
+                api.post(f"/api/registration-jobs/{job_id}/retry").raise_for_status()
+                ended = watch_job(api, job_id, timeout=180).job["status"]
+            assert ended == "completed", (
+                mode,
+                delay,
+                api.get(f"/api/registration-jobs/{job_id}").text,
+            )
+        # Calls the killed processes had in flight end in the stand-in too; then count.
         wait_for(
             lambda: all(c["end"] for c in standin.get("/_control/calls").json()),
-            timeout=10,
+            timeout=30,
             what="calls in flight to end",
         )
-        assert effects(standin) == dict.fromkeys(STEP_IDS, 1), (n, delay)
-        outcomes.append(status)
+        assert effects(standin) == dict.fromkeys(STEP_IDS, len(jobs)), (mode, delays)
     print(
-        f"kill-and-resume: {len(points)} kill points (seed {SEED}), all jobs completed, "
-        f"every effect once; killed while {sorted(set(outcomes))}"
+        f"kill-and-resume ({mode}): {len(points)} kill points (seed {SEED}), every job "
+        f"completed, every effect once; killed while {sorted(set(killed_while))}"
     )
     assert len(points) >= 20

@@ -728,6 +728,24 @@ def test_full_portal_walk_records_each_step(client: TestClient) -> None:
     assert client.get("/portal/").status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("page_name", "form_id", "data"),
+    [
+        ("website", "website-form", {"theme": "dark", "item_layout": "card"}),
+        ("services", "services-form", {"pickup": "1"}),
+        ("payments", "payments-form", {}),
+    ],
+)
+def test_a_settings_form_says_whether_it_shows_saved_values(
+    client: TestClient, page_name: str, form_id: str, data: dict[str, str]
+) -> None:
+    subdomain = logged_in_with_restaurant(client)
+    path = f"/portal/r/{subdomain}/settings/{page_name}"
+    assert page(client.get(path)).one("form", id=form_id)["data-saved"] == "false"
+    client.post(path, data=data)
+    assert page(client.get(path)).one("form", id=form_id)["data-saved"] == "true"
+
+
 def test_the_password_field_can_be_rendered_disabled(client: TestClient) -> None:
     assert "disabled" not in page(client.get("/portal/login")).one("input", name="password")
     switched = client.post("/_control/config", json={"portal_password_disabled": True})

@@ -1,0 +1,104 @@
+"""The reconciler's own decisions against the real job database, with Prefect replaced by a
+recording stand-in (the real thing: tests/e2e/test_browser.py, test_replicas.py)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, cast
+
+import pytest
+
+from api.orchestrator import Orchestrator
+from api.reconciler import Reconciler
+from regjobs import ledger
+from regjobs.config import ExecutionConfig
+from regjobs.db import read_session, transaction
+from regjobs.models import Organisation, RegistrationJob
+from regjobs.settings import get_settings
+from tests.helpers import full_config
+
+pytestmark = pytest.mark.database
+
+
+class FakePrefect:
+    """Counts browser slots as told and records what the reconciler asks of it."""
+
+    def __init__(self, taken: int) -> None:
+        self.taken = taken
+        self.given_back: list[int] = []
+        self.events: list[tuple[str, dict[str, str], dict[str, Any]]] = []
+
+    def browser_slots(self) -> tuple[int, int]:
+        return self.taken, 2
+
+    def give_back_slots(self, slots: int) -> None:
+        self.given_back.append(slots)
+        self.taken -= slots
+
+    def emit(self, event: str, resource: dict[str, str], payload: dict[str, Any]) -> None:
+        self.events.append((event, resource, payload))
+
+    def close(self) -> None:
+        pass
+
+
+def reconciler(prefect: FakePrefect, **settings: Any) -> Reconciler:
+    return Reconciler(get_settings().model_copy(update=settings), cast(Orchestrator, prefect))
+
+
+def test_slots_nobody_holds_are_given_back_only_after_they_outlast_a_lease(
+    stack_env: dict[str, str],
+) -> None:
+    held = transaction(ledger.slots_held)
+    prefect = FakePrefect(taken=held + 2)
+    subject = reconciler(prefect, slot_leak_seconds=0.5)
+    subject.heal_slots()
+    assert prefect.given_back == []  # a lease of a dead holder may still free them
+    time.sleep(0.6)
+    subject.heal_slots()
+    assert prefect.given_back == [2]
+    subject.heal_slots()
+    assert prefect.given_back == [2]
+
+
+def test_slots_live_holders_hold_are_never_given_back(stack_env: dict[str, str]) -> None:
+    held = transaction(ledger.slots_held)
+    prefect = FakePrefect(taken=held)
+    subject = reconciler(prefect, slot_leak_seconds=0)
+    for _ in range(3):
+        subject.heal_slots()
+    assert prefect.given_back == []
+
+
+def test_a_stall_is_marked_and_told_to_prefect_once(stack_env: dict[str, str]) -> None:
+    def make(*, session: Any) -> str:
+        organisation = Organisation(name=f"stall-{uuid.uuid4().hex[:8]}")
+        session.add(organisation)
+        session.flush()
+        job = ledger.create_job(
+            session=session,
+            organisation_id=organisation.id,
+            restaurant_id="stall",
+            config=ExecutionConfig.model_validate(full_config()),
+        )
+        return job.id
+
+    job_id = transaction(make)
+    prefect = FakePrefect(taken=0)
+    # A job waiting longer than the limit for its run to start (here: no limit at all).
+    subject = reconciler(prefect, queue_stall_seconds=1e-6)
+    time.sleep(0.01)
+    subject.find_stalls()
+    ours = [e for e in prefect.events if e[2]["job_id"] == job_id]
+    assert [(event, payload["step_id"]) for event, _, payload in ours] == [
+        ("regjobs.job.stalled", None)
+    ]
+    assert ours[0][1]["prefect.resource.id"] == f"regjobs.job.{job_id}"
+    subject.find_stalls()
+    assert len([e for e in prefect.events if e[2]["job_id"] == job_id]) == 1
+    with read_session() as session:
+        job = session.get(RegistrationJob, job_id)
+        assert job is not None and job.view is not None
+        assert json.loads(job.view)["stalled_since"] is not None

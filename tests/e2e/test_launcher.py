@@ -1,0 +1,262 @@
+"""`make run`'s launcher, run as `make run` runs it (`python -m deployments.launcher`) in a
+folder and on ports of its own: it restarts what dies while the API keeps answering, ends
+everything it caused when stopped, and holds its state folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from deployments.stack import free_port, marked_processes
+from regjobs.catalogue import STEP_IDS
+from regjobs.settings import PROJECT_DIR
+from tests.helpers import (
+    FINAL_JOB,
+    create,
+    effects,
+    fault,
+    flow_run_pids,
+    own_accounts,
+    progress,
+    wait_for,
+    wait_step,
+    watch_job,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+KEY = "rj_launcher_" + uuid.uuid4().hex
+
+
+@dataclass
+class Launched:
+    process: subprocess.Popen[str]
+    state_dir: Path
+    api: httpx.Client
+    standin: httpx.Client
+    output: list[str] = field(default_factory=list)
+
+    def status(self) -> dict[str, Any]:
+        return dict(json.loads((self.state_dir / "launcher.json").read_text()))
+
+    def said(self, text: str) -> int:
+        return sum(text in line for line in self.output)
+
+
+def launch(state_dir: Path, **env: str) -> Launched:
+    ports = {name: free_port() for name in ("API", "PREFECT", "STANDIN")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "deployments.launcher"],
+        cwd=PROJECT_DIR,
+        env={
+            **os.environ,
+            "REGJOBS_STATE_DIR": str(state_dir),
+            **{f"REGJOBS_{name}_PORT": str(port) for name, port in ports.items()},
+            "REGJOBS_DEMO": "0",
+            "REGJOBS_DEV_API_KEY": KEY,
+            "REGJOBS_API_WORKERS": "1",
+            "REGJOBS_RETRY_BASE_SECONDS": "0.5",
+            "REGJOBS_HTTP_TIMEOUT_SECONDS": "3",
+            "REGJOBS_CDN_POLL_SECONDS": "0.2",
+            "REGJOBS_BROWSER_ACTION_TIMEOUT_SECONDS": "3",
+            "REGJOBS_STEP_MODE": "endpoints",
+            "DATABASE_URL": f"sqlite:///{state_dir / 'regjobs.db'}",
+            **env,
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    launched = Launched(
+        process,
+        state_dir,
+        httpx.Client(
+            base_url=f"http://127.0.0.1:{ports['API']}",
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=10,
+        ),
+        httpx.Client(base_url=f"http://127.0.0.1:{ports['STANDIN']}", timeout=10),
+    )
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            launched.output.append(line.rstrip())
+
+    threading.Thread(target=read, daemon=True).start()
+    wait_for(
+        lambda: launched.said("serving;") or process.poll() is not None,
+        timeout=180,
+        interval=0.2,
+        what="the launcher to serve",
+    )
+    assert process.poll() is None, "\n".join(launched.output)
+    return launched
+
+
+def stop(launched: Launched) -> float:
+    """SIGTERM, as a service manager stops it; how long it took to exit."""
+    asked = time.monotonic()
+    launched.process.send_signal(signal.SIGTERM)
+    launched.process.wait(timeout=60)
+    return time.monotonic() - asked
+
+
+@pytest.fixture
+def launched(tmp_path: Path) -> Iterator[Launched]:
+    system = launch(tmp_path / "state")
+    try:
+        yield system
+    finally:
+        if system.process.poll() is None:
+            stop(system)
+
+
+class Poller:
+    """Asks the API for the job list every 0.2 s and keeps what went wrong."""
+
+    def __init__(self, api: httpx.Client) -> None:
+        self.api = api
+        self.failures: list[str] = []
+        self.answers = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                status = self.api.get("/api/registration-jobs", params={"limit": 1}).status_code
+            except httpx.HTTPError as exc:
+                self.failures.append(repr(exc))
+                continue
+            self.answers += 1
+            if status != 200:
+                self.failures.append(str(status))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_a_dead_worker_or_prefect_server_is_started_again_while_the_api_answers(
+    launched: Launched,
+) -> None:
+    api, standin = launched.api, launched.standin
+    poller = Poller(api)
+    try:
+        fault(standin, step="menu_import", mode="slow", seconds=30, times=1)
+        job_id = create(api, "launcher-1", **own_accounts("launcher-1"))
+        wait_for(
+            lambda: progress(api, job_id)["step_statuses"]["menu_import"] == "running",
+            timeout=90,
+            what="menu import to run",
+        )
+        flow_run_id = api.get(f"/api/registration-jobs/{job_id}").json()["flow_run_id"]
+        worker = launched.status()["children"]["worker"]
+        victims = flow_run_pids(flow_run_id)
+        assert victims, "the flow-run process was not found"
+        os.killpg(worker, signal.SIGKILL)
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+
+        wait_for(
+            lambda: (
+                launched.status()["children"].get("worker") not in (None, worker)
+                and launched.said("worker is back")
+            ),
+            timeout=15,
+            what="the launcher to start the worker again",
+        )
+        print(f"worker back {time.monotonic() - killed:.1f} s after the kill")
+        job = wait_for(
+            lambda: (
+                (j := api.get(f"/api/registration-jobs/{job_id}").json())["status"] == "failed"
+                and j
+            ),
+            timeout=30 - (time.monotonic() - killed),
+            what="the job to fail",
+        )
+        print(f"job failed {time.monotonic() - killed:.1f} s after the kill")
+        assert "worker was lost" in job["error_message"]
+        api.post(f"/api/registration-jobs/{job_id}/retry").raise_for_status()
+        assert watch_job(api, job_id, timeout=120).job["status"] == "completed"
+        wait_for(
+            lambda: all(c["end"] for c in standin.get("/_control/calls").json()),
+            timeout=40,
+            what="the held call to end",
+        )
+        assert effects(standin) == dict.fromkeys(STEP_IDS, 1)
+
+        # The Prefect server dies mid-job: it comes back, and the API never stops answering.
+        fault(standin, step="menu_import", mode="slow", seconds=5, times=1)
+        second = create(api, "launcher-2", **own_accounts("launcher-2"))
+        wait_for(
+            lambda: progress(api, second)["step_statuses"]["menu_import"] == "running",
+            timeout=90,
+            what="menu import to run",
+        )
+        os.killpg(launched.status()["children"]["prefect"], signal.SIGKILL)
+        wait_for(lambda: launched.said("prefect is back"), timeout=120, what="Prefect to be back")
+        ended = watch_job(api, second, timeout=180).job
+        assert ended["status"] in FINAL_JOB
+    finally:
+        poller.close()
+    assert poller.answers > 100
+    assert poller.failures == []
+
+
+def test_stopping_ends_every_process_it_caused_browsers_included(tmp_path: Path) -> None:
+    system = launch(
+        tmp_path / "state", REGJOBS_STEP_MODE="direct", REGJOBS_BROWSER_ACTION_TIMEOUT_SECONDS="90"
+    )
+    try:
+        stack_id = system.status()["stack_id"]
+        fault(system.standin, step="restaurant_registration", mode="slow", seconds=60)
+        jobs = [create(system.api, f"stop-{n}", **own_accounts(f"stop-{n}")) for n in range(2)]
+        for job_id in jobs:
+            wait_step(system.api, job_id, "restaurant_registration", "running")
+        marked = marked_processes(stack_id)
+        assert any(_is_browser(pid) for pid in marked), "no Chromium of this system is running"
+        took = stop(system)
+        print(f"stopped in {took:.1f} s")
+        assert took < 20
+        assert marked_processes(stack_id) == []
+        assert system.process.returncode == 0
+    finally:
+        if system.process.poll() is None:
+            stop(system)
+
+
+def test_a_second_launcher_on_the_same_state_folder_refuses(launched: Launched) -> None:
+    second = subprocess.run(
+        [sys.executable, "-m", "deployments.launcher"],
+        cwd=PROJECT_DIR,
+        env={**os.environ, "REGJOBS_STATE_DIR": str(launched.state_dir)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 1
+    assert f"PID {launched.process.pid}" in second.stderr
+
+
+def _is_browser(pid: int) -> bool:
+    try:
+        return "chrom" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False

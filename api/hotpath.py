@@ -72,7 +72,11 @@ class HotReads:
             found = await reads.run(reads.view, key, job_id, "progress" if progress else "job")
         except (reads.NotFound, reads.Unauthorized):
             return await self.app(scope, receive, send)  # the routes answer errors
-        body = found.body if progress else reads.job_body(self.settings, job_id, found.body)
+        body = (
+            found.body
+            if progress
+            else reads.job_body(self.settings, job_id, found.organisation_id, found.body)
+        )
         status, headers, data = answer(found, if_none_match, body)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data})

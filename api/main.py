@@ -12,13 +12,20 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from api.bodylimit import BodyLimit
 from api.events import EventHub
 from api.hotpath import HotReads
 from api.orchestrator import Orchestrator
 from api.reconciler import Reconciler, lease_report
 from api.routes import jobs
 from api.schemas import HealthPublic
-from regjobs.auth import add_key, ensure_organisation
+from regjobs.auth import (
+    DEVELOPMENT_LABEL,
+    DISABLE_DEVELOPMENT_KEYS,
+    active_development_keys,
+    add_key,
+    ensure_organisation,
+)
 from regjobs.config import public_errors
 from regjobs.db import get_read_engine, migrate, session_scope
 from regjobs.settings import Environment, Settings, get_settings
@@ -48,13 +55,32 @@ def ensure_dev_key(settings: Settings) -> str | None:
         key = path.read_text().strip() if path.exists() else None
     with session_scope() as session:
         org = ensure_organisation(session, settings.dev_organisation)
-        key = add_key(session, organisation=org, key=key, label="development")
+        key = add_key(session, organisation=org, key=key, label=DEVELOPMENT_LABEL)
     if settings.dev_api_key is None:
         path = settings.state_dir / "dev-api-key"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(key + "\n")
         path.chmod(0o600)
     return key
+
+
+class DevelopmentKeysActive(RuntimeError):
+    """Production with a development key still active: the API does not start."""
+
+
+def refuse_development_keys(settings: Settings) -> None:
+    """In production, refuse to start while any development key is active (they open
+    nothing there, but one left active is a door someone forgot to close)."""
+    if settings.environment is not Environment.PRODUCTION:
+        return
+    with session_scope() as session:
+        active = [key.prefix for key in active_development_keys(session)]
+    if active:
+        raise DevelopmentKeysActive(
+            f"REGJOBS_ENVIRONMENT=production, but {len(active)} development API key(s) "
+            f"are active ({', '.join(p + '…' for p in active)}); disable them with "
+            f"`{DISABLE_DEVELOPMENT_KEYS}` and start again"
+        )
 
 
 def create_app(
@@ -67,6 +93,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.auto_migrate:
             migrate()
+        refuse_development_keys(settings)
         ensure_dev_key(settings)
         app.state.events = EventHub(settings)
         reconciler = None
@@ -104,6 +131,9 @@ def create_app(
             expose_headers=["ETag"],
             max_age=600,
         )
+
+    # Added last, so it is the outermost: no body is read past the limit, by anything.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

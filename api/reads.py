@@ -19,16 +19,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Literal, TypeVar
+from uuid import UUID
 
-from sqlalchemy import Engine, bindparam, select, tuple_
+from sqlalchemy import Engine, and_, bindparam, or_, select, tuple_
 from sqlalchemy.sql import Select
 
+from regjobs.auth import DEVELOPMENT_LABEL
 from regjobs.catalogue import ACTIVE_JOB_STATUSES
 from regjobs.crypto import hash_api_key
 from regjobs.db import get_read_engine
 from regjobs.evidence import evidence_url
 from regjobs.models import ApiKey, JobEvent, Organisation, RegistrationJob, StepEvidence
-from regjobs.settings import Settings, get_settings
+from regjobs.settings import Environment, Settings, get_settings
 
 R = TypeVar("R")
 
@@ -73,44 +75,61 @@ class Caller:
     name: str
 
 
-_KEY = (
-    select(Organisation.id, Organisation.name)
-    .join(ApiKey, ApiKey.organisation_id == Organisation.id)
-    .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
-)
+def _production() -> bool:
+    return get_settings().environment is Environment.PRODUCTION
+
+
+def _usable_key(production: bool) -> Any:
+    """The condition an API key must meet: not revoked, and in production not a
+    development key."""
+    not_revoked = ApiKey.revoked_at.is_(None)
+    if not production:
+        return not_revoked
+    return and_(not_revoked, or_(ApiKey.label.is_(None), ApiKey.label != DEVELOPMENT_LABEL))
+
+
+@lru_cache
+def _key_query(production: bool) -> Select[str, str]:
+    return (
+        select(Organisation.id, Organisation.name)
+        .join(ApiKey, ApiKey.organisation_id == Organisation.id)
+        .where(ApiKey.key_hash == bindparam("key_hash"), _usable_key(production))
+    )
 
 
 def organisation(key: str) -> Caller:
-    """The organisation an API key belongs to; Unauthorized for an unknown or revoked key."""
+    """The organisation an API key belongs to; Unauthorized for an unknown or revoked key
+    (and, in production, a development key)."""
     with _engine().connect() as connection:
-        row = connection.execute(_KEY, {"key_hash": hash_api_key(key)}).first()
+        row = connection.execute(_key_query(_production()), {"key_hash": hash_api_key(key)}).first()
     if row is None:
         raise Unauthorized
     return Caller(row[0], row[1])
 
 
-def _by_key(column: Any) -> Select[Any]:
+def _by_key(column: Any, production: bool) -> Select[Any]:
     return (
-        select(RegistrationJob.version, column)
+        select(RegistrationJob.version, column, RegistrationJob.organisation_id)
         .join(ApiKey, ApiKey.organisation_id == RegistrationJob.organisation_id)
         .where(
             RegistrationJob.id == bindparam("job_id"),
             ApiKey.key_hash == bindparam("key_hash"),
-            ApiKey.revoked_at.is_(None),
+            _usable_key(production),
         )
     )
 
 
-_VIEWS: dict[View, Select[Any]] = {
-    "job": _by_key(RegistrationJob.view),
-    "progress": _by_key(RegistrationJob.progress_view),
-}
+@lru_cache
+def _view_query(kind: View, production: bool) -> Select[Any]:
+    column = RegistrationJob.view if kind == "job" else RegistrationJob.progress_view
+    return _by_key(column, production)
 
 
 @dataclass(frozen=True)
 class Found:
     version: int
     body: str
+    organisation_id: str = ""
 
     @property
     def etag(self) -> str:
@@ -122,27 +141,29 @@ def view(key: str, job_id: str, kind: View) -> Found:
     organisation; NotFound for a job that does not exist or is another organisation's."""
     with _engine().connect() as connection:
         row = connection.execute(
-            _VIEWS[kind], {"job_id": job_id, "key_hash": hash_api_key(key)}
+            _view_query(kind, _production()), {"job_id": job_id, "key_hash": hash_api_key(key)}
         ).first()
     if row is None or row[1] is None:
         organisation(key)  # Unauthorized, unless the key is fine and the job is not
         raise NotFound
-    return Found(row[0], row[1])
+    return Found(row[0], row[1], row[2])
 
 
-def with_links(settings: Settings, job_id: str, steps: Sequence[dict[str, Any]]) -> None:
-    """Fill in the signed link of every screenshot (links are made when read)."""
+def with_links(
+    settings: Settings, job_id: str, organisation_id: str, steps: Sequence[dict[str, Any]]
+) -> None:
+    """Fill in the signed link of every screenshot (links are made when read, and expire)."""
     for step in steps:
         for shot in step.get("evidence") or ():
-            shot["url"] = evidence_url(settings, job_id, int(shot["evidence_id"]))
+            shot["url"] = evidence_url(settings, job_id, int(shot["evidence_id"]), organisation_id)
 
 
-def job_body(settings: Settings, job_id: str, body: str) -> str:
+def job_body(settings: Settings, job_id: str, organisation_id: str, body: str) -> str:
     """GET's answer from the stored view: as stored, with screenshot links added."""
     if '"evidence_id"' not in body:
         return body
     job = json.loads(body)
-    with_links(settings, job_id, job["steps"])
+    with_links(settings, job_id, organisation_id, job["steps"])
     return json.dumps(job)
 
 
@@ -172,7 +193,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, job_id = json.loads(raw)
-        return datetime.fromisoformat(created_at), str(job_id)
+        # A job id is a UUID: anything else (a NUL, say) never reaches the database.
+        return datetime.fromisoformat(created_at), str(UUID(str(job_id)))
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError) as exc:
         raise BadCursor("not a cursor this API gave (use next_cursor as it came)") from exc
 

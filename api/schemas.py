@@ -3,12 +3,12 @@ shape (JobPublic, StepPublic, ...) lives in `regjobs.schemas`: the ledger writes
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from regjobs.catalogue import JobStatus
-from regjobs.config import ExecutionConfig
+from regjobs.config import ExecutionConfig, no_nul
 from regjobs.schemas import (
     EvidencePublic,
     JobPublic,
@@ -36,7 +36,7 @@ __all__ = [
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    restaurant_id: str = Field(min_length=1, max_length=200)
+    restaurant_id: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(no_nul)]
     auto_start: bool = True
     execution_config: ExecutionConfig
 

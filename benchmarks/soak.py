@@ -13,8 +13,8 @@ these fates, drawn from the seed:
 - transient faults (a 503, a 429 with Retry-After, a reset connection, a timeout) on some of
   its steps, fewer than the retries: completes;
 - the account exists already (same password): completes with a warning;
-- the account exists with another password: fails at restaurant registration (bad
-  credentials), its dependents skipped.
+- the account exists with another password: fails at account registration (the job's
+  credentials do not open the existing account), its dependents skipped.
 Transient faults are injected on the stand-in per step for the next calls, whichever job
 makes them; the retries absorb them. The report: jobs completed/failed against what each
 fate expects, side effects against the number each step should have had (duplicates must be

@@ -141,7 +141,7 @@ async def _run_steps(
     disabled = ledger.disabled_steps(start.config)
     running: dict[asyncio.Task[State[Any]], str] = {}
     lost = asyncio.ensure_future(owner.lost.wait())
-    async with step_resources(job_id, epoch, run_id, start.config, settings):
+    async with step_resources(job_id, epoch, run_id, start.config, settings, start.organisation_id):
         try:
             while True:
                 await owner.check()

@@ -3,6 +3,11 @@
 python -m regjobs.auth create --organisation acme [--label ci]
 python -m regjobs.auth revoke rj_AbCdEf12
 python -m regjobs.auth list
+python -m regjobs.auth disable-development-keys
+
+Development keys (label "development", made by the API in development for the demo
+organisation) open nothing in production, and the API refuses to start in production while
+one is active: `disable-development-keys` revokes them all.
 """
 
 from __future__ import annotations
@@ -16,8 +21,12 @@ from sqlalchemy.orm import Session
 from regjobs.crypto import hash_api_key, new_api_key
 from regjobs.db import migrate, session_scope
 from regjobs.models import ApiKey, Organisation, utcnow
+from regjobs.settings import Environment, get_settings
 
 PREFIX_LENGTH = 11
+#: The label of development keys (reserved: `create` refuses it).
+DEVELOPMENT_LABEL = "development"
+DISABLE_DEVELOPMENT_KEYS = "python -m regjobs.auth disable-development-keys"
 
 
 def ensure_organisation(session: Session, name: str) -> Organisation:
@@ -64,11 +73,31 @@ def revoke_key(session: Session, *, prefix: str) -> int:
     return len(keys)
 
 
+def active_development_keys(session: Session) -> list[ApiKey]:
+    return list(
+        session.scalars(
+            select(ApiKey).where(ApiKey.label == DEVELOPMENT_LABEL, ApiKey.revoked_at.is_(None))
+        )
+    )
+
+
+def disable_development_keys(session: Session) -> int:
+    """Revoke every development key; how many were active."""
+    keys = active_development_keys(session)
+    for key in keys:
+        key.revoked_at = utcnow()
+    return len(keys)
+
+
 def authenticate(session: Session, key: str) -> Organisation | None:
     row = session.scalars(
         select(ApiKey).where(ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None))
     ).one_or_none()
-    return row.organisation if row else None
+    if row is None:
+        return None
+    if row.label == DEVELOPMENT_LABEL and get_settings().environment is Environment.PRODUCTION:
+        return None
+    return row.organisation
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     revoke = sub.add_parser("revoke", help="revoke a key by its first characters")
     revoke.add_argument("prefix")
     sub.add_parser("list", help="list keys (prefixes only)")
+    sub.add_parser(
+        "disable-development-keys",
+        help="revoke every development key (needed before the API starts in production)",
+    )
     args = parser.parse_args(argv)
+    if args.command == "create" and args.label == DEVELOPMENT_LABEL:
+        parser.error(f"the label {DEVELOPMENT_LABEL!r} is reserved for development keys")
     migrate()
     with session_scope() as session:
         if args.command == "create":
@@ -90,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             count = revoke_key(session, prefix=args.prefix)
             sys.stdout.write(f"revoked {count} key(s)\n")
             return 0 if count else 1
+        elif args.command == "disable-development-keys":
+            count = disable_development_keys(session)
+            sys.stdout.write(f"disabled {count} development key(s)\n")
         else:
             for key, org in session.execute(
                 select(ApiKey, Organisation).join(Organisation).order_by(ApiKey.created_at)

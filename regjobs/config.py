@@ -14,6 +14,15 @@ in a FastAPI request), and its ``msg`` *starts with the dotted field name*
 (``"account.email is required: ..."``), so a client can show it without reading ``loc``.
 Their ``type`` is ``"config_required"`` or ``"config_conflict"``.
 
+Bounds
+------
+Every string has a maximum length and every list a maximum number of items (see the
+``MAX_*`` constants); no string may hold a NUL character (PostgreSQL refuses them). A value
+past a bound is a field error like any other (``string_too_long``, ``too_long``,
+``nul_character``). Identifiers that go into URLs of outside systems have a pattern of their
+own (:data:`IDENTIFIER_PATTERN`: ``menu.menu_id``), and ``restaurant.subdomain`` is a DNS
+label.
+
 Secrets
 -------
 ``account.password`` and ``onboarding.user_password`` are :class:`pydantic.SecretStr`:
@@ -69,11 +78,25 @@ __all__ = [
     "RestaurantConfig",
     "WebsiteConfig",
     "derive_subdomain",
+    "no_nul",
     "public_errors",
 ]
 
 #: What a secret looks like in every public rendering of the config.
 SECRET_MASK: Final = "**********"
+
+#: Bounds of every string and list of the config (characters, items).
+MAX_NAME: Final = 200
+MAX_SHORT_TEXT: Final = 100
+MAX_PHONE: Final = 50
+MAX_ADDRESS: Final = 500
+MAX_PATH: Final = 1000
+MAX_URL: Final = 2000
+MAX_SECRET: Final = 256
+MAX_INTERVALS_PER_DAY: Final = 10
+#: An identifier that goes into the path of an outside system's URL: letters, digits, `_`,
+#: `.` and `-`, starting with a letter or digit, at most 100 characters, never `..`.
+IDENTIFIER_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
 #: Dotted paths of the optional-step switches, in step order (see ``regjobs.catalogue``).
 SWITCH_PATHS: Final[tuple[str, ...]] = (
@@ -108,8 +131,55 @@ def _serialise_secret(value: SecretStr, info: SerializationInfo) -> str:
     return SECRET_MASK
 
 
+def no_nul(value: str) -> str:
+    """`value`, unless it holds a NUL character (PostgreSQL cannot store one)."""
+    if "\x00" in value:
+        raise PydanticCustomError("nul_character", "must not contain a NUL character")
+    return value
+
+
+def _secret_no_nul(value: SecretStr) -> SecretStr:
+    no_nul(value.get_secret_value())
+    return value
+
+
 #: A password: masked everywhere except in :meth:`ExecutionConfig.secret_dict`.
-Secret = Annotated[SecretStr, PlainSerializer(_serialise_secret, return_type=str, when_used="json")]
+Secret = Annotated[
+    SecretStr,
+    Field(max_length=MAX_SECRET),
+    AfterValidator(_secret_no_nul),
+    PlainSerializer(_serialise_secret, return_type=str, when_used="json"),
+]
+
+
+_NoNul = AfterValidator(no_nul)
+# Strings of at most so many characters, without NUL.
+_PersonName = Annotated[str, StringConstraints(max_length=MAX_NAME), _NoNul]
+_ShortText = Annotated[str, StringConstraints(max_length=MAX_SHORT_TEXT), _NoNul]
+_Phone = Annotated[str, StringConstraints(max_length=MAX_PHONE), _NoNul]
+_Address = Annotated[str, StringConstraints(max_length=MAX_ADDRESS), _NoNul]
+_Path = Annotated[str, StringConstraints(max_length=MAX_PATH), _NoNul]
+_IDENTIFIER_RE: Final = re.compile(IDENTIFIER_PATTERN)
+
+
+def _check_identifier(value: str) -> str:
+    # Blank counts as missing: the cross-field rules name it.
+    if value.strip() and (not _IDENTIFIER_RE.fullmatch(value) or ".." in value):
+        raise PydanticCustomError(
+            "identifier_format",
+            "must be 1 to 100 letters, digits, '_', '.' or '-', starting with a letter or "
+            "digit, without '..' (it goes into the path of a URL)",
+        )
+    return value
+
+
+#: An identifier an outside system's URL path is built from (see IDENTIFIER_PATTERN).
+Identifier = Annotated[
+    str,
+    StringConstraints(max_length=100),
+    AfterValidator(_check_identifier),
+    WithJsonSchema({"type": "string", "pattern": IDENTIFIER_PATTERN, "maxLength": 100}),
+]
 
 _COLOUR_RE: Final = re.compile(r"^#[0-9a-fA-F]{6}$")
 _TIME_RE: Final = re.compile(r"^(?:[01][0-9]|2[0-3]):[0-5][0-9]$")
@@ -129,7 +199,7 @@ def _check_colour(value: str) -> str:
 Colour = Annotated[
     str,
     AfterValidator(_check_colour),
-    WithJsonSchema({"type": "string", "pattern": _COLOUR_RE.pattern}),
+    WithJsonSchema({"type": "string", "pattern": _COLOUR_RE.pattern, "maxLength": 7}),
 ]
 
 
@@ -149,8 +219,9 @@ def _check_url(value: str) -> str:
 #: given, so attributes and ``model_dump(mode="json")`` are plain strings.
 HttpUrlStr = Annotated[
     str,
+    StringConstraints(max_length=MAX_URL),
     AfterValidator(_check_url),
-    WithJsonSchema({"type": "string", "format": "uri", "minLength": 1}),
+    WithJsonSchema({"type": "string", "format": "uri", "minLength": 1, "maxLength": MAX_URL}),
 ]
 
 
@@ -167,10 +238,14 @@ def _check_time(value: str) -> str:
 _TimeOfDay = Annotated[
     str,
     AfterValidator(_check_time),
-    WithJsonSchema({"type": "string", "pattern": _TIME_RE.pattern}),
+    WithJsonSchema({"type": "string", "pattern": _TIME_RE.pattern, "maxLength": 5}),
 ]
 
-_Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+_Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME),
+    _NoNul,
+]
 
 
 def _none_to_blank(value: object) -> object:
@@ -295,7 +370,7 @@ class AccountConfig(_Section):
     register_new_user: bool = True
     email: EmailStr | None = None
     password: Secret | None = None
-    phone: str = ""
+    phone: _Phone = ""
 
 
 class OpeningInterval(_Section):
@@ -342,14 +417,21 @@ class RestaurantConfig(_Section):
 
     registration_mode: RegistrationMode = "new_account_with_restaurant"
     name: _Name
-    address: str = ""
-    city: str = ""
-    phone: str = ""
-    cuisine: str | None = None
+    address: _Address = ""
+    city: _ShortText = ""
+    phone: _Phone = ""
+    cuisine: _ShortText | None = None
     subdomain: Annotated[
-        str, BeforeValidator(_none_to_blank, json_schema_input_type=str | None)
+        str,
+        StringConstraints(max_length=MAX_SHORT_TEXT),
+        BeforeValidator(
+            _none_to_blank,
+            json_schema_input_type=Annotated[str, StringConstraints(max_length=63)] | None,
+        ),
     ] = Field(default=None, validate_default=True)
-    opening_hours: dict[Day, list[OpeningInterval]] = Field(default_factory=dict)
+    opening_hours: dict[
+        Day, Annotated[list[OpeningInterval], Field(max_length=MAX_INTERVALS_PER_DAY)]
+    ] = Field(default_factory=dict)
 
     @field_validator("subdomain")
     @classmethod
@@ -411,8 +493,8 @@ class MenuConfig(_Section):
 
     model_config = ConfigDict(validate_by_name=True, validate_by_alias=True)
 
-    menu_id: str | None = None
-    csv_path: str | None = None
+    menu_id: Identifier | None = None
+    csv_path: _Path | None = None
     upload_images: bool = True
     import_: bool = Field(default=True, alias="import")
     add_option_sets: bool = True
@@ -441,7 +523,7 @@ class PaymentConfig(_Section):
 class OnboardingConfig(_Section):
     create_user: bool = False
     sync_record: bool = False
-    user_name: str | None = None
+    user_name: _PersonName | None = None
     user_email: EmailStr | None = None
     user_password: Secret | None = None
 

@@ -1,19 +1,33 @@
-"""Secrets at rest: the execution config is stored encrypted with a key from settings."""
+"""Secrets at rest: the execution config is stored encrypted with the keys from settings.
+
+`REGJOBS_SECRET_KEY` may list several Fernet keys (comma-separated): the first encrypts,
+every one decrypts (cryptography's MultiFernet). To rotate, put a new key first, run
+
+    python -m regjobs.crypto reencrypt
+
+which rewrites every stored config with the first key (one transaction per job), and then
+drop the old key. Other uses of the secret key get a key derived for them alone
+(:func:`derived_key`), never the encryption key itself.
+"""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import hmac
 import json
 import secrets
+import sys
+from functools import lru_cache
 from typing import Any
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from regjobs.settings import Settings, get_settings
 
 
-def _fernet(settings: Settings | None = None) -> Fernet:
-    return Fernet((settings or get_settings()).fernet_key())
+def _fernet(settings: Settings | None = None) -> MultiFernet:
+    return MultiFernet([Fernet(key) for key in (settings or get_settings()).fernet_keys()])
 
 
 def encrypt_json(value: dict[str, Any], settings: Settings | None = None) -> str:
@@ -24,10 +38,30 @@ def decrypt_json(token: str, settings: Settings | None = None) -> dict[str, Any]
     try:
         data = json.loads(_fernet(settings).decrypt(token.encode()))
     except InvalidToken:
-        raise ValueError("the stored config cannot be decrypted with this secret key") from None
+        raise ValueError("the stored config cannot be decrypted with any secret key") from None
     if not isinstance(data, dict):
         raise ValueError("the stored config is not an object")
     return data
+
+
+def reencrypt(token: str, settings: Settings | None = None) -> str:
+    """The same secret encrypted with the first key (decrypted with whichever key can)."""
+    try:
+        return _fernet(settings).rotate(token.encode()).decode()
+    except InvalidToken:
+        raise ValueError("the stored config cannot be decrypted with any secret key") from None
+
+
+def derived_key(purpose: str, settings: Settings | None = None, *, key_index: int = 0) -> bytes:
+    """A key for one purpose only (signing evidence links, say), derived from one of the
+    secret keys (the first by default) with HMAC-SHA256 and a fixed label: knowing it tells
+    nothing about the encryption key, nor about the key of another purpose."""
+    return _derive((settings or get_settings()).fernet_keys()[key_index], purpose)
+
+
+@lru_cache(maxsize=64)
+def _derive(secret: bytes, purpose: str) -> bytes:
+    return hmac.new(secret, f"regjobs:{purpose}:v1".encode(), hashlib.sha256).digest()
 
 
 def new_api_key() -> str:
@@ -38,3 +72,31 @@ def new_api_key() -> str:
 def hash_api_key(key: str) -> str:
     # Keys are long random strings, so a fast hash is enough (no dictionary to attack).
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m regjobs.crypto",
+        description="Secrets at rest. `reencrypt`: rewrite every stored config with the "
+        "first key of REGJOBS_SECRET_KEY (run after putting a new key first; then the old "
+        "keys can be dropped).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("reencrypt", help="rewrite every stored config with the first secret key")
+    parser.parse_args(argv)
+
+    from regjobs import ledger
+    from regjobs.db import migrate, read_session, transaction
+
+    migrate()
+    with read_session() as session:
+        job_ids = ledger.encrypted_job_ids(session=session)
+    changed = 0
+    for job_id in job_ids:
+        changed += transaction(ledger.reencrypt_config, job_id=job_id)
+    sys.stdout.write(f"re-encrypted {changed} of {len(job_ids)} stored config(s)\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -6,13 +6,18 @@ import asyncio
 import email.utils
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 import httpx
 
 from regjobs.catalogue import NextAction
+from regjobs.secrets import Scrubber
+
+#: The longest error message kept (cut after scrubbing, so no cut-off secret survives).
+MESSAGE_LIMIT: Final = 300
 
 
 class ErrorClass(StrEnum):
@@ -66,11 +71,19 @@ PRECONDITION_STATUSES = frozenset({404, 409, 410, 412})
 
 
 class OutsideSystemError(StepError):
-    """An outside system answered with an HTTP error."""
+    """An outside system answered with an HTTP error (`code`: its error code, if it gave one)."""
 
-    def __init__(self, message: str, *, status_code: int, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        retry_after: float | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message, retry_after=retry_after)
         self.status_code = status_code
+        self.code = code
         retryable = status_code == 429 or status_code >= 500
         self.error_class = ErrorClass.RETRYABLE if retryable else ErrorClass.NON_RETRYABLE
         if retryable:
@@ -120,17 +133,53 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def scrubbed(error: Classified, secrets: list[str]) -> Classified:
-    """The same error with any of the given secrets masked in its message."""
-    message = error.message
-    for secret in secrets:
-        if secret:
-            message = message.replace(secret, "**********")
+class StepAttemptFailed(StepError):
+    """What Prefect is given for a failed attempt, in place of the original exception: the
+    classified, scrubbed message and the error class (so Prefect's retry condition still
+    decides by it), nothing else: no original exception, no traceback of it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error_class: ErrorClass = ErrorClass.NON_RETRYABLE,
+        retry_after: float | None = None,
+        next_action: NextAction | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after, next_action=next_action)
+        self.error_class = error_class
+
+    @classmethod
+    def of(cls, error: Classified) -> StepAttemptFailed:
+        return cls(
+            error.message,
+            error_class=error.error_class,
+            retry_after=error.retry_after,
+            next_action=error.next_action,
+        )
+
+
+def scrubbed(error: Classified, secrets: Iterable[str] | Scrubber) -> Classified:
+    """The same error with the given secrets (and any part of 8 or more characters of
+    them) masked in its message."""
+    scrubber = secrets if isinstance(secrets, Scrubber) else Scrubber(secrets)
+    message = scrubber.text(error.message)
     return error if message == error.message else replace(error, message=message)
 
 
-def classify(exc: BaseException) -> Classified:
-    """Sort any exception a step can raise into the error classes of SPEC.md."""
+def classify(exc: BaseException, secrets: Iterable[str] | Scrubber = ()) -> Classified:
+    """Sort any exception a step can raise into the error classes of SPEC.md.
+
+    The message is scrubbed of `secrets` first and only then cut to `MESSAGE_LIMIT`
+    characters: a secret cut in half by the limit would no longer match it whole.
+    """
+    error = scrubbed(_classify(exc), secrets)
+    if len(error.message) > MESSAGE_LIMIT:
+        error = replace(error, message=error.message[: MESSAGE_LIMIT - 1] + "…")
+    return error
+
+
+def _classify(exc: BaseException) -> Classified:
     if isinstance(exc, StepError):
         return Classified(exc.error_class, exc.message, exc.retry_after, exc.next_action)
     if isinstance(exc, httpx.TimeoutException):
@@ -142,7 +191,7 @@ def classify(exc: BaseException) -> Classified:
         return Classified(ErrorClass.RETRYABLE, "the step took longer than its timeout")
     # Anything else is a script that crashed: worth another attempt (SPEC, retryable).
     # Its first line only: a browser's launch error carries pages of logs.
-    first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+    first_line = (str(exc).strip().splitlines() or [""])[0]
     return Classified(ErrorClass.RETRYABLE, f"{type(exc).__name__}: {first_line}")
 
 

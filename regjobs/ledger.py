@@ -40,7 +40,7 @@ from regjobs.catalogue import (
     StepStatus,
 )
 from regjobs.config import ExecutionConfig
-from regjobs.crypto import decrypt_json, encrypt_json
+from regjobs.crypto import decrypt_json, encrypt_json, reencrypt
 from regjobs.errors import Classified, NonRetryableStepError
 from regjobs.models import (
     Base,
@@ -121,6 +121,19 @@ def _current_run(session: Session, job: RegistrationJob) -> JobRun | None:
 
 def job_config(job: RegistrationJob) -> ExecutionConfig:
     return ExecutionConfig.from_secret_dict(decrypt_json(job.config_encrypted))
+
+
+def encrypted_job_ids(*, session: Session) -> list[str]:
+    """Every job with a stored (encrypted) config, oldest first."""
+    return list(session.scalars(select(RegistrationJob.id).order_by(RegistrationJob.created_at)))
+
+
+def reencrypt_config(*, session: Session, job_id: str) -> int:
+    """Encrypt the job's stored config again with the first secret key (key rotation);
+    1 when it was rewritten."""
+    job = _job(session, job_id, lock=True)
+    job.config_encrypted = reencrypt(job.config_encrypted)
+    return 1
 
 
 def disabled_steps(config: ExecutionConfig) -> frozenset[str]:
@@ -402,6 +415,8 @@ class RunStart:
     epoch: int
     config: ExecutionConfig
     steps: Mapping[str, StepState]
+    #: The organisation the job belongs to.
+    organisation_id: str = ""
 
 
 def _state(row: RegistrationJobStep) -> StepState:
@@ -511,7 +526,10 @@ def begin_run(
     session.flush()  # a second active job of the restaurant fails here (IntegrityError)
     _publish(session, job)
     return RunStart(
-        epoch=job.epoch, config=job_config(job), steps={k: _state(v) for k, v in rows.items()}
+        epoch=job.epoch,
+        config=job_config(job),
+        steps={k: _state(v) for k, v in rows.items()},
+        organisation_id=job.organisation_id,
     )
 
 

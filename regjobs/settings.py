@@ -28,7 +28,12 @@ class Environment(StrEnum):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="REGJOBS_", env_file=".env", extra="ignore", populate_by_name=True
+        env_prefix="REGJOBS_",
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+        # A settings error must not print what it was given: the secret key, API keys.
+        hide_input_in_errors=True,
     )
 
     environment: Environment = Environment.DEVELOPMENT
@@ -41,8 +46,14 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
-    #: Fernet key for secrets at rest. In development a key is generated into the state folder.
+    #: Fernet keys for secrets at rest, comma-separated: the first encrypts, every one
+    #: decrypts (rotation: put the new key first, run `python -m regjobs.crypto reencrypt`,
+    #: then drop the old one). In development a key is generated into the state folder.
     secret_key: SecretStr | None = None
+    #: How long a signed link to a screenshot opens it (the link names its expiry).
+    evidence_link_ttl_seconds: float = Field(default=24 * 3600.0, gt=0)
+    #: The largest request body the API reads; a longer one is answered 413 unread.
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
 
     step_mode: StepMode = StepMode.DIRECT
     #: Outside systems. Every one defaults to the stand-in on loopback.
@@ -149,14 +160,67 @@ class Settings(BaseSettings):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value
 
+    @field_validator("secret_key")
+    @classmethod
+    def _fernet_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        from cryptography.fernet import Fernet
+
+        keys = _split_keys(value.get_secret_value())
+        if not keys:
+            raise ValueError("REGJOBS_SECRET_KEY is empty: give one Fernet key or several")
+        for number, key in enumerate(keys, 1):
+            try:
+                Fernet(key)
+            except (ValueError, TypeError):
+                raise ValueError(
+                    f"REGJOBS_SECRET_KEY: key {number} of {len(keys)} is not a Fernet key "
+                    "(32 url-safe base64-encoded bytes; make one with "
+                    "`python -c 'from cryptography.fernet import Fernet; "
+                    "print(Fernet.generate_key().decode())'`)"
+                ) from None
+        return value
+
     @model_validator(mode="after")
     def _production_needs_real_secrets(self) -> Settings:
-        if self.environment is Environment.PRODUCTION:
-            if self.secret_key is None:
-                raise ValueError("REGJOBS_SECRET_KEY must be set in production")
-            if self.database_url is None:
-                raise ValueError("DATABASE_URL must be set in production")
+        if self.environment is not Environment.PRODUCTION:
+            return self
+        if self.secret_key is None:
+            raise ValueError("REGJOBS_SECRET_KEY must be set in production")
+        if self.database_url is None:
+            raise ValueError("DATABASE_URL must be set in production")
+        problems = []
+        used = self.outside_systems_used()
+        for name, key in self.outside_system_keys().items():
+            value = key.get_secret_value()
+            variable = f"REGJOBS_{name.upper()}"
+            if value.startswith(PLACEHOLDER_KEY_PREFIX):
+                problems.append(f"{variable} is a placeholder ({PLACEHOLDER_KEY_PREFIX}...)")
+            elif not value.strip() and name in used:
+                problems.append(f"{variable} is empty, and step mode {self.step_mode} uses it")
+        if problems:
+            raise ValueError(
+                "production needs the outside systems' real keys: "
+                + "; ".join(problems)
+                + " (a system the step mode does not use may be set empty)"
+            )
         return self
+
+    def outside_system_keys(self) -> dict[str, SecretStr]:
+        """Each outside system's key, by setting name."""
+        return {
+            "platform_api_key": self.platform_api_key,
+            "onboarding_api_key": self.onboarding_api_key,
+            "cdn_api_key": self.cdn_api_key,
+            "app_endpoints_api_key": self.app_endpoints_api_key,
+        }
+
+    def outside_systems_used(self) -> frozenset[str]:
+        """The keys (setting names) the step mode needs."""
+        if self.step_mode is StepMode.ENDPOINTS:
+            return frozenset({"app_endpoints_api_key"})
+        return frozenset({"platform_api_key", "onboarding_api_key", "cdn_api_key"})
 
     def chromium_path(self) -> str | None:
         """The Chromium to launch: the setting, else Playwright's own if present, else
@@ -177,10 +241,14 @@ class Settings(BaseSettings):
             return self.database_url
         return f"sqlite:///{self.state_dir / 'regjobs.db'}"
 
-    def fernet_key(self) -> bytes:
-        """The key for secrets at rest; generated once per state folder in development."""
+    def fernet_keys(self) -> list[bytes]:
+        """The keys for secrets at rest, the one that encrypts first; in development one key
+        generated once per state folder."""
         if self.secret_key is not None:
-            return self.secret_key.get_secret_value().encode()
+            return [key.encode() for key in _split_keys(self.secret_key.get_secret_value())]
+        return [self._generated_key()]
+
+    def _generated_key(self) -> bytes:
         from cryptography.fernet import Fernet
 
         path = self.state_dir / "secret.key"
@@ -194,6 +262,14 @@ class Settings(BaseSettings):
                 path.hardlink_to(tmp)
             tmp.unlink()
         return path.read_bytes().strip()
+
+
+#: What the default outside-system keys (the stand-in's) start with; refused in production.
+PLACEHOLDER_KEY_PREFIX = "standin-"
+
+
+def _split_keys(value: str) -> list[str]:
+    return [key.strip() for key in value.split(",") if key.strip()]
 
 
 def _playwright_chromium() -> str | None:

@@ -110,6 +110,17 @@ async def platform_create_account(
     )
 
 
+@platform.post("/sessions", openapi_extra=serves("account_registration"))
+async def platform_log_in(
+    body: schemas.PortalLogin, request: Request, state: StateDep
+) -> JSONResponse:
+    """Log in with an account's email and password: the account, or 401. What proves an
+    account that already exists is the caller's."""
+    return serve(
+        state, "account_registration", request, lambda: services.log_in_account(state, body)
+    )
+
+
 @platform.post("/code-injections", openapi_extra=serves("code_generation"))
 async def platform_code_injections(
     body: schemas.CodeInjectionRequest, request: Request, state: StateDep
@@ -177,7 +188,7 @@ async def register_account(
         state,
         "account_registration",
         request,
-        lambda: as_endpoint(services.register_account(state, body), "account_id", "email"),
+        lambda: as_endpoint(services.register_account_checked(state, body), "account_id", "email"),
     )
 
 

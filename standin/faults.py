@@ -8,8 +8,11 @@ Modes (`POST /_control/faults` `{"step", "mode", "times", ...}`; `times` absent:
 - `timeout`: hang past the caller's timeout (`seconds`, default 600), then answer 504.
 - `reset`: start the answer, then drop the connection.
 - `slow`: answer correctly after `seconds` (default 5).
+- `echo`: answer HTTP `status` with an error whose message repeats the request's body as
+  received (passwords included), as a careless outside system does: `{"detail": {"code":
+  "rejected", "message": "injected fault: rejected <body>"}}`, or an HTML page with it.
 
-The first four apply to every request that serves the step (the gate applies them). Two more
+The first five apply to every request that serves the step (the gate applies them). Two more
 apply to the admin portal's pages only (`standin.portal` applies them), and never use up a
 turn on a request they cannot apply to:
 
@@ -31,10 +34,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from regjobs.catalogue import STEP_IDS
 
-FaultMode = Literal["status", "timeout", "reset", "slow", "hide_element", "expire_session"]
+FaultMode = Literal["status", "timeout", "reset", "slow", "echo", "hide_element", "expire_session"]
 
 #: The modes the gate applies to any request of a step.
-NETWORK_MODES: Final = frozenset({"status", "timeout", "reset", "slow"})
+NETWORK_MODES: Final = frozenset({"status", "timeout", "reset", "slow", "echo"})
 #: The modes only the admin portal's pages apply.
 PORTAL_MODES: Final = frozenset({"hide_element", "expire_session"})
 

@@ -112,6 +112,17 @@ async def _send_error(
     await send({"type": "http.response.body", "body": page})
 
 
+async def _read_body(receive: Receive) -> bytes:
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return body
+        body += bytes(message.get("body", b""))
+        if not message.get("more_body"):
+            return body
+
+
 async def _until_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
@@ -172,6 +183,14 @@ class StepGate:
             await _send_error(
                 send, scope, fault.status, f"injected fault: HTTP {fault.status}", headers
             )
+        elif fault.mode == "echo":
+            body = await _read_body(receive)
+            message = f"injected fault: rejected {body.decode('utf-8', 'replace')}"
+            if _accepts_html(scope):
+                await _send_error(send, scope, fault.status, message)
+            else:
+                detail = {"code": "rejected", "message": message}
+                await _send_json(send, fault.status, {"detail": detail})
         elif fault.mode == "timeout":
             try:
                 await asyncio.wait_for(_until_disconnect(receive), fault.delay)

@@ -75,9 +75,13 @@ def text_field(
     )
 
 
-def password_field(name: str, label: str, errors: Mapping[str, str]) -> str:
-    """A password input: always empty, whatever was sent."""
-    control = f"<input{attrs(type='password', id=name, name=name, required=True)}>"
+def password_field(
+    name: str, label: str, errors: Mapping[str, str], *, disabled: bool = False
+) -> str:
+    """A password input: always empty, whatever was sent (`disabled`: it takes no input)."""
+    control = (
+        f"<input{attrs(type='password', id=name, name=name, required=True, disabled=disabled)}>"
+    )
     return (
         f'<div class="field"><label for="{esc(name)}">{esc(label)}</label>{control}'
         f"{field_error(name, errors)}</div>"

@@ -348,7 +348,7 @@ def _nav(restaurant: Restaurant) -> str:
 # -- login --------------------------------------------------------------------------------
 
 
-def _login_form(next_path: str, email: str, error: bool) -> str:
+def _login_form(next_path: str, email: str, error: bool, password_disabled: bool = False) -> str:
     message = '<p class="login-error" role="alert">Invalid email or password</p>\n'
     return (
         "<h1>Log in to Pumpd admin</h1>\n"
@@ -356,7 +356,7 @@ def _login_form(next_path: str, email: str, error: bool) -> str:
         f'<form id="login-form" method="post" action="{LOGIN}" novalidate>\n'
         f"<input{markup.attrs(type='hidden', name='next', value=next_path)}>\n"
         f"{markup.text_field('email', 'Email', email, {})}\n"
-        f"{markup.password_field('password', 'Password', {})}\n"
+        f"{markup.password_field('password', 'Password', {}, disabled=password_disabled)}\n"
         '<button type="submit" id="login-submit">Log in</button>\n</form>'
     )
 
@@ -367,7 +367,9 @@ async def login_page(
     state: StateDep,
     next_path: Annotated[str | None, Query(alias="next")] = None,
 ) -> Response:
-    return _page(request, state, "Log in", _login_form(_safe_next(next_path), "", False))
+    disabled = state.config.portal_password_disabled
+    body = _login_form(_safe_next(next_path), "", False, disabled)
+    return _page(request, state, "Log in", body)
 
 
 @portal.post("/login")
@@ -384,7 +386,7 @@ async def log_in(request: Request, state: StateDep) -> Response:
         )
         account = services.login(state, credentials)
     except (ValidationError, ServiceError):
-        body = _login_form(next_path, email, True)
+        body = _login_form(next_path, email, True, state.config.portal_password_disabled)
         return _page(request, state, "Log in", body, status=401)
     token = secrets.token_urlsafe(24)
     state.portal_sessions[token] = account.email

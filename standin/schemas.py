@@ -195,3 +195,4 @@ class ConfigUpdate(Body):
     menu_option_sets: int | None = Field(None, ge=0)
     menu_tags: int | None = Field(None, ge=0)
     invented_images: int | None = Field(None, ge=0)
+    portal_password_disabled: bool | None = None

@@ -141,6 +141,24 @@ def register_account(state: StandinState, body: schemas.AccountCreate) -> Reply:
     )
 
 
+#: What the app's account endpoint answers when the email has an account with another password.
+CREDENTIALS_MISMATCH: Final = "an account with this email exists and the credentials do not match"
+
+
+def register_account_checked(state: StandinState, body: schemas.AccountCreate) -> Reply:
+    """The app endpoint's account registration: like the platform's, but "already exists"
+    only for the account's own credentials (the endpoint has them, so it checks them)."""
+    existing = state.accounts.get(body.email)
+    if existing is not None and not existing.secret.matches(body.password):
+        raise ServiceError(401, "invalid_credentials", CREDENTIALS_MISMATCH)
+    return register_account(state, body)
+
+
+def log_in_account(state: StandinState, body: schemas.PortalLogin) -> Reply:
+    """The platform API's login: the account these credentials open, or 401."""
+    return Reply(200, login(state, body).public())
+
+
 def generate_code(state: StandinState, body: schemas.CodeInjectionRequest) -> Reply:
     dark = body.theme == "dark"
     primary = (body.primary_color or ("#f97316" if dark else "#2563eb")).lower()

@@ -39,6 +39,9 @@ class Config:
     menu_option_sets: int = field(default_factory=lambda: MENU_OPTION_SETS)
     menu_tags: int = field(default_factory=lambda: MENU_TAGS)
     invented_images: int = field(default_factory=lambda: INVENTED_IMAGES)
+    #: The portal's login page renders its password field disabled: a browser's fill()
+    #: waits for it until it times out (a hostile page for the secrets audit).
+    portal_password_disabled: bool = False
 
     def public(self) -> JSON:
         return asdict(self)

@@ -16,11 +16,11 @@ from typing import Any, Final
 
 from regjobs.catalogue import StepKind, step
 from regjobs.config import ExecutionConfig
-from regjobs.errors import AlreadyDone, ConfigError
+from regjobs.errors import AlreadyDone, ConfigError, OutsideSystemError
 from regjobs.settings import StepMode
 from tasks.browser import BrowserPool, masked_screenshot
 from tasks.clients.http import TRACE_HEADER
-from tasks.clients.systems import Clients
+from tasks.clients.systems import Clients, CredentialsMismatch, credentials_refused
 from tasks.portal.item_tags import ItemTagsPage
 from tasks.portal.menu_import import MenuImportPage
 from tasks.portal.option_sets import OptionSetsPage
@@ -104,10 +104,26 @@ class StepContext:
 
 
 async def account_registration(ctx: StepContext) -> Result:
-    payload = {**ctx.portal_login(), "phone": ctx.config.account.phone}
-    if ctx.direct:
+    """Create the account; one that exists already is used only once the job's credentials
+    have logged in to it (the platform says "exists" to anyone who asks)."""
+    login = ctx.portal_login()
+    payload = {**login, "phone": ctx.config.account.phone}
+    if not ctx.direct:
+        # The app's endpoint has the credentials and answers "exists" only when they open
+        # the account; it refuses them otherwise.
+        try:
+            return await ctx.endpoint(payload)
+        except OutsideSystemError as exc:
+            if credentials_refused(exc):
+                raise CredentialsMismatch() from None
+            raise
+    try:
         return await ctx.clients.platform.create_account(payload, ctx.idempotency_key)
-    return await ctx.endpoint(payload)
+    except AlreadyDone as done:
+        warning = done.warning
+    # The platform's 409 names the account; only a login proves it is this job's to use.
+    account = await ctx.clients.platform.log_in(login["email"], login["password"], ctx.trace)
+    raise AlreadyDone(warning, account)
 
 
 async def code_generation(ctx: StepContext) -> Result:

@@ -35,10 +35,11 @@ from regjobs.errors import (
     Classified,
     ErrorClass,
     RetryableStepError,
+    StepAttemptFailed,
     classify,
-    scrubbed,
 )
 from regjobs.evidence import evidence_url
+from regjobs.secrets import Scrubber
 from regjobs.settings import Settings, StepMode, get_settings
 from tasks.browser import BrowserPool
 from tasks.clients.systems import Clients
@@ -72,6 +73,10 @@ class Resources:
     config: ExecutionConfig
     clients: Clients
     browser: BrowserPool
+    #: Masks the job's secrets in whatever a step hands on (errors, results, warnings).
+    scrubber: Scrubber
+    #: The organisation the job belongs to (its evidence links name it).
+    organisation_id: str
 
 
 _resources: contextvars.ContextVar[Resources] = contextvars.ContextVar("regjobs_resources")
@@ -79,7 +84,12 @@ _resources: contextvars.ContextVar[Resources] = contextvars.ContextVar("regjobs_
 
 @asynccontextmanager
 async def step_resources(
-    job_id: str, epoch: int, run_id: str, config: ExecutionConfig, settings: Settings
+    job_id: str,
+    epoch: int,
+    run_id: str,
+    config: ExecutionConfig,
+    settings: Settings,
+    organisation_id: str,
 ) -> AsyncIterator[None]:
     """One HTTP connection pool and (when a browser step needs it) one Chromium per flow
     run; the browser is closed when the run's steps are over, however they ended."""
@@ -87,7 +97,10 @@ async def step_resources(
     browser = BrowserPool(settings, run_id)
     async with httpx.AsyncClient(timeout=timeout) as http:
         clients = Clients.build(http, settings)
-        token = _resources.set(Resources(job_id, epoch, config, clients, browser))
+        scrubber = Scrubber(config.secrets())
+        token = _resources.set(
+            Resources(job_id, epoch, config, clients, browser, scrubber, organisation_id)
+        )
         try:
             yield
         finally:
@@ -208,9 +221,15 @@ async def _attempt(
             logger.info("waiting %.1f s as the outside system asked (Retry-After)", wait)
             await asyncio.sleep(wait)
 
+    scrub = resources.scrubber
+
     async def progress(text: str) -> None:
         await ledger_write(
-            ledger.set_progress, job_id=job_id, epoch=epoch, step_id=step_id, progress=text
+            ledger.set_progress,
+            job_id=job_id,
+            epoch=epoch,
+            step_id=step_id,
+            progress=scrub.text(text),
         )
 
     ctx = StepContext(
@@ -226,38 +245,23 @@ async def _attempt(
         portal_url=settings.portal_url,
     )
     warning: str | None = None
+    failure: StepAttemptFailed | None = None
     try:
         async with asyncio.timeout(step.timeout_seconds * settings.step_timeout_scale):
             result = await HANDLERS[step_id](ctx)
     except AlreadyDone as done:
-        result, warning = done.existing, done.warning
+        result, warning = done.existing, scrub.text(done.warning)
         logger.warning("%s: %s", step.label, warning)
     except Exception as exc:
-        # Defence in depth: whatever an outside system echoed, no secret reaches a log.
-        error = scrubbed(classify(exc), ctx.config.secrets())
-        run_count = task_run.run_count if task_run else 1
-        will_retry = error.retryable and run_count <= settings.step_retries
-        logger.error(
-            "%s attempt %d failed (%s): %s%s",
-            step.label,
-            attempt.number,
-            error.error_class.value,
-            error.message,
-            "; will retry" if will_retry else "",
-        )
-        evidence_id = await ledger_write(
-            ledger.fail_attempt,
-            job_id=job_id,
-            epoch=epoch,
-            step_id=step_id,
-            attempt=attempt.number,
-            error=error,
-            will_retry=will_retry,
-            evidence=ctx.evidence[-1] if ctx.evidence else None,
-        )
-        if evidence_id is not None:
-            await _link_evidence(settings, job_id, step, attempt.number, evidence_id)
-        raise
+        # Whatever an outside system or the browser put in it, no secret goes further:
+        # scrubbed (before it is cut short), classified, and only that is handed on.
+        failure = StepAttemptFailed.of(classify(exc, scrub))
+    if failure is not None:
+        # Outside the `except`, so the new exception has no link to the original (not even
+        # a suppressed `__context__`) and no traceback of the handler's frames.
+        await _record_failure(settings, step, attempt.number, task_run, ctx.evidence, failure)
+        raise failure from None
+    result = scrub.scrub(result)
     await ledger_write(
         ledger.complete_attempt,
         job_id=job_id,
@@ -267,14 +271,50 @@ async def _attempt(
         result=result,
         warning=warning,
     )
-    return result
+    return result  # type: ignore[no-any-return]
+
+
+async def _record_failure(
+    settings: Settings,
+    step: catalogue.Step,
+    attempt: int,
+    task_run: TaskRun | None,
+    evidence: list[bytes],
+    failure: StepAttemptFailed,
+) -> None:
+    """Log the failed attempt and record it in the ledger (with its screenshot, if any)."""
+    resources = _resources.get()
+    error = classify(failure)
+    run_count = task_run.run_count if task_run else 1
+    will_retry = error.retryable and run_count <= settings.step_retries
+    get_run_logger().error(
+        "%s attempt %d failed (%s): %s%s",
+        step.label,
+        attempt,
+        error.error_class.value,
+        error.message,
+        "; will retry" if will_retry else "",
+    )
+    evidence_id = await ledger_write(
+        ledger.fail_attempt,
+        job_id=resources.job_id,
+        epoch=resources.epoch,
+        step_id=step.id,
+        attempt=attempt,
+        error=error,
+        will_retry=will_retry,
+        evidence=evidence[-1] if evidence else None,
+    )
+    if evidence_id is not None:
+        await _link_evidence(settings, resources, step, attempt, evidence_id)
 
 
 async def _link_evidence(
-    settings: Settings, job_id: str, step: catalogue.Step, attempt: int, evidence_id: int
+    settings: Settings, resources: Resources, step: catalogue.Step, attempt: int, evidence_id: int
 ) -> None:
     """A Prefect artifact linking to the screenshot of a failed attempt."""
-    url = evidence_url(settings, job_id, evidence_id)
+    job_id = resources.job_id
+    url = evidence_url(settings, job_id, evidence_id, resources.organisation_id)
     with contextlib.suppress(Exception):  # evidence must never fail the step's own handling
         await acreate_link_artifact(
             link=url,

@@ -7,7 +7,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -227,3 +228,256 @@ def kill_worker(stack: Stack, flow_run_id: str | None) -> None:
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
     stack.stop_child("worker")
+
+
+# ------------------------------------------------ in-process servers and raw sockets
+
+
+@contextmanager
+def serve_in_thread(app: Any) -> Iterator[str]:
+    """An ASGI app served by uvicorn on a free loopback port in this process; its URL."""
+    import threading
+
+    import uvicorn
+
+    from deployments.stack import free_port
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@dataclass
+class BigUpload:
+    """How a large upload over a raw socket went."""
+
+    #: The HTTP status of the answer, if one came.
+    status: int | None
+    #: The answer as received (head and body).
+    answer: bytes
+    #: Body bytes sent before the answer came (or the server closed the connection).
+    sent: int
+    #: Whether sending stopped because the server had closed the connection.
+    closed_by_server: bool
+
+
+def upload(
+    base_url: str,
+    path: str,
+    *,
+    total: int,
+    chunked: bool = False,
+    headers: dict[str, str] | None = None,
+    piece: int = 64 * 1024,
+) -> BigUpload:
+    """POST a body of `total` bytes over a raw socket, a piece at a time, looking for an
+    answer before each piece: stops as soon as the server answers or closes."""
+    import select
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base_url)
+    sock = socket.create_connection((url.hostname or "127.0.0.1", url.port or 80), timeout=30)
+    lines = [f"POST {path} HTTP/1.1", f"Host: {url.netloc}", "Content-Type: application/json"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    lines.append("Transfer-Encoding: chunked" if chunked else f"Content-Length: {total}")
+    answer = b""
+    sent = 0
+    closed = False
+
+    def answered() -> bool:
+        nonlocal answer, closed
+        readable, _, _ = select.select([sock], [], [], 0.02)
+        if not readable:
+            return False
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            closed = True
+            return True
+        if not data:
+            closed = True
+        answer += data
+        return True
+
+    try:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        while sent < total and not answered():
+            size = min(piece, total - sent)
+            data = b" " * size
+            try:
+                sock.sendall(b"%x\r\n%s\r\n" % (size, data) if chunked else data)
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            sent += size
+        # Whatever else of the answer is on its way.
+        sock.settimeout(5)
+        while True:
+            try:
+                data = sock.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not data:
+                closed = True
+                break
+            answer += data
+    finally:
+        sock.close()
+    status = None
+    if answer.startswith(b"HTTP/1.1 "):
+        status = int(answer[9:12])
+    return BigUpload(status, answer, sent, closed)
+
+
+# ------------------------------------------------ secrets audits
+
+
+#: The colour Playwright paints masked elements with in a screenshot (its default).
+MASK_COLOUR = (255, 0, 255)
+
+
+def png_colour_count(data: bytes, colour: tuple[int, int, int]) -> int:
+    """How many pixels of an 8-bit RGB or RGBA PNG (as Chromium writes them) are `colour`."""
+    import struct
+    import zlib
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    position, idat = 8, b""
+    width = height = channels = 0
+    while position < len(data):
+        (length,) = struct.unpack(">I", data[position : position + 4])
+        kind = data[position + 4 : position + 8]
+        chunk = data[position + 8 : position + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, colour_type, _, _, interlace = struct.unpack(">IIBBBBB", chunk)
+            assert depth == 8 and colour_type in (2, 6) and interlace == 0, (depth, colour_type)
+            channels = 3 if colour_type == 2 else 4
+        elif kind == b"IDAT":
+            idat += chunk
+        position += 12 + length
+    raw = zlib.decompress(idat)
+    stride = width * channels
+    previous = bytearray(stride)
+    count = 0
+    for row in range(height):
+        start = row * (stride + 1)
+        method, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
+        for i in range(stride):
+            left = line[i - channels] if i >= channels else 0
+            up = previous[i]
+            up_left = previous[i - channels] if i >= channels else 0
+            if method == 1:
+                line[i] = (line[i] + left) & 0xFF
+            elif method == 2:
+                line[i] = (line[i] + up) & 0xFF
+            elif method == 3:
+                line[i] = (line[i] + (left + up) // 2) & 0xFF
+            elif method == 4:
+                p = left + up - up_left
+                pa, pb, pc = abs(p - left), abs(p - up), abs(p - up_left)
+                predictor = left if pa <= pb and pa <= pc else up if pb <= pc else up_left
+                line[i] = (line[i] + predictor) & 0xFF
+        count += sum(
+            1 for i in range(0, stride, channels) if (line[i], line[i + 1], line[i + 2]) == colour
+        )
+        previous = line
+    return count
+
+
+def secrets_haystacks(
+    api: httpx.Client, stack: Stack, db: Any, job_id: str, *extra_responses: httpx.Response
+) -> dict[str, bytes]:
+    """Everywhere a secret of a job could end up, by name: every API answer about the job
+    (its screenshots included), every column of every table of the job database, Prefect's
+    view (flow and task runs, their states and state history, logs, artifacts) and every
+    file of its database, and every process log."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from sqlalchemy import inspect, text
+
+    job = api.get(f"/api/registration-jobs/{job_id}").json()
+    haystacks: dict[str, bytes] = {f"answer {n}": r.content for n, r in enumerate(extra_responses)}
+    for path in (
+        f"/api/registration-jobs/{job_id}",
+        f"/api/registration-jobs/{job_id}/progress",
+        f"/api/registration-jobs?restaurant_id={job['restaurant_id']}",
+        f"/api/restaurants/{job['restaurant_id']}/registration-jobs/active",
+    ):
+        haystacks[f"GET {path}"] = api.get(path).content
+    haystacks["events"] = json.dumps(read_events(api, job_id).events).encode()
+    for step in job["steps"]:
+        for shot in step.get("evidence") or ():
+            haystacks[f"screenshot {shot['evidence_id']}"] = httpx.get(shot["url"]).content
+
+    with db.connect() as connection:
+        for table in inspect(db).get_table_names():
+            rows = connection.execute(text(f'SELECT * FROM "{table}"')).all()
+            haystacks[f"table {table}"] = repr(rows).encode()
+
+    run_ids = [UUID(r) for r in job["flow_run_ids"]] if job.get("flow_run_ids") else []
+    if not run_ids and job.get("flow_run_id"):
+        run_ids = [UUID(job["flow_run_id"])]
+    with get_client(sync_client=True) as client:
+        for run_id in run_ids:
+            run = client.read_flow_run(run_id)
+            haystacks[f"flow run {run_id}"] = run.model_dump_json().encode()
+            task_runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+            )
+            for task_run in task_runs:
+                haystacks[f"task run {task_run.id}"] = task_run.model_dump_json().encode()
+                states = client.read_task_run_states(task_run.id)
+                haystacks[f"task run {task_run.id} states"] = "\n".join(
+                    s.model_dump_json() for s in states
+                ).encode()
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+            haystacks[f"Prefect logs {run_id}"] = "\n".join(log.message for log in logs).encode()
+            artifacts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+            )
+            haystacks[f"artifacts {run_id}"] = repr(
+                [(a.key, a.data, a.description) for a in artifacts]
+            ).encode()
+    for file in (stack.config.state_dir / "prefect").rglob("*"):
+        if file.is_file():
+            haystacks[f"Prefect file {file.relative_to(stack.config.state_dir)}"] = (
+                file.read_bytes()
+            )
+    for file in stack.logs_dir.glob("*.log"):
+        haystacks[f"log {file.name}"] = file.read_bytes()
+    return haystacks
+
+
+def occurrences(secret: str, haystacks: dict[str, bytes]) -> dict[str, int]:
+    """Where `secret` appears in the clear (as given, JSON- or URL-escaped), and how often."""
+    from urllib.parse import quote
+
+    forms = {secret, json.dumps(secret)[1:-1], quote(secret, safe="")}
+    found = {}
+    for name, data in haystacks.items():
+        count = sum(data.count(form.encode()) for form in forms)
+        if count:
+            found[name] = count
+    return found

@@ -52,8 +52,13 @@ _CACHED: dict[int | str, dict[str, Any]] = {
     **_ERRORS,
 }
 _JSON = "application/json"
+_TOO_LARGE: dict[str, Any] = {
+    "description": "The body is larger than REGJOBS_MAX_BODY_BYTES (256 KiB by default)"
+}
 
 IfNoneMatch = Annotated[str | None, Header(max_length=1000)]
+#: Any text but a NUL character (PostgreSQL cannot compare or store one).
+NO_NUL = r"^[^\x00]*$"
 
 
 async def _view(key: str, job_id: UUID, kind: reads.View) -> reads.Found:
@@ -81,6 +86,7 @@ def _cached(found: reads.Found, if_none_match: str | None, body: str | None = No
     responses={
         200: {"model": JobCreated, "description": "A repeated Idempotency-Key: the original job"},
         409: {"description": "The restaurant already has an active job (its id in `detail`)"},
+        413: _TOO_LARGE,
         **_ERRORS,
     },
 )
@@ -118,7 +124,9 @@ _CREATED_FIELDS = [name for name in JobCreated.model_fields if name != "job_id"]
 @router.get("", response_model=JobList, responses={401: _ERRORS[401]})
 async def list_jobs(
     organisation: CallerDep,
-    restaurant_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    restaurant_id: Annotated[
+        str | None, Query(min_length=1, max_length=200, pattern=NO_NUL)
+    ] = None,
     status_: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(min_length=1, max_length=500)] = None,
@@ -154,7 +162,8 @@ async def get(
     """The job and its steps. Answers with an `ETag`; `If-None-Match` with it gives `304`
     while the job has not changed."""
     found = await _view(key, job_id, "job")
-    return _cached(found, if_none_match, reads.job_body(settings, str(job_id), found.body))
+    body = reads.job_body(settings, str(job_id), found.organisation_id, found.body)
+    return _cached(found, if_none_match, body)
 
 
 @router.get(
@@ -182,6 +191,7 @@ async def progress(job_id: UUID, key: ApiKeyDep, if_none_match: IfNoneMatch = No
 )
 async def events(
     job_id: OwnJobDep,
+    organisation: CallerDep,
     request: Request,
     settings: SettingsDep,
     last_event_id: Annotated[int | None, Header(ge=0, le=2**62)] = None,
@@ -196,7 +206,7 @@ async def events(
         data = event.data
         if event.kind == "step" and '"evidence_id"' in data:
             step = json.loads(data)
-            reads.with_links(settings, job_id, [step])
+            reads.with_links(settings, job_id, organisation.id, [step])
             data = json.dumps(step)
         yield ServerSentEvent(raw_data=data, event=event.kind, id=str(event.seq))
 
@@ -230,7 +240,9 @@ async def cancel(job_id: OwnJobDep, request: Request) -> ActionResult:
     return ActionResult(success=True, status=JobStatus.CANCELLED, flow_run_id=job.flow_run_id)
 
 
-@router.post("/{job_id}/retry", response_model=ActionResult, responses=_CONFLICT)
+@router.post(
+    "/{job_id}/retry", response_model=ActionResult, responses={413: _TOO_LARGE, **_CONFLICT}
+)
 async def retry(
     job_id: UUID,
     organisation: CallerDep,
@@ -263,6 +275,10 @@ async def retry(
     return ActionResult(success=True, status=JobStatus.IN_PROGRESS, flow_run_id=None)
 
 
+#: The largest id a row can have (a signed 64-bit integer); beyond it nothing exists.
+MAX_ROW_ID = 2**63 - 1
+
+
 @router.get(
     "/{job_id}/evidence/{evidence_id}",
     response_class=Response,
@@ -273,15 +289,29 @@ async def evidence(
     evidence_id: int,
     settings: SettingsDep,
     credentials: CredentialsDep,
+    org: Annotated[str | None, Query(max_length=64)] = None,
+    exp: Annotated[str | None, Query(max_length=20)] = None,
     sig: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
     """A screenshot of a failed browser attempt: with an API key of the job's organisation,
-    or with the signed link the job and its Prefect artifact give."""
-    if sig is None or not valid(settings, str(job_id), evidence_id, sig):
+    or with the signed link the job and its Prefect artifact give (`org`, `exp`, `sig`),
+    until it expires. A link that is expired, altered or of another organisation is 404."""
+    if org is not None or exp is not None or sig is not None:
+        if not (
+            org
+            and exp
+            and sig
+            and valid(settings, str(job_id), evidence_id, org, exp, sig)
+            and await reads.run(reads.job_exists, org, str(job_id))
+        ):
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such evidence link (or it expired)")
+    else:
         organisation = await caller(await api_key(credentials))
         if not await reads.run(reads.job_exists, organisation.id, str(job_id)):
             raise not_found(job_id)
-    shot = await reads.run(reads.evidence, str(job_id), evidence_id)
+    shot = None
+    if 1 <= evidence_id <= MAX_ROW_ID:
+        shot = await reads.run(reads.evidence, str(job_id), evidence_id)
     if shot is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"evidence {evidence_id} not found")
     return Response(shot[0], media_type=shot[1])
@@ -313,7 +343,7 @@ restaurants = APIRouter(prefix="/api/restaurants", tags=["restaurants"])
     responses={401: _ERRORS[401]},
 )
 async def active(
-    restaurant_id: Annotated[str, Path(min_length=1, max_length=200)],
+    restaurant_id: Annotated[str, Path(min_length=1, max_length=200, pattern=NO_NUL)],
     organisation: CallerDep,
     settings: SettingsDep,
 ) -> Response:
@@ -322,4 +352,5 @@ async def active(
     if view is None:
         return Response('{"job":null}', media_type=_JSON)
     job_id = json.loads(view)["id"]
-    return Response('{"job":' + reads.job_body(settings, job_id, view) + "}", media_type=_JSON)
+    body = reads.job_body(settings, job_id, organisation.id, view)
+    return Response('{"job":' + body + "}", media_type=_JSON)

@@ -4,14 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from pydantic import SecretStr
 
-from regjobs.errors import AlreadyDone, OutsideSystemError, parse_retry_after
+from regjobs.errors import AlreadyDone, NonRetryableStepError, OutsideSystemError, parse_retry_after
 
 #: Names the job and step a request belongs to ("<job id>:<step id>").
 TRACE_HEADER = "X-Registration-Step"
+
+
+def segment(value: object, what: str) -> str:
+    """`value` as one path segment of a URL, every reserved character percent-encoded (`/`,
+    `?`, `#`, `%` included), so it cannot reach another path. Values a URL resolves away
+    (empty, `.`, `..`) or with control characters are refused: an identifier from the config
+    is validated already, but one from an outside system's answer is not."""
+    text = str(value)
+    if text in ("", ".", "..") or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise NonRetryableStepError(f"{what} {text[:100]!r} cannot be used in a URL")
+    return quote(text, safe="")
 
 
 class OutsideSystem:
@@ -68,6 +80,7 @@ class OutsideSystem:
             f"{_message(detail) or response.reason_phrase}",
             status_code=response.status_code,
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            code=code if isinstance(code, str) else None,
         )
 
 

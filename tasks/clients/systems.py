@@ -9,11 +9,27 @@ from typing import Any, Final
 
 import httpx
 
-from regjobs.errors import RetryableStepError
+from regjobs.errors import NonRetryableStepError, OutsideSystemError, RetryableStepError
 from regjobs.settings import Settings
-from tasks.clients.http import OutsideSystem
+from tasks.clients.http import OutsideSystem, segment
 
 ACCOUNT_EXISTS: Final = {"account_exists": "the account already exists; using it"}
+#: Why an account that exists is not used: the job's credentials do not open it.
+CREDENTIALS_MISMATCH: Final = "an account with this email exists and the credentials do not match"
+
+
+class CredentialsMismatch(NonRetryableStepError):
+    """The email has an account, but the job's password does not log in to it."""
+
+    def __init__(self) -> None:
+        super().__init__(CREDENTIALS_MISMATCH)
+
+
+def credentials_refused(exc: OutsideSystemError) -> bool:
+    """Whether an answer says the credentials were refused (not our API key)."""
+    return exc.status_code in (401, 403) and exc.code == "invalid_credentials"
+
+
 RESTAURANT_EXISTS: Final = {"restaurant_exists": "the restaurant is already registered; using it"}
 USER_EXISTS: Final = {"user_exists": "the onboarding user already exists; using it"}
 
@@ -30,6 +46,17 @@ class PlatformApi:
             idempotency_key=key,
             already_done=ACCOUNT_EXISTS,
         )
+
+    async def log_in(self, email: str, password: str, trace: str) -> dict[str, Any]:
+        """The account these credentials open; CredentialsMismatch if they open none."""
+        try:
+            return await self.system.request(
+                "POST", "/api/v1/sessions", json={"email": email, "password": password}, trace=trace
+            )
+        except OutsideSystemError as exc:
+            if exc.status_code in (401, 403):
+                raise CredentialsMismatch() from None
+            raise
 
     async def generate_code(self, payload: Mapping[str, Any], key: str) -> dict[str, Any]:
         return await self.system.request(
@@ -50,7 +77,10 @@ class OnboardingService:
         self, subdomain: str, payload: Mapping[str, Any], key: str
     ) -> dict[str, Any]:
         return await self.system.request(
-            "PUT", f"/api/records/{subdomain}", json=payload, idempotency_key=key
+            "PUT",
+            f"/api/records/{segment(subdomain, 'subdomain')}",
+            json=payload,
+            idempotency_key=key,
         )
 
 
@@ -69,7 +99,8 @@ class ImageCdn:
         while batch.get("status") == "processing":
             await progress(f"{batch.get('uploaded', 0)} of {batch.get('total', '?')} images")
             await asyncio.sleep(self.poll_seconds)
-            batch = await self.system.request("GET", f"/api/batches/{batch['batch_id']}")
+            batch_id = segment(batch.get("batch_id"), "upload batch id")
+            batch = await self.system.request("GET", f"/api/batches/{batch_id}")
         if batch.get("status") != "completed":
             raise RetryableStepError(
                 f"image upload batch {batch.get('batch_id')} ended {batch.get('status')!r}"
@@ -107,7 +138,9 @@ class AppEndpoints:
     async def call(
         self, step_id: str, payload: Mapping[str, Any], key: str, **path_args: str
     ) -> dict[str, Any]:
-        path = ENDPOINT_PATHS[step_id].format(**path_args)
+        path = ENDPOINT_PATHS[step_id].format(
+            **{name: segment(value, name.replace("_", " ")) for name, value in path_args.items()}
+        )
         return await self.system.request(
             "POST",
             path,

@@ -12,8 +12,14 @@ from playwright.async_api import Locator, Page
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from regjobs.errors import NonRetryableStepError, PreconditionFailed, RetryableStepError
+from tasks.clients.http import segment
 
 LOGIN_PATH = "/login"
+
+
+def restaurant_path(subdomain: str) -> str:
+    """The path of a restaurant's pages (the subdomain comes from the portal's answer)."""
+    return f"/r/{segment(subdomain, 'subdomain')}"
 
 
 #: A settings form whose values were saved before (the portal's mark), not defaults.

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
-from tasks.portal.base import PortalPage
+from tasks.clients.http import segment
+from tasks.portal.base import PortalPage, restaurant_path
 
 TAG = "input[name=tag]"
 SUBMIT = "button#save-tags"
@@ -15,7 +14,7 @@ class ItemTagsPage(PortalPage):
     name = "item tags"
 
     async def apply(self, subdomain: str, menu_id: str) -> int:
-        await self.open(f"/r/{subdomain}/menu/{quote(menu_id)}/tags")
+        await self.open(f"{restaurant_path(subdomain)}/menu/{segment(menu_id, 'menu id')}/tags")
         await self.element("#tags-form")
         tags = await self.page.locator(TAG).all()
         for tag in tags:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.portal.base import PortalPage
+from tasks.portal.base import PortalPage, restaurant_path
 
 SUBMIT = "button#import-menu"
 
@@ -15,7 +15,7 @@ class MenuImportPage(PortalPage):
     async def import_menu(
         self, subdomain: str, menu_id: str | None, csv_path: str | None
     ) -> dict[str, Any]:
-        await self.open(f"/r/{subdomain}/menu/import")
+        await self.open(f"{restaurant_path(subdomain)}/menu/import")
         await self.fill("input[name=menu_id]", menu_id)
         await self.fill("input[name=csv_path]", csv_path)
         await self.submit(SUBMIT)

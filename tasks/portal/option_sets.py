@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from tasks.portal.base import PortalPage
+from tasks.clients.http import segment
+from tasks.portal.base import PortalPage, restaurant_path
 
 ITEM = "li.option-set"
 SUBMIT = "button#save-option-set"
@@ -14,7 +15,7 @@ class OptionSetsPage(PortalPage):
     name = "option sets"
 
     def path(self, subdomain: str, menu_id: str) -> str:
-        return f"/r/{subdomain}/menu/{quote(menu_id)}/option-sets"
+        return f"{restaurant_path(subdomain)}/menu/{segment(menu_id, 'menu id')}/option-sets"
 
     async def missing(self, subdomain: str, menu_id: str) -> tuple[list[str], int]:
         """The option sets not created yet, and how many the menu needs in all."""
@@ -29,6 +30,6 @@ class OptionSetsPage(PortalPage):
         return missing, len(items)
 
     async def create(self, subdomain: str, menu_id: str, name: str) -> None:
-        await self.open(f"{self.path(subdomain, menu_id)}/new?name={quote(name)}")
+        await self.open(f"{self.path(subdomain, menu_id)}/new?name={quote(name, safe='')}")
         await self.fill("input[name=name]", name)
         await self.submit(SUBMIT)

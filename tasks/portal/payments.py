@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.portal.base import Field, PortalPage
+from tasks.portal.base import Field, PortalPage, restaurant_path
 
 SUBMIT = "button#save-payments"
 SAVED = ".flash-success"
@@ -14,7 +14,7 @@ class PaymentsPage(PortalPage):
 
     async def apply(self, subdomain: str, include_stripe_link: bool) -> str | None:
         """Save the payment settings; the Stripe Connect URL when one was asked for."""
-        await self.open(f"/r/{subdomain}/settings/payments")
+        await self.open(f"{restaurant_path(subdomain)}/settings/payments")
         field = Field("checkbox", "input[name=include_stripe_link]", include_stripe_link)
         if await self.settle([field], SUBMIT):
             await self.element(SAVED)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.portal.base import Field, PortalPage
+from tasks.portal.base import Field, PortalPage, restaurant_path
 
 SUBMIT = "button#save-services"
 SAVED = ".flash-success"
@@ -12,7 +12,7 @@ class ServicesPage(PortalPage):
     name = "services"
 
     async def apply(self, subdomain: str, *, pickup: bool = True, delivery: bool = True) -> None:
-        await self.open(f"/r/{subdomain}/settings/services")
+        await self.open(f"{restaurant_path(subdomain)}/settings/services")
         fields = [
             Field("checkbox", "input[name=pickup]", pickup),
             Field("checkbox", "input[name=delivery]", delivery),

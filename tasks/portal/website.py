@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tasks.portal.base import Field, PortalPage
+from tasks.portal.base import Field, PortalPage, restaurant_path
 
 TEXT_FIELDS = (
     "primary_color",
@@ -29,7 +29,7 @@ class WebsitePage(PortalPage):
     async def apply(
         self, subdomain: str, head: str, body: str, settings: Mapping[str, Any]
     ) -> None:
-        await self.open(f"/r/{subdomain}/settings/website")
+        await self.open(f"{restaurant_path(subdomain)}/settings/website")
         fields = [
             Field("text", "textarea[name=head_injection]", head),
             Field("text", "textarea[name=body_injection]", body),

@@ -72,6 +72,15 @@ def existing_restaurant(email: str, name: str) -> Setup:
     return apply
 
 
+#: Registering under an account that exists (the account step is off): the restaurant's
+#: registration is the first to log in.
+EXISTING_ACCOUNT: dict[str, Any] = {
+    "account": {"register_new_user": False},
+    "restaurant": {"registration_mode": "existing_account_first_restaurant"},
+}
+CREDENTIALS_MISMATCH = "an account with this email exists and the credentials do not match"
+
+
 @dataclass(frozen=True)
 class Case:
     step: str
@@ -155,6 +164,15 @@ PORTAL_CASES = {
         1,
         "failed",
         message="refused the credentials",
+        config=EXISTING_ACCOUNT,
+    ),
+    "an existing account the credentials do not open (platform login)": Case(
+        "account_registration",
+        existing_account("someone-elses-password"),
+        "failed",
+        1,
+        "failed",
+        message=CREDENTIALS_MISMATCH,
     ),
     "validation failure in the portal's form": Case(
         "restaurant_registration",
@@ -175,6 +193,15 @@ CASES = {
         1,
         "failed",
         message="HTTP 401",
+        config=EXISTING_ACCOUNT,
+    ),
+    "an existing account the credentials do not open": Case(
+        "account_registration",
+        existing_account("someone-elses-password"),
+        "failed",
+        1,
+        "failed",
+        message=CREDENTIALS_MISMATCH,
     ),
     "validation failure (subdomain taken)": Case(
         "restaurant_registration",

@@ -20,7 +20,8 @@ from schemathesis import checks
 from deployments.stack import Stack
 from tests.conftest import DEV_KEY
 
-pytestmark = pytest.mark.e2e
+# `database`: CI's PostgreSQL pass runs it too (so it must not be `slow`).
+pytestmark = [pytest.mark.e2e, pytest.mark.database]
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "80"))
 SENT: Counter[str] = Counter()

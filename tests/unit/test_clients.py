@@ -425,3 +425,163 @@ def test_clients_build_names_each_system_and_uses_its_key() -> None:
         ("app.test", "Bearer ak"),
     ]
     assert str(seen[0].url) == "https://platform.test/api/v1/code-injections"
+
+
+# --- path segments ------------------------------------------------------------------------
+
+
+def _recording(seen: list[httpx.Request], body: Any = None) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=body if body is not None else {"ok": True})
+
+    return handler
+
+
+def test_the_traversal_menu_id_stays_in_its_path_segment() -> None:
+    # Were it validated away upstream or not: quoted, it cannot reach another path.
+    seen: list[httpx.Request] = []
+    menu_id = "../../api/admin/x#"
+    run(lambda http: AppEndpoints(system(http)).call("image_upload", {}, "k", menu_id=menu_id),
+        _recording(seen))  # fmt: skip
+    assert seen[0].url.raw_path == b"/platform/menus/..%2F..%2Fapi%2Fadmin%2Fx%23/upload-images"
+    assert seen[0].url.fragment == ""
+
+
+@pytest.mark.parametrize("subdomain", ["..", ".", "", "a\nb"])
+def test_a_segment_a_url_would_resolve_away_is_refused_before_any_request(
+    subdomain: str,
+) -> None:
+    from regjobs.errors import NonRetryableStepError
+
+    seen: list[httpx.Request] = []
+    raises(
+        NonRetryableStepError,
+        lambda http: OnboardingService(system(http)).sync_record(subdomain, {}, "k"),
+        _recording(seen),
+    )
+    assert seen == []
+
+
+def test_a_batch_id_from_the_cdn_is_quoted() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.method == "POST":
+            return httpx.Response(202, json={"batch_id": "../admin?x", "status": "processing"})
+        return httpx.Response(200, json={"batch_id": "b", "status": "completed"})
+
+    async def progress(_: str) -> None:
+        pass
+
+    run(lambda http: ImageCdn(system(http), 0.01).upload("m", "k", progress), handler)
+    assert seen[1].url.raw_path == b"/platform/api/batches/..%2Fadmin%3Fx"
+
+
+def test_portal_paths_quote_the_subdomain() -> None:
+    from tasks.portal.base import restaurant_path
+
+    assert restaurant_path("pizza") == "/r/pizza"
+    assert restaurant_path("a/../b") == "/r/a%2F..%2Fb"
+
+
+# --- an account that exists is used only once the job's credentials open it --------------
+
+
+OWNER = "owner@pizza.example.com"
+
+
+def _account_step(handler: Handler, mode: str, tmp_path: Any) -> tuple[Any, list[httpx.Request]]:
+    """Run the account registration handler against `handler`: (result or error, requests)."""
+    from regjobs.config import ExecutionConfig
+    from regjobs.settings import StepMode
+    from tasks.handlers import StepContext, account_registration
+    from tests.helpers import full_config
+
+    seen: list[httpx.Request] = []
+
+    def recording(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return handler(request)
+
+    async def progress(_: str) -> None:
+        pass
+
+    async def main() -> Any:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(recording)) as http:
+            ctx = StepContext(
+                job_id="job-1",
+                step_id="account_registration",
+                config=ExecutionConfig.model_validate(
+                    full_config(account={"email": OWNER, "password": PASSWORD})
+                ),
+                inputs={},
+                idempotency_key="job-1:account_registration:1",
+                clients=Clients.build(http, Settings(state_dir=tmp_path)),
+                mode=StepMode(mode),
+                progress=progress,
+            )
+            try:
+                return await account_registration(ctx)
+            except Exception as exc:
+                return exc
+
+    return asyncio.run(main()), seen
+
+
+def _platform(login_status: int) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/accounts"):
+            detail = {"code": "account_exists", "message": "exists", "account": EXISTING}
+            return httpx.Response(409, json={"detail": detail})
+        if login_status == 200:
+            return httpx.Response(200, json={**EXISTING, "via": "login"})
+        detail = {"code": "invalid_credentials", "message": "the email or password is not correct"}
+        return httpx.Response(login_status, json={"detail": detail})
+
+    return handler
+
+
+def test_direct_an_existing_account_is_used_after_its_credentials_log_in(tmp_path: Any) -> None:
+    outcome, seen = _account_step(_platform(200), "direct", tmp_path)
+    assert isinstance(outcome, AlreadyDone)
+    assert outcome.existing == {**EXISTING, "via": "login"}
+    assert "already exists" in outcome.warning
+    login = seen[1]
+    assert login.url.path == "/platform/api/v1/sessions"
+    assert json.loads(login.content) == {"email": OWNER, "password": PASSWORD}
+    # A login is no create: no idempotency key (it would replay the create's answer).
+    assert "Idempotency-Key" not in login.headers
+    assert login.headers["X-Registration-Step"] == "job-1:account_registration"
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_direct_an_existing_account_of_other_credentials_fails_for_good(
+    tmp_path: Any, status: int
+) -> None:
+    outcome, _ = _account_step(_platform(status), "direct", tmp_path)
+    assert str(outcome) == "an account with this email exists and the credentials do not match"
+    error = classify(outcome)
+    assert error.error_class is ErrorClass.NON_RETRYABLE
+    assert error.message == str(outcome)
+
+
+def test_direct_a_login_that_fails_otherwise_is_retried(tmp_path: Any) -> None:
+    outcome, _ = _account_step(_platform(503), "direct", tmp_path)
+    assert isinstance(outcome, OutsideSystemError)
+    assert classify(outcome).retryable
+
+
+def test_endpoints_credentials_refused_fail_for_good(tmp_path: Any) -> None:
+    detail = {"code": "invalid_credentials", "message": "an account ... do not match"}
+    outcome, seen = _account_step(answer(401, {"detail": detail}), "endpoints", tmp_path)
+    assert str(outcome) == "an account with this email exists and the credentials do not match"
+    assert not classify(outcome).retryable
+    assert len(seen) == 1
+
+
+def test_endpoints_already_exists_is_the_endpoints_word(tmp_path: Any) -> None:
+    detail = {"code": "account_exists", "message": "exists", "account": EXISTING}
+    outcome, _ = _account_step(answer(409, {"detail": detail}), "endpoints", tmp_path)
+    assert isinstance(outcome, AlreadyDone) and outcome.existing == EXISTING

@@ -776,3 +776,104 @@ def test_models_can_be_built_in_python() -> None:
     )
     assert config.restaurant.subdomain == "demo-pizza"
     assert config.menu.import_ is False
+
+
+# --- bounds ---------------------------------------------------------------------------------
+
+
+def _schema_leaves(schema: dict[str, Any], defs: dict[str, Any], path: str = "") -> list[Any]:
+    """(path, schema) of every string and array in the config's JSON schema."""
+    if "$ref" in schema:
+        return _schema_leaves(defs[schema["$ref"].split("/")[-1]], defs, path)
+    found: list[Any] = []
+    for key in ("anyOf", "allOf", "oneOf"):
+        for option in schema.get(key, []):
+            found += _schema_leaves(option, defs, path)
+    kind = schema.get("type")
+    if kind == "string":
+        found.append((path, schema))
+    elif kind == "array":
+        found.append((path, schema))
+        found += _schema_leaves(schema.get("items", {}), defs, f"{path}[]")
+    elif kind == "object":
+        for name, sub in schema.get("properties", {}).items():
+            found += _schema_leaves(sub, defs, f"{path}.{name}".lstrip("."))
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            found += _schema_leaves(extra, defs, f"{path}.*")
+    return found
+
+
+def test_every_string_and_list_of_the_config_has_a_maximum() -> None:
+    schema = ExecutionConfig.model_json_schema()
+    leaves = _schema_leaves(schema, schema.get("$defs", {}))
+    assert len(leaves) > 20
+    unbounded = [
+        path
+        for path, leaf in leaves
+        if leaf["type"] == "string"
+        and "maxLength" not in leaf
+        and "enum" not in leaf
+        and "const" not in leaf
+        and leaf.get("format") != "email"  # email-validator: at most 254 characters
+    ]
+    unbounded += [
+        path for path, leaf in leaves if leaf["type"] == "array" and "maxItems" not in leaf
+    ]
+    assert unbounded == []
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "length"),
+    [
+        ("restaurant", "name", 301),
+        ("restaurant", "address", 10_000),
+        ("restaurant", "city", 101),
+        ("account", "phone", 51),
+        ("account", "password", 257),
+        ("menu", "menu_id", 101),
+        ("menu", "csv_path", 1001),
+        ("onboarding", "user_name", 201),
+    ],
+)
+def test_a_value_past_its_bound_names_the_field(section: str, field: str, length: int) -> None:
+    errors = errors_of(minimal(**{section: {field: "a" * length}}))
+    assert (section, field) in locs(errors)
+
+
+def test_an_email_past_its_bound_names_the_field() -> None:
+    errors = errors_of(minimal(account={"email": "a" * 300 + "@example.com"}))
+    assert ("account", "email") in locs(errors)
+
+
+def test_too_many_opening_intervals_name_the_day() -> None:
+    hours = {"mon": [{"open": f"{h:02d}:00", "close": f"{h:02d}:30"} for h in range(11)]}
+    errors = errors_of(minimal(restaurant={"name": "R", "opening_hours": hours}))
+    assert ("restaurant", "opening_hours", "mon") in locs(errors)
+
+
+@pytest.mark.parametrize(
+    ("section", "field"),
+    [("restaurant", "name"), ("restaurant", "city"), ("menu", "csv_path"),
+     ("account", "password")],
+)  # fmt: skip
+def test_a_nul_character_is_refused(section: str, field: str) -> None:
+    errors = errors_of(minimal(**{section: {field: "a\x00b"}}))
+    assert (section, field) in locs(errors)
+
+
+@pytest.mark.parametrize(
+    "menu_id",
+    ["../../api/admin/x#", "..", "a/b", "a..b", ".hidden", "-x", "a b", "a%2Fb", "a?b", "é"],
+)
+def test_a_menu_id_that_could_leave_its_url_path_is_refused(menu_id: str) -> None:
+    errors = errors_of(minimal(menu={"menu_id": menu_id}))
+    assert locs(errors) == [("menu", "menu_id")]
+    assert errors[0]["type"] == "identifier_format"
+
+
+@pytest.mark.parametrize("menu_id", ["menu-42", "M.1_a-b", "x", "a" * 100])
+def test_plain_menu_ids_are_accepted(menu_id: str) -> None:
+    assert (
+        ExecutionConfig.model_validate(minimal(menu={"menu_id": menu_id})).menu.menu_id == menu_id
+    )

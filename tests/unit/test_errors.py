@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import time
 from collections.abc import Callable
 
 import httpx
@@ -206,8 +207,11 @@ def test_evidence_signature_refuses_any_string_without_raising(tmp_path) -> None
     from regjobs.settings import Settings
 
     settings = Settings(state_dir=tmp_path)
-    good = signature(settings, "job", 1)
-    assert valid(settings, "job", 1, good)
-    assert not valid(settings, "job", 2, good)
-    assert not valid(settings, "job", 1, "\x80")
-    assert not valid(settings, "job", 1, "")
+    expires = str(int(time.time()) + 60)
+    good = signature(settings, "job", 1, "org", int(expires))
+    assert valid(settings, "job", 1, "org", expires, good)
+    assert not valid(settings, "job", 2, "org", expires, good)
+    assert not valid(settings, "job", 1, "other-org", expires, good)
+    assert not valid(settings, "job", 1, "org", expires, "\x80")
+    assert not valid(settings, "job", 1, "org", expires, "")
+    assert not valid(settings, "job", 1, "org", "\u0663" * 3, good)

@@ -609,3 +609,49 @@ def test_real_server_resets_and_times_out() -> None:
             ("timeout", None),
             (None, 201),
         ]
+
+
+def test_platform_login_opens_the_account_with_its_password_only(client: TestClient) -> None:
+    account = create_account(client).json()
+    ok = client.post("/platform/api/v1/sessions", json=LOGIN)
+    assert ok.status_code == 200
+    assert ok.json()["account_id"] == account["account_id"]
+    wrong = client.post("/platform/api/v1/sessions", json={**LOGIN, "password": "other-pw-1"})
+    assert wrong.status_code == 401
+    assert wrong.json()["detail"]["code"] == "invalid_credentials"
+    nobody = client.post("/platform/api/v1/sessions", json={**LOGIN, "email": "x@example.com"})
+    assert nobody.status_code == 401
+
+
+def test_account_endpoint_says_exists_only_for_the_accounts_own_credentials(
+    client: TestClient,
+) -> None:
+    create_account(client)
+    same = client.post("/api/registration/register-account", json={**LOGIN, "phone": "1"})
+    assert same.status_code == 409
+    assert same.json()["detail"]["code"] == "account_exists"
+    other = client.post(
+        "/api/registration/register-account",
+        json={**LOGIN, "password": "someone-elses", "phone": "1"},
+    )
+    assert other.status_code == 401
+    assert other.json()["detail"] == {
+        "code": "invalid_credentials",
+        "message": "an account with this email exists and the credentials do not match",
+    }
+    assert "account" not in other.json()["detail"]
+    assert effects(client)["account_registration"] == 1
+
+
+def test_echo_fault_repeats_the_request_body_in_the_error(client: TestClient) -> None:
+    fault(client, step="account_registration", mode="echo", status=400, times=1)
+    echoed = create_account(client)
+    assert echoed.status_code == 400
+    detail = echoed.json()["detail"]
+    assert detail["code"] == "rejected"
+    assert detail["message"].startswith("injected fault: rejected {")
+    assert PASSWORD in detail["message"]
+    assert effects(client)["account_registration"] == 0
+    assert create_account(client).status_code == 201
+    calls = client.get("/_control/calls").json()
+    assert [c["fault"] for c in calls] == ["echo", None]

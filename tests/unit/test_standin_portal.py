@@ -744,3 +744,13 @@ def test_a_settings_form_says_whether_it_shows_saved_values(
     assert page(client.get(path)).one("form", id=form_id)["data-saved"] == "false"
     client.post(path, data=data)
     assert page(client.get(path)).one("form", id=form_id)["data-saved"] == "true"
+
+
+def test_the_password_field_can_be_rendered_disabled(client: TestClient) -> None:
+    assert "disabled" not in page(client.get("/portal/login")).one("input", name="password")
+    switched = client.post("/_control/config", json={"portal_password_disabled": True})
+    assert switched.json()["portal_password_disabled"] is True
+    field = page(client.get("/portal/login")).one("input", name="password")
+    assert "disabled" in field
+    client.post("/_control/reset")
+    assert "disabled" not in page(client.get("/portal/login")).one("input", name="password")

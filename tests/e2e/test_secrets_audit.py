@@ -1,0 +1,134 @@
+"""The secrets audit against hostile outside systems, end to end in direct mode: a portal
+whose password field cannot be filled (Playwright's error then quotes the password in its
+call log) and outside systems that echo the request, password included, in their error.
+After each, the job's distinctive password appears 0 times anywhere: the Prefect database
+(task-run states and their history, logs, artifacts, every file), the job database (every
+column), every process log, every API answer about the job, every screenshot (which must
+show the password field masked)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from deployments.stack import Stack
+from regjobs.secrets import MASK
+from tests.helpers import (
+    MASK_COLOUR,
+    create,
+    fault,
+    occurrences,
+    png_colour_count,
+    secrets_haystacks,
+    steps_by_id,
+    watch_job,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("direct_mode")]
+
+#: No menu: the jobs here are about their first steps (and quicker without the rest).
+NO_MENU = {
+    "import": False,
+    "upload_images": False,
+    "add_option_sets": False,
+    "add_item_tags": False,
+}
+
+
+def task_run_messages(job: dict[str, Any]) -> dict[str, str]:
+    """The final state message of each task run of the job's flow run, by task name."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(job["flow_run_id"])]))
+        )
+    return {r.name: (r.state.message or "") if r.state else "" for r in runs}
+
+
+def test_a_password_field_that_cannot_be_filled_leaks_nothing(
+    api: httpx.Client, standin: httpx.Client, stack: Stack, db: Any, restaurant_id: str
+) -> None:
+    password = f"Hostile-Portal-{uuid.uuid4().hex}-pw"
+    standin.post("/_control/config", json={"portal_password_disabled": True}).raise_for_status()
+    created = api.post(
+        "/api/registration-jobs",
+        json={"restaurant_id": restaurant_id, "execution_config": _config(password)},
+    )
+    assert created.status_code == 201, created.text
+    job_id = created.json()["job_id"]
+    job = watch_job(api, job_id, timeout=180).job
+
+    step = steps_by_id(job)["restaurant_registration"]
+    assert job["status"] == "failed"
+    # Every attempt waited for the disabled field in fill() until Playwright gave up: its
+    # error's call log quoted the password; what was kept is its first line.
+    assert (step["status"], step["attempts"]) == ("failed", 4), step
+    assert step["error_message"].startswith("TimeoutError: Locator.fill: Timeout"), step
+    assert "Call log" not in step["error_message"]
+    messages = task_run_messages(job)
+    assert "StepAttemptFailed" in messages["Restaurant registration"], messages
+    assert len(step["evidence"]) == 4
+
+    haystacks = secrets_haystacks(api, stack, db, job_id, created)
+    assert occurrences(password, haystacks) == {}
+    # The audit looked where it should: the failure reached Prefect, the logs, the ledger.
+    assert any(b"Restaurant registration attempt 4 failed" in d for d in haystacks.values())
+    shots = {name: data for name, data in haystacks.items() if name.startswith("screenshot")}
+    assert len(shots) == 4
+    for name, data in shots.items():
+        # The login page with its password field painted over.
+        assert png_colour_count(data, MASK_COLOUR) > 100, name
+
+
+def test_an_outside_system_that_echoes_the_password_leaks_nothing(
+    api: httpx.Client, standin: httpx.Client, stack: Stack, db: Any, restaurant_id: str
+) -> None:
+    password = f"Hostile-Echo-{uuid.uuid4().hex}-pw"
+    owner_password = f"Hostile-Owner-{uuid.uuid4().hex}-pw"
+    # The platform API echoes it once (retried: Prefect logs the retry), the onboarding
+    # service every time (not retryable: the task run's Failed state carries the message).
+    fault(standin, step="account_registration", mode="echo", status=500, times=1)
+    fault(standin, step="onboarding_user", mode="echo", status=400)
+    job_id = create(
+        api,
+        restaurant_id,
+        account={"password": password},
+        onboarding={"user_password": owner_password},
+        menu=NO_MENU,
+    )
+    job = watch_job(api, job_id, timeout=180).job
+
+    steps = steps_by_id(job)
+    assert job["status"] == "failed"
+    assert (steps["account_registration"]["status"], steps["account_registration"]["attempts"]) == (
+        "completed",
+        2,
+    )
+    user = steps["onboarding_user"]
+    assert (user["status"], user["attempts"]) == ("failed", 1)
+    # The echo arrived, and was masked before it went anywhere.
+    assert "injected fault: rejected" in user["error_message"]
+    assert MASK in user["error_message"]
+    messages = task_run_messages(job)
+    assert "StepAttemptFailed" in messages["Onboarding user"], messages
+    assert MASK in messages["Onboarding user"]
+    echoed = [c for c in standin.get("/_control/calls").json() if c["fault"] == "echo"]
+    assert {c["step"] for c in echoed} == {"account_registration", "onboarding_user"}
+
+    haystacks = secrets_haystacks(api, stack, db, job_id)
+    for secret in (password, owner_password):
+        assert occurrences(secret, haystacks) == {}, secret
+    assert any(b"Retry 1/3" in d for d in haystacks.values()), "Prefect logged the retry"
+
+
+def _config(password: str) -> dict[str, Any]:
+    from tests.helpers import full_config
+
+    return full_config(account={"password": password}, menu=NO_MENU)

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from sqlalchemy import text
 
 from api.bodylimit import BodyLimit
@@ -106,7 +107,9 @@ def create_app(
         if reconciler is not None:
             reconciler.stop()
 
-    app = FastAPI(
+    # /docs (Swagger UI) and /redoc with their scripts served by the API itself, not a CDN:
+    # they work on a machine without the internet.
+    app = FastAPIOffline(
         title="registration-jobs",
         summary="Server-side restaurant registration jobs, run by Prefect.",
         version="0.2.0",

@@ -127,7 +127,8 @@ class Orchestrator:
         """The state of each flow run Prefect has, by id, in one call per 200 runs; a run
         Prefect does not have is absent."""
         found: dict[str, FlowRunSnapshot] = {}
-        ids = list(dict.fromkeys(flow_run_ids))
+        # An id that is no UUID names no flow run Prefect could have (it is absent).
+        ids = [i for i in dict.fromkeys(flow_run_ids) if _uuid(i)]
         for start in range(0, len(ids), BATCH):
             chunk = [UUID(i) for i in ids[start : start + BATCH]]
             with self._once():
@@ -142,6 +143,8 @@ class Orchestrator:
     def cancel(self, flow_run_id: str) -> None:
         """Ask Prefect to cancel the flow run: its runner stops the flow-run process. A run
         that already ended, or that Prefect no longer has, needs nothing."""
+        if not _uuid(flow_run_id):
+            return
         with contextlib.suppress(ObjectNotFound), self._once():
             self.client.set_flow_run_state(
                 UUID(flow_run_id), State(type=StateType.CANCELLING), force=False
@@ -149,6 +152,8 @@ class Orchestrator:
 
     def mark_crashed(self, flow_run_id: str, message: str) -> None:
         """Tell Prefect a run is dead (so the UI agrees and it can be retried)."""
+        if not _uuid(flow_run_id):
+            return
         with contextlib.suppress(ObjectNotFound), self._once():
             self.client.set_flow_run_state(
                 UUID(flow_run_id), State(type=StateType.CRASHED, message=message), force=True
@@ -173,6 +178,14 @@ class Orchestrator:
         """A Prefect event (automations can act on it: notify someone)."""
         with self._once():
             emit_event(event=event, resource=resource, payload=payload)
+
+
+def _uuid(value: str) -> bool:
+    try:
+        UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _brief(exc: BaseException) -> str:

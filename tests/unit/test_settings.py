@@ -26,6 +26,8 @@ def production(tmp_path: Path, **values: Any) -> Settings:
         "secret_key": KEY,
         "DATABASE_URL": "postgresql+psycopg2://db/regjobs",
         "state_dir": tmp_path,
+        # Explicit, not from the environment (the end-to-end fixtures set endpoints mode).
+        "step_mode": "direct",
         **REAL,
     }
     return Settings(**{**base, **values})

@@ -1,0 +1,413 @@
+"""`regjobs`: the operator's command line.
+
+    regjobs jobs ls [--status S] [--restaurant R]
+    regjobs jobs show ID
+    regjobs jobs watch ID
+    regjobs jobs retry ID [--from-step S]
+    regjobs jobs cancel ID
+    regjobs keys create --organisation O | revoke PREFIX | list
+    regjobs db upgrade
+    regjobs doctor
+
+`jobs` talks to the API (`--api-url`, `REGJOBS_API_URL`; `--api-key`, `REGJOBS_API_KEY`,
+else the development key in the state folder); `keys` and `db` to the job database;
+`doctor` to everything a job needs, and says what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from regjobs.catalogue import FINAL_JOB_STATUSES
+from regjobs.settings import get_settings
+
+app = typer.Typer(
+    help="The operator's command line of registration-jobs: jobs (through the API), API "
+    "keys, the job database's schema, and `doctor` (is everything a job needs there?).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+jobs = typer.Typer(help="Registration jobs, through the API.", no_args_is_help=True)
+keys = typer.Typer(help="API keys of organisations (stored hashed).", no_args_is_help=True)
+db = typer.Typer(help="The job database.", no_args_is_help=True)
+app.add_typer(jobs, name="jobs")
+app.add_typer(keys, name="keys")
+app.add_typer(db, name="db")
+
+console = Console(highlight=False)
+FINAL = {s.value for s in FINAL_JOB_STATUSES}
+MARKS = {
+    "pending": "[dim]·[/]",
+    "running": "[cyan]▶[/]",
+    "retrying": "[yellow]↻[/]",
+    "completed": "[green]✓[/]",
+    "failed": "[red]✗[/]",
+    "skipped": "[dim]-[/]",
+    "cancelled": "[magenta]■[/]",
+}
+
+ApiUrl = Annotated[str, typer.Option("--api-url", envvar="REGJOBS_API_URL")]
+ApiKey = Annotated[str | None, typer.Option("--api-key", envvar="REGJOBS_API_KEY")]
+
+
+def _key(given: str | None) -> str:
+    if given:
+        return given
+    path = get_settings().state_dir / "dev-api-key"
+    if path.exists():
+        return path.read_text().strip()
+    raise typer.BadParameter("give --api-key (or REGJOBS_API_KEY)", param_hint="--api-key")
+
+
+@dataclass
+class Api:
+    url: str
+    key: str
+
+    def client(self, timeout: float = 30) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url.rstrip("/"),
+            headers={"Authorization": f"Bearer {self.key}"},
+            timeout=timeout,
+        )
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        with self.client() as client:
+            try:
+                response = client.request(method, path, **kwargs)
+            except httpx.HTTPError as exc:
+                console.print(f"[red]the API at {self.url} does not answer:[/] {exc}")
+                raise typer.Exit(2) from None
+        if response.status_code >= 400:
+            detail = response.json().get("detail") if response.content else response.reason_phrase
+            console.print(f"[red]{response.status_code}[/] {detail}")
+            raise typer.Exit(1)
+        return response.json()
+
+
+def _api(url: str, key: str | None) -> Api:
+    return Api(url, _key(key))
+
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+# ---------------------------------------------------------------------------------- jobs
+
+
+@jobs.command("ls")
+def jobs_ls(
+    status: Annotated[str | None, typer.Option(help="pending, in_progress, ...")] = None,
+    restaurant: Annotated[str | None, typer.Option(help="a restaurant id")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=200)] = 20,
+    api_url: ApiUrl = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Your organisation's jobs, newest first."""
+    params: dict[str, Any] = {"limit": limit}
+    if status:
+        params["status"] = status
+    if restaurant:
+        params["restaurant_id"] = restaurant
+    page = _api(api_url, api_key).call("GET", "/api/registration-jobs", params=params)
+    table = Table("job", "restaurant", "status", "step", "%", "created", "next")
+    for job in page["jobs"]:
+        table.add_row(
+            job["id"],
+            job["restaurant_id"],
+            job["status"],
+            str(job["current_step"]),
+            str(job["progress_percent"]),
+            job["created_at"][:19].replace("T", " "),
+            job["next_action"] or "",
+        )
+    console.print(table)
+
+
+def _steps_table(job: dict[str, Any]) -> Table:
+    table = Table("#", "step", "status", "attempts", "time", "note", title=_title(job))
+    for step in job["steps"]:
+        note = step["error_message"] or step["skip_reason"] or step["warning"]
+        note = note or step["progress"] or ""
+        seconds = f"{step['duration_ms'] / 1000:.1f} s" if step["duration_ms"] else ""
+        table.add_row(
+            str(step["step_number"]),
+            step["step_label"],
+            f"{MARKS.get(step['status'], '')} {step['status']}",
+            str(step["attempts"]),
+            seconds,
+            note[:80],
+        )
+    return table
+
+
+def _title(job: dict[str, Any]) -> str:
+    extra = job.get("pending_reason") or job.get("error_message") or ""
+    return f"{job['restaurant_name']} · {job['id']}: {job['status']} {job['progress_percent']}%" + (
+        f" ({extra})" if extra else ""
+    )
+
+
+@jobs.command("show")
+def jobs_show(job_id: str, api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None) -> None:
+    """A job and each of its steps."""
+    job = _api(api_url, api_key).call("GET", f"/api/registration-jobs/{job_id}")
+    console.print(_steps_table(job))
+    if job.get("flow_run_url"):
+        console.print(f"Prefect: {job['flow_run_url']}")
+
+
+def events(api: Api, job_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The job's Server-Sent Events, (kind, data), until the stream ends."""
+    path = f"/api/registration-jobs/{job_id}/events"
+    with api.client(timeout=60) as client, client.stream("GET", path) as response:
+        if response.status_code >= 400:
+            response.read()
+            console.print(f"[red]{response.status_code}[/] {response.json().get('detail')}")
+            raise typer.Exit(1)
+        fields: dict[str, str] = {}
+        for line in response.iter_lines():
+            if line.startswith(":"):
+                continue
+            if line:
+                name, _, value = line.partition(":")
+                fields[name] = value.removeprefix(" ")
+            elif "data" in fields:
+                yield fields.get("event", "message"), json.loads(fields["data"])
+                fields = {}
+
+
+@jobs.command("watch")
+def jobs_watch(job_id: str, api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None) -> None:
+    """Follow a job live, a line per step, until it ends (from its event stream)."""
+    api = _api(api_url, api_key)
+    job = api.call("GET", f"/api/registration-jobs/{job_id}")
+    with Live(_steps_table(job), console=console, refresh_per_second=8) as live:
+        for kind, data in events(api, job_id):
+            if kind == "step":
+                job["steps"] = [
+                    data if s["step_id"] == data["step_id"] else s for s in job["steps"]
+                ]
+            elif kind == "job":
+                job.update(data)
+            live.update(_steps_table(job))
+    console.print(f"job {job['status']}")
+    raise typer.Exit(0 if job["status"] == "completed" else 1)
+
+
+@jobs.command("retry")
+def jobs_retry(
+    job_id: str,
+    from_step: Annotated[
+        str | None, typer.Option(help="re-run this step and its dependents")
+    ] = None,
+    api_url: ApiUrl = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Run an ended job again (what did not complete; with --from-step, also that step)."""
+    body = {"from_step": from_step} if from_step else {}
+    answer = _api(api_url, api_key).call(
+        "POST", f"/api/registration-jobs/{job_id}/retry", json=body
+    )
+    console.print(f"job {job_id}: {answer['status']}")
+
+
+@jobs.command("cancel")
+def jobs_cancel(job_id: str, api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None) -> None:
+    """Cancel a job: no step starts after this; running steps are stopped."""
+    answer = _api(api_url, api_key).call("POST", f"/api/registration-jobs/{job_id}/cancel")
+    console.print(f"job {job_id}: {answer['status']}")
+
+
+# ---------------------------------------------------------------------------------- keys
+
+
+@keys.command("create")
+def keys_create(
+    organisation: Annotated[str, typer.Option(help="made if new")],
+    label: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """A new API key of an organisation (printed once; stored hashed)."""
+    from regjobs import auth
+
+    raise typer.Exit(auth.main(["create", "--organisation", organisation,
+                                *(["--label", label] if label else [])]))  # fmt: skip
+
+
+@keys.command("revoke")
+def keys_revoke(prefix: str) -> None:
+    """Revoke keys by their first characters (as `keys list` shows them)."""
+    from regjobs import auth
+
+    raise typer.Exit(auth.main(["revoke", prefix]))
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """Every key: its first characters, organisation, state and label."""
+    from regjobs import auth
+
+    raise typer.Exit(auth.main(["list"]))
+
+
+# ------------------------------------------------------------------------------------ db
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the job database's schema up to date (once, before starting API processes)."""
+    from regjobs.db import main
+
+    raise typer.Exit(main(["upgrade"]))
+
+
+# -------------------------------------------------------------------------------- doctor
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def _check(name: str, fix: str, probe: Callable[[], str]) -> Check:
+    try:
+        return Check(name, True, probe())
+    except Exception as exc:
+        return Check(
+            name,
+            False,
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            fix,
+        )
+
+
+def _database() -> str:
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import text
+
+    from regjobs.db import MIGRATIONS_DIR, get_engine
+
+    with get_engine().connect() as connection:
+        connection.execute(text("SELECT 1"))
+        current = MigrationContext.configure(connection).get_current_revision()
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    if current != head:
+        raise RuntimeError(f"schema at {current}, the code wants {head}")
+    return f"{get_engine().dialect.name}, schema {current}"
+
+
+def _prefect(what: str) -> Callable[[], str]:
+    def probe() -> str:
+        from prefect.client.orchestration import get_client
+
+        settings = get_settings()
+        with get_client(sync_client=True) as client:
+            if what == "server":
+                failure = client.api_healthcheck()
+                if failure is not None:
+                    raise RuntimeError(str(failure))
+                return str(client.api_url)
+            if what == "pool":
+                return f"{client.read_work_pool(settings.work_pool).name}"
+            if what == "deployment":
+                return str(client.read_deployment_by_name(settings.deployment).id)
+            if what == "worker":
+                # Alive = polled the pool lately (a worker polls every
+                # PREFECT_WORKER_QUERY_SECONDS; Prefect's own ONLINE lags by heartbeats).
+                queues = client.read_work_queues(work_pool_name=settings.work_pool)
+                polled = [q.last_polled for q in queues if q.last_polled]
+                limit_s = 10 + 3 * float(os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "10"))
+                age = (datetime.now(UTC) - max(polled)).total_seconds() if polled else None
+                if age is None or age > limit_s:
+                    raise RuntimeError(
+                        f"no worker polled the work pool {settings.work_pool!r} "
+                        + (f"for {age:.0f} s" if age is not None else "ever")
+                    )
+                return f"polled {age:.1f} s ago"
+            limit = client.read_global_concurrency_limit_by_name(settings.browser_limit_name)
+            return f"{limit.active_slots} of {limit.limit} taken"
+
+    return probe
+
+
+def _chromium() -> str:
+    path = get_settings().chromium_path()
+    if not path or not shutil.which(path):
+        raise RuntimeError("no Chromium found")
+    version = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+    return version.stdout.strip() or path
+
+
+def _api_health(url: str) -> Callable[[], str]:
+    def probe() -> str:
+        answer = httpx.get(f"{url.rstrip('/')}/healthz", timeout=10)
+        health = answer.json()
+        if answer.status_code != 200:
+            raise RuntimeError(f"degraded: {health}")
+        return "ok"
+
+    return probe
+
+
+@app.command()
+def doctor(api_url: ApiUrl = DEFAULT_URL) -> None:
+    """Check the job database, Prefect, the work pool and deployment, a live worker,
+    Chromium, the browser slots and the API; say what to fix."""
+    pool = get_settings().work_pool
+    checks = [
+        _check("job database", "check DATABASE_URL; run `regjobs db upgrade`", _database),
+        _check("Prefect server", "start it, or set PREFECT_API_URL", _prefect("server")),
+        _check("work pool", "run `python -m deployments.setup`", _prefect("pool")),
+        _check("deployment", "run `python -m deployments.setup`", _prefect("deployment")),
+        _check(
+            "a live worker",
+            f"start one: prefect worker start --pool {pool} (see README, Production)",
+            _prefect("worker"),
+        ),
+        _check(
+            "Chromium", "apt-get install chromium, or set REGJOBS_CHROMIUM_EXECUTABLE", _chromium
+        ),
+        _check("browser slots", "run `python -m deployments.setup`", _prefect("slots")),
+        _check("API", f"start the API (uvicorn api.main:app) at {api_url}", _api_health(api_url)),
+    ]
+    table = Table("check", "", "detail", "to fix")
+    for check in checks:
+        table.add_row(
+            check.name,
+            "[green]ok[/]" if check.ok else "[red]FAIL[/]",
+            check.detail,
+            "" if check.ok else check.fix,
+        )
+    console.print(table)
+    failed = [c.name for c in checks if not c.ok]
+    console.print("all good" if not failed else f"[red]not healthy:[/] {', '.join(failed)}")
+    raise typer.Exit(1 if failed else 0)
+
+
+def main() -> None:
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    app()
+
+
+if __name__ == "__main__":
+    main()

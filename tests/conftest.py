@@ -42,7 +42,9 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def db(database_url: str) -> Engine:
-    return create_engine(database_url)
+    # Pre-ping: a test that drops every connection (test_database_drop) must not leave
+    # the next test a dead pooled one.
+    return create_engine(database_url, pool_pre_ping=True)
 
 
 @pytest.fixture(scope="session")

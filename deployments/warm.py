@@ -138,6 +138,7 @@ def serve(path: str) -> NoReturn:
     os.chdir(job["cwd"])
     sys.argv = ["prefect.engine", *job["argv"]]
     code = _run_engine(runpy)
+    _drain()
     with contextlib.suppress(OSError):
         launcher.sendall(f"exit {code}\n".encode())
     sys.stdout.flush()
@@ -166,6 +167,17 @@ def _run_engine(runpy: Any) -> int:
         traceback.print_exc()
         return 1
     return 0
+
+
+def _drain() -> None:
+    """Send what Prefect's log and event workers still hold, as the interpreter's exit
+    would (`os._exit` skips it): a run's last lines and events are not lost."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=5)
 
 
 def _exactly(conn: socket.socket, size: int) -> bytes:

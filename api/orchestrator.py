@@ -109,11 +109,8 @@ class Orchestrator:
                 flow_run: FlowRun = self.client.create_flow_run_from_deployment(
                     deployment_id,
                     parameters={"job_id": run.job_id},
-                    name=f"{run.restaurant_name} · {run.job_id[:8]}",
-                    tags=[
-                        f"restaurant:{run.restaurant_id}",
-                        f"organisation:{run.organisation_name}",
-                    ],
+                    name=run.labels.name,
+                    tags=run.labels.tags,
                     idempotency_key=run.idempotency_key,
                 )
         except ObjectNotFound as exc:

@@ -15,6 +15,7 @@ While Prefect is down it waits; reads never wait on it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -28,7 +29,7 @@ from prefect.client.schemas.objects import StateType
 from sqlalchemy import Connection, select, text
 
 from api.orchestrator import DeploymentMissing, Orchestrator, OrchestratorUnavailable
-from regjobs import ledger, translate
+from regjobs import catalogue, ledger, observe, translate
 from regjobs.catalogue import JobStatus
 from regjobs.db import get_engine, read_session, transaction
 from regjobs.models import ControlLease, RegistrationJob, utcnow
@@ -378,16 +379,20 @@ class Reconciler:
                 continue
             what = ", ".join(stall.step_ids) or "its flow run to start"
             logger.warning("job %s is stalled: %s", stall.job_id, what)
-            stuck: list[str | None] = [*stall.step_ids] or [None]
-            for step_id in stuck:
+            since = now.isoformat()
+            for step_id in stall.step_ids:
                 self.orchestrator.emit(
-                    f"regjobs.{'step' if step_id else 'job'}.stalled",
-                    resource={
-                        "prefect.resource.id": f"regjobs.job.{stall.job_id}"
-                        + (f".step.{step_id}" if step_id else ""),
-                        "prefect.resource.name": step_id or stall.job_id,
-                    },
-                    payload={"job_id": stall.job_id, "step_id": step_id, "since": now.isoformat()},
+                    observe.step_event("stalled"),
+                    resource=observe.step_resource(
+                        stall.job_id, step_id, catalogue.step(step_id).label
+                    ),
+                    payload={"job_id": stall.job_id, "step_id": step_id, "since": since},
+                )
+            if not stall.step_ids:
+                self.orchestrator.emit(
+                    observe.job_event("stalled"),
+                    resource=observe.job_resource(stall.job_id),
+                    payload={"job_id": stall.job_id, "step_id": None, "since": since},
                 )
 
     def _reconcile_job(self, job: RegistrationJob, snapshot: FlowRunSnapshot, now: Any) -> None:
@@ -442,3 +447,10 @@ class Reconciler:
             logger.info(
                 "job %s: recorded %s (%s)", job.id, public.status, public.error_message or ""
             )
+            # The flow run could not say it (it crashed, was lost or deleted): say it here.
+            with contextlib.suppress(OrchestratorUnavailable):
+                self.orchestrator.emit(
+                    observe.job_event(JobStatus(public.status).value),
+                    resource=observe.job_resource(job.id),
+                    payload={"job_id": job.id, "error": public.error_message},
+                )

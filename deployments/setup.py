@@ -6,8 +6,13 @@ again (idempotent). Reads the same settings as everything else.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+
+from prefect.automations import Automation
+from prefect.events.actions import ActionTypes, DoNothing, SendNotification
+from prefect.events.schemas.automations import EventTrigger, Posture
 
 from regjobs.settings import PROJECT_DIR, Settings, get_settings
 
@@ -39,6 +44,54 @@ def set_up(settings: Settings) -> None:
     else:
         _run([*PREFECT, "gcl", "create", *limit])
     _run([*PREFECT, "--no-prompt", "deploy", "--all"])
+    alert_automation(settings)
+
+
+#: The example automation the set-up makes (README, "Operating it with Prefect").
+ALERT_AUTOMATION = "regjobs: a job failed or stalled"
+
+
+def alert_automation(settings: Settings) -> None:
+    """An automation on the jobs' Prefect events: a failed job (`regjobs.job.failed`) or
+    a stalled one or step (`regjobs.job.stalled`, `regjobs.step.stalled`) sends a
+    notification through REGJOBS_ALERT_BLOCK_ID's block, or only records that it fired."""
+    trigger = EventTrigger(
+        expect={"regjobs.job.failed", "regjobs.job.stalled", "regjobs.step.stalled"},
+        match={"prefect.resource.id": "regjobs.job.*"},
+        posture=Posture.Reactive,
+        threshold=1,
+    )
+    actions: list[ActionTypes] = [DoNothing()]
+    if settings.alert_block_id is not None:
+        actions = [
+            SendNotification(
+                block_document_id=settings.alert_block_id,
+                subject="registration job: {{ event.event }}",
+                body="{{ event.event }} for {{ event.resource.id }}: {{ event.payload }}",
+            )
+        ]
+    asyncio.run(
+        _apply(
+            Automation(
+                name=ALERT_AUTOMATION,
+                description=alert_automation.__doc__ or "",
+                trigger=trigger,
+                actions=actions,
+            )
+        )
+    )
+
+
+async def _apply(wanted: Automation) -> None:
+    """Create the automation, or bring the one of that name up to date."""
+    try:
+        automation = await Automation.aread(name=wanted.name)
+    except ValueError:
+        await wanted.acreate()
+        return
+    automation.description = wanted.description
+    automation.trigger, automation.actions = wanted.trigger, wanted.actions
+    await automation.aupdate()
 
 
 if __name__ == "__main__":
@@ -46,5 +99,6 @@ if __name__ == "__main__":
     set_up(current)
     sys.stdout.write(
         f"work pool {current.work_pool!r}, browser limit {current.browser_limit_name!r} "
-        f"({current.browser_limit}) and deployment 'registration-job' are ready\n"
+        f"({current.browser_limit}), deployment 'registration-job' and automation "
+        f"{ALERT_AUTOMATION!r} are ready\n"
     )

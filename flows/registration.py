@@ -6,7 +6,8 @@ No I/O of its own beyond the ledger: what a step does lives in `tasks`.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 from uuid import UUID
 
 from prefect import flow, get_run_logger
@@ -14,12 +15,20 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Failed
+from prefect.utilities.annotations import allow_failure
 from sqlalchemy.exc import IntegrityError
 
 from regjobs import catalogue, ledger
-from regjobs.catalogue import JobStatus, StepStatus
+from regjobs.catalogue import JobStatus, StepId, StepStatus
 from regjobs.settings import Settings, get_settings
-from tasks.steps import ledger_read, ledger_write, step_resources, step_task
+from tasks.ledger_io import ledger_read, ledger_write
+from tasks.report import Report, emit_job, emit_step, label_run, quiet_cancel_logs
+from tasks.steps import marker_task, step_resources, step_task
+
+quiet_cancel_logs()
+
+#: How long running steps have to stop by themselves once the job is no longer the run's.
+STOP_GRACE_SECONDS = 10.0
 
 
 @flow(
@@ -27,8 +36,16 @@ from tasks.steps import ledger_read, ledger_write, step_resources, step_task
     persist_result=False,
     validate_parameters=True,
 )
-async def registration_job(job_id: str) -> State[Any] | dict[str, Any]:
-    """Run (or resume) one registration job; its steps' results come from the ledger."""
+async def registration_job(
+    job_id: str, from_step: StepId | None = None
+) -> State[Any] | dict[str, Any]:
+    """Run (or resume) one registration job; its steps' results come from the ledger.
+
+    Args:
+        job_id: The registration job's id (as the API has it).
+        from_step: For a job that has ended: run this step and every step that depends on
+            it again, even if they completed (as the API's retry with `from_step`).
+    """
     logger = get_run_logger()
     run = await _own_flow_run()
     state = run.state.type if run.state else None
@@ -40,6 +57,7 @@ async def registration_job(job_id: str) -> State[Any] | dict[str, Any]:
             generation=_generation(job_id, run.idempotency_key),
             run_count=max(run.run_count, 1),
             cancelling=state in (StateType.CANCELLING, StateType.CANCELLED),
+            from_step=StepId(from_step).value if from_step else None,
         )
     except ledger.RunRefused as refused:
         logger.warning("not running the job: %s", refused)
@@ -49,10 +67,15 @@ async def registration_job(job_id: str) -> State[Any] | dict[str, Any]:
         logger.error(message)
         return Failed(message=message)
     settings = get_settings()
-    logger.info("job %s, step mode %s, epoch %d", job_id, settings.step_mode.value, start.epoch)
-    reused = [s for s, st in start.steps.items() if st.status is StepStatus.COMPLETED]
-    if reused:
-        logger.info("reusing %d completed step(s): %s", len(reused), ", ".join(reused))
+    if start.labels is not None:
+        await label_run(run, start.labels)
+    logger.info(
+        "job %s, step mode %s, epoch %d%s",
+        job_id,
+        settings.step_mode.value,
+        start.epoch,
+        f", again from {StepId(from_step).value}" if from_step else "",
+    )
 
     owner = Ownership(job_id, start.epoch)
     lease = asyncio.ensure_future(owner.keep(settings))
@@ -140,9 +163,20 @@ async def _run_steps(
     job_id, epoch = owner.job_id, owner.epoch
     disabled = ledger.disabled_steps(start.config)
     running: dict[asyncio.Task[State[Any]], str] = {}
+    graph = TaskGraph(job_id)
+    report = Report(job_id, start.organisation_id, settings)
     lost = asyncio.ensure_future(owner.lost.wait())
-    async with step_resources(job_id, epoch, run_id, start.config, settings, start.organisation_id):
+    async with step_resources(
+        job_id, epoch, run_id, start.config, settings, start.organisation_id
+    ) as resources:
         try:
+            reused = [
+                s for s in catalogue.STEP_IDS if start.steps[s].status is StepStatus.COMPLETED
+            ]
+            if reused:
+                logger.info("reusing %d completed step(s): %s", len(reused), ", ".join(reused))
+            await graph.mark_all("Reused", dict.fromkeys(reused, "completed in an earlier run"))
+            await report.update()
             while True:
                 await owner.check()
                 states = await ledger_read(ledger.step_states, job_id=job_id)
@@ -155,22 +189,38 @@ async def _run_steps(
                 await ledger_write(
                     ledger.skip_steps, job_id=job_id, epoch=epoch, reasons=plan.skipped
                 )
+                for sid, reason in plan.skipped.items():
+                    logger.info("%s skipped: %s", catalogue.step(sid).label, reason)
+                    emit_step(job_id, sid, "skipped", reason=reason)
+                await graph.mark_all("Skipped", plan.skipped)
+                if plan.skipped:
+                    await report.update()
                 for sid in plan.ready:
-                    call = step_task(sid)(job_id, sid, return_state=True)
+                    call = step_task(sid)(
+                        job_id, sid, wait_for=graph.upstream(sid), return_state=True
+                    )
                     running[asyncio.ensure_future(call)] = sid
                 if not running:
                     break
                 done, _ = await asyncio.wait([*running, lost], return_when=asyncio.FIRST_COMPLETED)
                 for finished in done:
                     if finished is not lost:
-                        running.pop(finished)  # type: ignore[arg-type]
+                        task = cast("asyncio.Task[State[Any]]", finished)
+                        sid = running.pop(task)
+                        if not task.cancelled() and task.exception() is None:
+                            graph.ran(sid, task.result())
+                await report.update()
         finally:
             lost.cancel()
             if running:
                 # The job is no longer ours (or the flow is being stopped): stop the steps
                 # now, closing their browsers and aborting their requests.
+                # Each step ends its task run Cancelled; one that does not within the
+                # grace period is cancelled from here (Prefect then calls it crashed).
                 logger.info("stopping %d running step(s)", len(running))
-                for step in running:
+                resources.stop.set()
+                _, late = await asyncio.wait(running, timeout=STOP_GRACE_SECONDS)
+                for step in late:
                     step.cancel()
                 await asyncio.gather(*running, return_exceptions=True)
 
@@ -185,6 +235,8 @@ async def _run_steps(
             status=JobStatus.FAILED,
             error_message=message,
         )
+        await report.update()
+        emit_job(job_id, JobStatus.FAILED.value, error=message)
         return Failed(message=message)
     await ledger_write(
         ledger.finish_run,
@@ -193,4 +245,43 @@ async def _run_steps(
         status=JobStatus.COMPLETED,
         error_message=None,
     )
+    await report.update()
+    emit_job(job_id, JobStatus.COMPLETED.value)
     return {"job_id": job_id, "status": "completed"}
+
+
+class TaskGraph:
+    """Each step's task run in this flow run, so that every task run names its upstream
+    steps' runs (`wait_for`) and Prefect draws the job's graph; a step that does not run
+    here (skipped, or reused from an earlier run) is a task run that ends at once."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.states: dict[str, State[Any]] = {}
+
+    def upstream(self, step_id: str) -> list[Any]:
+        # `allow_failure`: a skipped step's upstream may have failed; it is an edge only.
+        return [
+            allow_failure(self.states[n]) for n in catalogue.step(step_id).needs if n in self.states
+        ]
+
+    def ran(self, step_id: str, state: State[Any]) -> None:
+        self.states[step_id] = state
+
+    async def mark_all(self, outcome: str, reasons: Mapping[str, str]) -> None:
+        """Mark these steps, those whose upstream is marked first, the rest at once."""
+        left = dict(reasons)
+        while left:
+            ready = [s for s in left if not set(catalogue.step(s).needs) & set(left)]
+            await asyncio.gather(*(self.mark(s, outcome, left.pop(s)) for s in ready))
+
+    async def mark(self, step_id: str, outcome: str, reason: str) -> None:
+        marker = marker_task(step_id)
+        self.states[step_id] = await marker(
+            self.job_id,
+            step_id,
+            outcome,
+            reason,
+            wait_for=self.upstream(step_id),
+            return_state=True,
+        )

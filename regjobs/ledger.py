@@ -54,6 +54,7 @@ from regjobs.models import (
     new_id,
     utcnow,
 )
+from regjobs.observe import RunLabels
 from regjobs.schemas import EvidencePublic, JobPublic
 from regjobs.settings import get_settings
 
@@ -376,14 +377,7 @@ def retry_job(*, session: Session, job_id: str, from_step: str | None) -> Regist
         raise Conflict(f"the job is {status.value}; only an ended job can be retried")
     if status is JobStatus.COMPLETED and from_step is None:
         raise Conflict("the job completed: nothing to retry (name a from_step to re-run)")
-    rerun = {from_step} | catalogue.dependents(from_step) if from_step else set()
-    for row in _steps(session, job.id).values():
-        if row.step_id in rerun and row.status == StepStatus.COMPLETED:
-            row.generation += 1
-            row.result_data = None
-            _requeue(row)
-        elif row.status != StepStatus.COMPLETED:
-            _requeue(row)
+    _queue_again(_steps(session, job.id).values(), from_step)
     # Whatever is left of an earlier run (a process still ending) can write nothing more,
     # and what Prefect says of it (Cancelling, Crashed) is no longer about this job: the job
     # has no flow run until the dispatcher has made the new one.
@@ -417,6 +411,8 @@ class RunStart:
     steps: Mapping[str, StepState]
     #: The organisation the job belongs to.
     organisation_id: str = ""
+    #: How the job's flow runs are named and tagged in Prefect.
+    labels: RunLabels | None = None
 
 
 def _state(row: RegistrationJobStep) -> StepState:
@@ -450,9 +446,12 @@ def begin_run(
     generation: int | None = None,
     run_count: int = 1,
     cancelling: bool = False,
+    from_step: str | None = None,
 ) -> RunStart:
     """Give the job to this flow run under a new epoch, and queue every step not completed
-    (completed steps keep their result and are reused).
+    (completed steps keep their result and are reused). `from_step` (an operator's run of
+    an ended job, e.g. `prefect deployment run ... --param from_step=menu_import`) queues
+    that step and its dependents again too, as the API's retry does.
 
     Who may begin a job:
     - an active job: only its current run (the latest run request; `generation` comes from
@@ -469,6 +468,9 @@ def begin_run(
     if run is not None and run_count <= run.begin_run_count:
         raise RunRefused(f"flow run {flow_run_id} already began this job (run {run_count})")
     now = utcnow()
+    # Only a deliberate rerun of an ended job starts again from a step; the API's own
+    # runs were queued from their step by `retry_job` already.
+    rerun_from = from_step is not None and not JobStatus(job.status).is_active
     if JobStatus(job.status).is_active:
         is_current = run is not None and run.generation == job.run_generation
         if not is_current and job.run_generation != 0:
@@ -520,16 +522,16 @@ def begin_run(
         job.flow_run_ids = [*job.flow_run_ids, flow_run_id]
     job.flow_run_id = flow_run_id
     rows = _steps(session, job_id)
-    for row in rows.values():
-        if row.status != StepStatus.COMPLETED:
-            _requeue(row)
+    _queue_again(rows.values(), from_step if rerun_from else None)
     session.flush()  # a second active job of the restaurant fails here (IntegrityError)
     _publish(session, job)
+    organisation = session.get_one(Organisation, job.organisation_id)
     return RunStart(
         epoch=job.epoch,
         config=job_config(job),
         steps={k: _state(v) for k, v in rows.items()},
         organisation_id=job.organisation_id,
+        labels=RunLabels(job.id, job.restaurant_id, job.restaurant_name, organisation.name),
     )
 
 
@@ -578,6 +580,27 @@ def _requeue(row: RegistrationJobStep) -> None:
     row.next_action = None
     row.not_before = None
     row.task_run_id = None
+
+
+def _queue_again(rows: Iterable[RegistrationJobStep], from_step: str | None) -> None:
+    """Queue every step not completed, and `from_step` with everything that depends on it
+    even when completed (each of those gets a new idempotency generation)."""
+    rerun = {from_step} | catalogue.dependents(from_step) if from_step else set()
+    for row in rows:
+        if row.step_id in rerun and row.status == StepStatus.COMPLETED:
+            row.generation += 1
+            row.result_data = None
+            _requeue(row)
+        elif row.status != StepStatus.COMPLETED:
+            _requeue(row)
+
+
+def public_view(*, session: Session, job_id: str) -> JobPublic:
+    """The job as the API shows it (its materialised view)."""
+    job = _job(session, job_id)
+    if job.view is None:
+        raise JobNotFound(job_id)
+    return JobPublic.model_validate_json(job.view)
 
 
 def step_states(*, session: Session, job_id: str) -> dict[str, StepState]:
@@ -1052,6 +1075,12 @@ class Dispatch:
     def idempotency_key(self) -> str:
         return f"{self.job_id}:{self.generation}"
 
+    @property
+    def labels(self) -> RunLabels:
+        return RunLabels(
+            self.job_id, self.restaurant_id, self.restaurant_name, self.organisation_name
+        )
+
 
 def runs_to_dispatch(*, session: Session, limit: int = 50) -> list[Dispatch]:
     rows = session.execute(
@@ -1123,12 +1152,18 @@ class Delivery:
 
 
 def deliveries(*, session: Session, limit: int = 50) -> list[Delivery]:
+    """What Prefect has still to be told. A cancelled run that began is told only after
+    `cancel_grace_seconds`: by then its process has normally seen the cancel in the ledger
+    and ended itself (its steps Cancelled, its logs calm); Prefect's cancel is for a
+    process that did not (hung, or cut off from the database), and for runs not begun."""
+    grace = utcnow() - timedelta(seconds=get_settings().cancel_grace_seconds)
     cancels = session.scalars(
         select(JobRun)
         .where(
             JobRun.cancel_requested_at.is_not(None),
             JobRun.cancel_delivered_at.is_(None),
             JobRun.flow_run_id.is_not(None),
+            (JobRun.began_at.is_(None)) | (JobRun.cancel_requested_at <= grace),
         )
         .order_by(JobRun.id)
         .limit(limit)

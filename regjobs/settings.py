@@ -9,6 +9,7 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
+from uuid import UUID
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -108,6 +109,9 @@ class Settings(BaseSettings):
     #: How often a flow-run process checks that it still holds its job (a read): a cancel or
     #: a takeover stops its running steps within this, even with Prefect down.
     ownership_check_seconds: float = Field(default=1.0, gt=0)
+    #: A cancelled flow run that began is given this long to see the cancel in the ledger
+    #: and stop itself before Prefect is asked to stop its process.
+    cancel_grace_seconds: float = Field(default=15.0, ge=0)
 
     #: Flow runs a worker started by `make run` (or the tests) runs at once; beyond it they
     #: wait in the work pool, Scheduled. Each holds a Chromium while it has browser steps
@@ -146,6 +150,9 @@ class Settings(BaseSettings):
     deployment: str = "registration-job/registration-job"
     work_pool: str = "registration-jobs"
     prefect_ui_url: str | None = None
+    #: A Prefect notification block (its id) the set-up's example automation sends to when
+    #: a job fails or stalls; without one the automation only records that it fired.
+    alert_block_id: UUID | None = None
 
     dev_api_key: SecretStr | None = None
     dev_organisation: str = "demo-organisation"

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-from collections.abc import AsyncIterator, Callable
+import logging
+import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 from prefect import Task, task
@@ -25,11 +27,11 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.concurrency.asyncio import concurrency
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
+from prefect.states import Cancelled, Completed
 
 from regjobs import catalogue, ledger
 from regjobs.catalogue import StepKind
 from regjobs.config import ExecutionConfig
-from regjobs.db import read_session, transaction
 from regjobs.errors import (
     AlreadyDone,
     Classified,
@@ -39,28 +41,14 @@ from regjobs.errors import (
     classify,
 )
 from regjobs.evidence import evidence_url
+from regjobs.observe import one_line
 from regjobs.secrets import Scrubber
 from regjobs.settings import Settings, StepMode, get_settings
 from tasks.browser import BrowserPool
 from tasks.clients.systems import Clients
 from tasks.handlers import HANDLERS, StepContext
-
-R = TypeVar("R")
-
-
-async def ledger_write(fn: Callable[..., R], /, **kwargs: Any) -> R:
-    """A ledger write in its own transaction, off the event loop."""
-    return await asyncio.to_thread(transaction, fn, **kwargs)
-
-
-async def ledger_read(fn: Callable[..., R], /, **kwargs: Any) -> R:
-    """A ledger read, off the event loop; it never takes the write lock."""
-
-    def read() -> R:
-        with read_session() as session:
-            return fn(session=session, **kwargs)
-
-    return await asyncio.to_thread(read)
+from tasks.ledger_io import ledger_write
+from tasks.report import emit_step
 
 
 @dataclass(frozen=True)
@@ -77,6 +65,9 @@ class Resources:
     scrubber: Scrubber
     #: The organisation the job belongs to (its evidence links name it).
     organisation_id: str
+    #: Set when the flow run stops its steps (the job is no longer its own): each running
+    #: step stops its handler and ends its task run Cancelled, as a stop, not a crash.
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 _resources: contextvars.ContextVar[Resources] = contextvars.ContextVar("regjobs_resources")
@@ -90,7 +81,7 @@ async def step_resources(
     config: ExecutionConfig,
     settings: Settings,
     organisation_id: str,
-) -> AsyncIterator[None]:
+) -> AsyncIterator[Resources]:
     """One HTTP connection pool and (when a browser step needs it) one Chromium per flow
     run; the browser is closed when the run's steps are over, however they ended."""
     timeout = httpx.Timeout(settings.http_timeout_seconds)
@@ -98,11 +89,10 @@ async def step_resources(
     async with httpx.AsyncClient(timeout=timeout) as http:
         clients = Clients.build(http, settings)
         scrubber = Scrubber(config.secrets())
-        token = _resources.set(
-            Resources(job_id, epoch, config, clients, browser, scrubber, organisation_id)
-        )
+        resources = Resources(job_id, epoch, config, clients, browser, scrubber, organisation_id)
+        token = _resources.set(resources)
         try:
-            yield
+            yield resources
         finally:
             await browser.close()
             _resources.reset(token)
@@ -114,8 +104,27 @@ def should_retry(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> 
     return error is None or classify(error).retryable
 
 
-async def run_step(job_id: str, step_id: str) -> dict[str, Any]:
-    """One attempt of one step, recorded in the ledger."""
+async def run_step(job_id: str, step_id: str) -> dict[str, Any] | State[Any]:
+    """One attempt of one step, recorded in the ledger; stopped (a Cancelled task run, not
+    a crashed one) when the flow run stops its steps."""
+    stop = _resources.get().stop
+    work = asyncio.ensure_future(_run_step(job_id, step_id))
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([work, stopped], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+    if not work.cancelled():
+        return work.result()
+    message = "stopped: the job is no longer this flow run's (cancelled, retried or taken over)"
+    get_run_logger().info("%s %s", catalogue.step(step_id).label, message)
+    return Cancelled(message=message)
+
+
+async def _run_step(job_id: str, step_id: str) -> dict[str, Any]:
     settings = get_settings()
     step = catalogue.step(step_id)
     context = TaskRunContext.get()
@@ -187,7 +196,7 @@ async def _failed_before_running(
     error = Classified(ErrorClass.RETRYABLE, message)
     run_count = task_run.run_count if task_run else 1
     will_retry = run_count <= settings.step_retries
-    get_run_logger().error("%s attempt %d failed: %s", step.label, attempt.number, message)
+    _log_failure(step, attempt.number, error, will_retry)
     await ledger_write(
         ledger.fail_attempt,
         job_id=resources.job_id,
@@ -214,6 +223,7 @@ async def _attempt(
         task_run_id=str(task_run.id) if task_run else None,
     )
     logger = get_run_logger()
+    emit_step(job_id, step_id, "running", attempt=attempt.number)
     if attempt.not_before is not None:
         # The outside system asked for a pause (Retry-After) longer than our backoff.
         wait = (attempt.not_before - datetime.now(UTC)).total_seconds()
@@ -246,6 +256,7 @@ async def _attempt(
     )
     warning: str | None = None
     failure: StepAttemptFailed | None = None
+    began = time.monotonic()
     try:
         async with asyncio.timeout(step.timeout_seconds * settings.step_timeout_scale):
             result = await HANDLERS[step_id](ctx)
@@ -271,6 +282,14 @@ async def _attempt(
         result=result,
         warning=warning,
     )
+    summary = one_line(result)
+    logger.info(
+        "%s completed in %.1f s%s",
+        step.label,
+        time.monotonic() - began,
+        f": {summary}" if summary else "",
+    )
+    emit_step(job_id, step_id, "completed", attempt=attempt.number, result=summary)
     return result  # type: ignore[no-any-return]
 
 
@@ -287,14 +306,7 @@ async def _record_failure(
     error = classify(failure)
     run_count = task_run.run_count if task_run else 1
     will_retry = error.retryable and run_count <= settings.step_retries
-    get_run_logger().error(
-        "%s attempt %d failed (%s): %s%s",
-        step.label,
-        attempt,
-        error.error_class.value,
-        error.message,
-        "; will retry" if will_retry else "",
-    )
+    _log_failure(step, attempt, error, will_retry)
     evidence_id = await ledger_write(
         ledger.fail_attempt,
         job_id=resources.job_id,
@@ -307,6 +319,29 @@ async def _record_failure(
     )
     if evidence_id is not None:
         await _link_evidence(settings, resources, step, attempt, evidence_id)
+
+
+def _log_failure(step: catalogue.Step, attempt: int, error: Classified, will_retry: bool) -> None:
+    """A failed attempt: a WARNING while the step will be tried again, an ERROR when it
+    fails the step; and the step's event."""
+    level = logging.WARNING if will_retry else logging.ERROR
+    get_run_logger().log(
+        level,
+        "%s attempt %d failed (%s): %s%s",
+        step.label,
+        attempt,
+        error.error_class.value,
+        error.message,
+        "; will retry" if will_retry else "",
+    )
+    emit_step(
+        _resources.get().job_id,
+        step.id,
+        "retrying" if will_retry else "failed",
+        attempt=attempt,
+        error_class=error.error_class.value,
+        error=error.message,
+    )
 
 
 async def _link_evidence(
@@ -344,3 +379,16 @@ def step_task(step_id: str) -> Task[Any, Any]:
         # limits, which delayed concurrently started steps by up to 2.4 s (measured here).
     )
     return decorate(run_step)
+
+
+async def _mark(job_id: str, step_id: str, outcome: str, reason: str) -> State[None]:
+    """A step that does not run in this flow run (skipped, or reused from an earlier run)
+    still shows in Prefect: a task run that ends at once in a state named for why."""
+    return Completed(name=outcome, message=reason)
+
+
+@cache
+def marker_task(step_id: str) -> Task[Any, Any]:
+    """The task run standing for a step that does not run here, named by its label."""
+    label = catalogue.step(step_id).label
+    return task(name=label, task_run_name=label, cache_policy=NO_CACHE, persist_result=False)(_mark)

@@ -1,0 +1,234 @@
+"""What an operator sees of a job in Prefect, read through Prefect's API: the summary and
+progress artifacts, every step as a task run with the catalogue's edges, the run named and
+tagged from its job, and a rerun from a step started with the `prefect` CLI."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from typing import Any
+from uuid import UUID
+
+import httpx
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.client.schemas.objects import Artifact, StateType, TaskRun, TaskRunResult
+from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+from deployments.setup import ALERT_AUTOMATION
+from deployments.stack import Stack
+from regjobs import catalogue
+from regjobs.catalogue import STEP_IDS, STEPS
+from tests.helpers import (
+    create,
+    effects,
+    fault,
+    flow_run_state,
+    hold_step,
+    steps_by_id,
+    wait_for,
+    watch_job,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.database]
+
+LABELS = {s.label: s.id for s in STEPS}
+
+
+def latest_artifact(key: str) -> Artifact:
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+        )
+    assert found, f"no artifact {key!r}"
+    return max(found, key=lambda a: a.created or 0)
+
+
+def task_runs(flow_run_id: str) -> dict[str, TaskRun]:
+    """The flow run's task runs by step id (their names are the steps' labels)."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)]))
+        )
+    by_step = {LABELS[r.name]: r for r in runs}
+    assert len(by_step) == len(runs), [r.name for r in runs]
+    return by_step
+
+
+def assert_edges_match_catalogue(runs: dict[str, TaskRun]) -> None:
+    names = {str(r.id): sid for sid, r in runs.items()}
+    for sid, run in runs.items():
+        edges = run.task_inputs.get("wait_for", [])
+        upstream = {names[str(i.id)] for i in edges if isinstance(i, TaskRunResult)}
+        assert len(upstream) == len(edges), edges
+        assert upstream == set(catalogue.step(sid).needs), sid
+
+
+def test_summary_progress_and_graph_of_a_completed_and_a_failed_job(
+    api: httpx.Client, standin: httpx.Client, restaurant_id: str
+) -> None:
+    done = watch_job(api, create(api, restaurant_id)).job
+    assert done["status"] == "completed", done
+    fault(standin, step="menu_import", mode="status", status=400)
+    failed = watch_job(api, create(api, restaurant_id + "-b")).job
+    assert failed["status"] == "failed", failed
+
+    # The completed job: every step completed in its summary, 100 % in its progress.
+    summary = latest_artifact(f"job-{done['id']}")
+    assert summary.type == "markdown"
+    text = str(summary.data)
+    assert "completed (100%)" in text
+    assert f"/api/registration-jobs/{done['id']})" in text
+    for step in STEPS:
+        row = re.search(rf"\| {step.number} \| {step.label} \| (\w+) \| (\d+) \|", text)
+        assert row is not None and row.groups() == ("completed", "1"), (step.id, text)
+    assert "subdomain=demo-pizza" in text  # a one-line result
+    progress = latest_artifact(f"job-{done['id']}-progress")
+    assert progress.type == "progress" and float(str(progress.data)) == 100.0
+    runs = task_runs(done["flow_run_id"])
+    assert set(runs) == set(STEP_IDS)
+    assert {r.state.name for r in runs.values() if r.state} == {"Completed"}
+    assert_edges_match_catalogue(runs)
+
+    # The failed job: the failed step with its error, the skipped steps with their reasons.
+    text = str(latest_artifact(f"job-{failed['id']}").data)
+    steps = steps_by_id(failed)
+    menu = steps["menu_import"]
+    assert menu["status"] == "failed" and menu["error_message"]
+    assert "**Failed step**: menu_import" in text
+    assert menu["error_message"].replace("|", "\\|") in text
+    skipped = {sid: s["skip_reason"] for sid, s in steps.items() if s["status"] == "skipped"}
+    assert set(skipped) == {"option_sets", "item_tags"}
+    for sid, reason in skipped.items():
+        step = catalogue.step(sid)
+        assert f"| {step.number} | {step.label} | skipped | 0 |  | {reason} |" in text
+    progress = latest_artifact(f"job-{failed['id']}-progress")
+    assert float(str(progress.data)) == failed["progress_percent"]
+    runs = task_runs(failed["flow_run_id"])
+    assert set(runs) == set(STEP_IDS)
+    for sid, run in runs.items():
+        assert run.state is not None
+        if sid in skipped:
+            assert (run.state.type, run.state.name) == (StateType.COMPLETED, "Skipped")
+            assert run.state.message == skipped[sid]
+        elif sid == "menu_import":
+            assert run.state.type is StateType.FAILED
+        else:
+            assert run.state.name == "Completed", sid
+    assert_edges_match_catalogue(runs)
+
+    # Prefect events for each step transition and the job's end, for automations.
+    expected = {
+        *(("regjobs.step.completed", sid) for sid in STEP_IDS if sid not in skipped),
+        *(("regjobs.step.running", sid) for sid in STEP_IDS if sid not in skipped),
+        *(("regjobs.step.skipped", sid) for sid in skipped),
+        ("regjobs.job.failed", None),
+    } - {("regjobs.step.completed", "menu_import")} | {("regjobs.step.failed", "menu_import")}
+    seen = wait_for(
+        lambda: (got := job_events(failed["id"])) >= expected and got,
+        timeout=30,
+        what="the job's events in Prefect",
+    )
+    assert seen == expected
+    with get_client(sync_client=True) as client:
+        automations = client.read_automations_by_name(ALERT_AUTOMATION)
+    assert len(automations) == 1
+    assert "regjobs.job.failed" in automations[0].trigger.model_dump_json()
+
+
+def job_events(job_id: str) -> set[tuple[str, str | None]]:
+    """(event, step) of the job's `regjobs.*` events Prefect has stored."""
+    wanted = EventFilter(
+        event=EventNameFilter(prefix=["regjobs."]),
+        resource=EventResourceFilter(id_prefix=[f"regjobs.job.{job_id}"]),
+    )
+    with get_client(sync_client=True) as client:
+        page = client.read_events(filter=wanted, limit=50)
+        events = list(page.events)
+        while page.next_page:
+            page = client.read_events_page(str(page.next_page))
+            events += page.events
+    return {(e.event, e.resource.get("regjobs.step")) for e in events}
+
+
+def test_deployment_run_from_a_step_reruns_it_and_its_dependents(
+    api: httpx.Client, standin: httpx.Client, stack: Stack, restaurant_id: str
+) -> None:
+    job = watch_job(api, create(api, restaurant_id)).job
+    assert job["status"] == "completed", job
+    assert effects(standin) == dict.fromkeys(STEP_IDS, 1)
+
+    # The deployment offers the steps as a choice (the UI's custom run shows a dropdown).
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("registration-job/registration-job")
+    schema = json.dumps(deployment.parameter_openapi_schema)
+    assert all(f'"{sid}"' in schema for sid in STEP_IDS), schema
+
+    out = stack.run(
+        [
+            *(sys.executable, "-m", "prefect", "deployment", "run"),
+            "registration-job/registration-job",
+            *("--param", f"job_id={job['id']}", "--param", "from_step=menu_import"),
+        ]
+    )
+    match = re.search(r"UUID:\s*([0-9a-f-]{36})", out)
+    assert match, out
+    flow_run_id = match.group(1)
+
+    def ended() -> Any:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(UUID(flow_run_id))
+        return run if run.state and run.state.is_final() else None
+
+    run = wait_for(ended, timeout=90, what="the operator's run to end")
+    assert run.state.type is StateType.COMPLETED, run.state
+    again = api.get(f"/api/registration-jobs/{job['id']}").json()
+    assert again["status"] == "completed" and again["flow_run_id"] == flow_run_id
+    rerun = {"menu_import", "option_sets", "item_tags"}
+    assert effects(standin) == {sid: 2 if sid in rerun else 1 for sid in STEP_IDS}
+    # Named and tagged like the runs the API makes, though an operator started it.
+    assert run.name == f"{job['restaurant_name']} · {job['id'][:8]}"
+    assert f"restaurant:{job['restaurant_id']}" in run.tags
+    assert any(t.startswith("organisation:") for t in run.tags)
+    # Steps not run again are in its graph too, as reused.
+    runs = task_runs(flow_run_id)
+    assert {sid for sid, r in runs.items() if r.state and r.state.name == "Reused"} == (
+        set(STEP_IDS) - rerun
+    )
+    assert_edges_match_catalogue(runs)
+
+
+@pytest.mark.parametrize("by", ["api", "prefect"])
+def test_a_deliberate_cancel_logs_no_error(
+    api: httpx.Client, standin: httpx.Client, stack: Stack, restaurant_id: str, by: str
+) -> None:
+    job_id = hold_step(api, standin, restaurant_id, "restaurant_registration", 30)
+    flow_run_id = api.get(f"/api/registration-jobs/{job_id}").json()["flow_run_id"]
+    if by == "api":
+        assert api.post(f"/api/registration-jobs/{job_id}/cancel").status_code == 200
+    else:
+        stack.run([sys.executable, "-m", "prefect", "flow-run", "cancel", flow_run_id])
+    wait_for(
+        lambda: flow_run_state(flow_run_id)[0] is StateType.CANCELLED,
+        timeout=30,
+        what="the flow run to be cancelled",
+    )
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(flow_run_id)]))
+        )
+    loud = [(log.level, log.message) for log in logs if log.level >= logging.WARNING]
+    assert loud == [], "\n".join(f"{log.level} {log.message}" for log in logs)
+    assert any("cancel" in log.message.lower() for log in logs), "\n".join(
+        log.message for log in logs
+    )

@@ -27,8 +27,9 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from regjobs.catalogue import FINAL_JOB_STATUSES
@@ -137,8 +138,32 @@ def jobs_ls(
     console.print(table)
 
 
-def _steps_table(job: dict[str, Any]) -> Table:
-    table = Table("#", "step", "status", "attempts", "time", "note", title=_title(job))
+#: A step's bar: full once it ended (coloured by how), pulsing while it runs or waits.
+BAR_STYLES = {
+    "completed": "green",
+    "failed": "red",
+    "skipped": "grey50",
+    "cancelled": "magenta",
+}
+
+
+def _bar(status: str) -> ProgressBar:
+    if status in ("running", "retrying"):
+        return ProgressBar(total=None, width=12, pulse_style="cyan")
+    style = BAR_STYLES.get(status)
+    return ProgressBar(
+        total=1, completed=1 if style else 0, width=12, complete_style=style or "default"
+    )
+
+
+def _steps_table(job: dict[str, Any]) -> Group:
+    """The job's title, a bar per step, and the job's own bar (its percent) below."""
+    table = Table("#", "step", "", "status", "attempts", "time", "note", title=_title(job))
+    overall = Table.grid(padding=(0, 1))
+    overall.add_row(
+        ProgressBar(total=100, completed=job["progress_percent"], width=60),
+        f"{job['progress_percent']}%",
+    )
     for step in job["steps"]:
         note = step["error_message"] or step["skip_reason"] or step["warning"]
         note = note or step["progress"] or ""
@@ -146,12 +171,13 @@ def _steps_table(job: dict[str, Any]) -> Table:
         table.add_row(
             str(step["step_number"]),
             step["step_label"],
+            _bar(step["status"]),
             f"{MARKS.get(step['status'], '')} {step['status']}",
             str(step["attempts"]),
             seconds,
             note[:80],
         )
-    return table
+    return Group(table, overall)
 
 
 def _title(job: dict[str, Any]) -> str:

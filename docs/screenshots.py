@@ -1,0 +1,118 @@
+"""Make the screenshots in docs/: a failed job's run page in the Prefect UI (its summary
+artifact, then its graph) and what `regjobs jobs watch` shows of a running job.
+
+    .venv/bin/python docs/screenshots.py
+
+Starts its own system (as `make run` does, Prefect UI on) on free ports in a temporary
+folder, runs two jobs in endpoints mode, takes the pictures with Chromium, stops it all.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from playwright.sync_api import sync_playwright
+from rich.console import Console
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from deployments.demo import DEMO_CONFIG  # noqa: E402
+from deployments.stack import Stack, StackConfig, free_port  # noqa: E402
+from regjobs.cli import _steps_table  # noqa: E402
+from regjobs.settings import get_settings  # noqa: E402
+
+KEY = "rj_docs_screenshots_key_0123456789"
+
+
+def wait(check: Any, timeout: float = 120) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := check():
+            return found
+        time.sleep(0.2)
+    raise TimeoutError(check)
+
+
+def create(api: httpx.Client, restaurant_id: str) -> str:
+    body = {"restaurant_id": restaurant_id, "execution_config": DEMO_CONFIG}
+    response = api.post("/api/registration-jobs", json=body)
+    response.raise_for_status()
+    return str(response.json()["job_id"])
+
+
+def job(api: httpx.Client, job_id: str) -> dict[str, Any]:
+    return dict(api.get(f"/api/registration-jobs/{job_id}").json())
+
+
+def main() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="regjobs-shots-"))
+    config = StackConfig(
+        state_dir=tmp,
+        api_port=free_port(),
+        prefect_port=free_port(),
+        standin_port=free_port(),
+        env={"REGJOBS_DEV_API_KEY": KEY, "REGJOBS_STEP_MODE": "endpoints"},
+    )
+    stack = Stack(config)
+    try:
+        stack.start_all()
+        shoot(stack)
+    finally:
+        stack.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def shoot(stack: Stack) -> None:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    api = httpx.Client(base_url=stack.config.api_url, headers=headers, timeout=30)
+    standin = httpx.Client(base_url=stack.config.standin_url, timeout=30)
+    standin.post("/_control/reset").raise_for_status()
+
+    # A job caught running (option sets held), drawn as `regjobs jobs watch` draws it.
+    standin.post(
+        "/_control/faults", json={"step": "option_sets", "mode": "slow", "seconds": 6}
+    ).raise_for_status()
+    running = create(api, "rest-docs-watch")
+    shown = wait(lambda: (j := job(api, running))["steps"][10]["status"] == "running" and j)
+    console = Console(record=True, width=118, force_terminal=True)
+    console.print(_steps_table(shown))
+    svg = HERE / "jobs-watch.svg"
+    svg.write_text(console.export_svg(title="regjobs jobs watch"))
+    wait(lambda: job(api, running)["status"] == "completed", timeout=60)
+
+    # A job that fails at menu import: the summary shows the error and the skipped steps.
+    standin.post("/_control/reset").raise_for_status()
+    standin.post(
+        "/_control/faults", json={"step": "menu_import", "mode": "status", "status": 400}
+    ).raise_for_status()
+    failed_id = create(api, "rest-docs-failed")
+    failed = wait(lambda: (j := job(api, failed_id))["status"] == "failed" and j)
+    url = failed["flow_run_url"] or (
+        f"{stack.config.prefect_url}/runs/flow-run/{failed['flow_run_id']}"
+    )
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=get_settings().chromium_path())
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(f"{url}?tab=Artifacts", wait_until="networkidle")
+        page.get_by_text("Failed step").first.wait_for(timeout=30_000)
+        page.screenshot(path=str(HERE / "prefect-run-summary.png"), full_page=True)
+        page.goto(url, wait_until="networkidle")
+        page.wait_for_timeout(3000)  # the graph draws after the data arrives
+        page.screenshot(path=str(HERE / "prefect-run-graph.png"))
+        page.goto(svg.as_uri())
+        page.set_viewport_size({"width": 1100, "height": 700})
+        page.screenshot(path=str(HERE / "jobs-watch.png"), full_page=True)
+        browser.close()
+    svg.unlink()
+    sys.stdout.write("wrote prefect-run-summary.png, prefect-run-graph.png, jobs-watch.png\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -25,7 +25,7 @@ from prefect.client.orchestration import get_client
 
 from deployments.setup import PROJECT_DIR_ENV
 from deployments.stack import MARKER, WORK_POOL, Stack, marked_processes
-from regjobs.settings import PROJECT_DIR
+from regjobs.settings import PROJECT_DIR, get_settings
 from tests.helpers import create, fault, flow_run_pids, progress, wait_for, watch_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.database]
@@ -49,9 +49,9 @@ def readme_env(stack: Stack, clone: Path, home: Path) -> dict[str, str]:
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         PROJECT_DIR_ENV: str(clone),
         "DATABASE_URL": env["DATABASE_URL"],
-        # The API of this test system made its key in its state folder; a worker elsewhere
-        # gets the same key in its environment.
-        "REGJOBS_SECRET_KEY": (Path(env["REGJOBS_STATE_DIR"]) / "secret.key").read_text(),
+        # This test system's key is generated into its state folder (development); a
+        # worker elsewhere gets the API's key in its environment.
+        "REGJOBS_SECRET_KEY": get_settings().fernet_keys()[0].decode(),
         "REGJOBS_STEP_MODE": "endpoints",
         "REGJOBS_APP_ENDPOINTS_URL": env["REGJOBS_APP_ENDPOINTS_URL"],
         # Stands for `pip install -e .` of the clone (module docstring).

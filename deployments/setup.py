@@ -38,7 +38,11 @@ def project_directory() -> dict[str, str]:
     given = os.environ.get(PROJECT_DIR_ENV, "").strip()
     directory = Path(given).expanduser() if given else PROJECT_DIR
     if not (directory / ENTRYPOINT_FILE).is_file():
-        where = f"{PROJECT_DIR_ENV}={given}" if given else f"{PROJECT_DIR} (it is unset)"
+        where = (
+            f"{PROJECT_DIR_ENV}={given}"
+            if given
+            else f"{PROJECT_DIR} (where the project is installed; {PROJECT_DIR_ENV} is unset)"
+        )
         raise RuntimeError(
             f"no registration-jobs project at {where}: {ENTRYPOINT_FILE} is not there. Set "
             f"{PROJECT_DIR_ENV} in the worker's environment to the project's folder on this "

@@ -2,13 +2,18 @@
 again (idempotent). Reads the same settings as everything else.
 
     PREFECT_API_URL=http://127.0.0.1:4200/api python -m deployments.setup
+
+Also the deployment's pull step (`project_directory`, named in prefect.yaml): where a flow
+run finds the code on the worker's machine, decided there when the run starts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 from prefect.automations import Automation
 from prefect.events.actions import ActionTypes, DoNothing, SendNotification
@@ -17,6 +22,40 @@ from prefect.events.schemas.automations import EventTrigger, Posture
 from regjobs.settings import PROJECT_DIR, Settings, get_settings
 
 PREFECT = [sys.executable, "-m", "prefect"]
+#: The worker's setting: the project's folder on its machine.
+PROJECT_DIR_ENV = "REGJOBS_PROJECT_DIR"
+#: The deployment's entrypoint file (prefect.yaml), relative to the project's folder.
+ENTRYPOINT_FILE = Path("flows") / "registration.py"
+
+
+def project_directory() -> dict[str, str]:
+    """The deployment's pull step, run by each flow-run process before it loads the flow:
+    enter the project's folder on this machine and answer it as `directory` (Prefect loads
+    the entrypoint from there).
+
+    The folder is `REGJOBS_PROJECT_DIR` from the flow-run process's environment (the
+    worker's), else the folder this module was imported from (an editable install or a
+    checkout: the code the worker already runs). The deployment records only this step's
+    name, never a folder: whatever machine ran `prefect deploy`, each worker decides here.
+    (A `{{ $VAR }}` template would not do: `prefect deploy` resolves environment templates
+    in pull steps with its own environment whenever the variable is set there.)
+    """
+    given = os.environ.get(PROJECT_DIR_ENV, "").strip()
+    directory = Path(given).expanduser() if given else PROJECT_DIR
+    if not (directory / ENTRYPOINT_FILE).is_file():
+        where = (
+            f"{PROJECT_DIR_ENV}={given}"
+            if given
+            else f"{PROJECT_DIR} (where the project is installed; {PROJECT_DIR_ENV} is unset)"
+        )
+        raise RuntimeError(
+            f"no registration-jobs project at {where}: {ENTRYPOINT_FILE} is not there. Set "
+            f"{PROJECT_DIR_ENV} in the worker's environment to the project's folder on this "
+            "machine (README, Production)"
+        )
+    resolved = str(directory.resolve())
+    os.chdir(resolved)
+    return {"directory": resolved}
 
 
 def _run(args: list[str]) -> str:

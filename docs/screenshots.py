@@ -9,14 +9,17 @@ folder, runs two jobs in endpoints mode, takes the pictures with Chromium, stops
 
 from __future__ import annotations
 
+import io
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 from rich.console import Console
 
@@ -81,10 +84,10 @@ def shoot(stack: Stack) -> None:
     ).raise_for_status()
     running = create(api, "rest-docs-watch")
     shown = wait(lambda: (j := job(api, running))["steps"][10]["status"] == "running" and j)
-    console = Console(record=True, width=118, force_terminal=True)
+    console = Console(record=True, width=118, force_terminal=True, file=io.StringIO())
     console.print(_steps_table(shown))
-    svg = HERE / "jobs-watch.svg"
-    svg.write_text(console.export_svg(title="regjobs jobs watch"))
+    page_html = HERE / "jobs-watch.html"
+    page_html.write_text(console.export_html(inline_styles=True))
     wait(lambda: job(api, running)["status"] == "completed", timeout=60)
 
     # A job that fails at menu import: the summary shows the error and the skipped steps.
@@ -97,20 +100,40 @@ def shoot(stack: Stack) -> None:
     url = failed["flow_run_url"] or (
         f"{stack.config.prefect_url}/runs/flow-run/{failed['flow_run_id']}"
     )
+    artifacts = f"{stack.config.prefect_url}/artifacts/key/job-{failed_id}"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=get_settings().chromium_path())
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.goto(f"{url}?tab=Artifacts", wait_until="networkidle")
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        # Nothing outside this machine (no fonts from a CDN, no telemetry).
+        page.route(
+            "**/*",
+            lambda route: (
+                route.continue_()
+                if (urlsplit(route.request.url).hostname or "") in ("127.0.0.1", "localhost", "")
+                else route.abort()
+            ),
+        )
+        page.goto(url, wait_until="networkidle")
+        page.get_by_text("Menu import").first.wait_for(timeout=30_000)
+        page.wait_for_timeout(2000)  # the graph draws after its data arrives
+        page.screenshot(path=str(HERE / "prefect-run-graph.png"))
+        # The summary: the run's Artifacts tab, then the artifact itself.
+        page.get_by_text("Artifacts", exact=True).first.click()
+        page.wait_for_timeout(1500)
+        page.screenshot(path="/tmp/regjobs-shot-tab.png")
+        try:
+            page.get_by_text(f"job-{failed_id}", exact=True).first.click(timeout=10_000)
+        except PlaywrightError:
+            page.goto(artifacts, wait_until="networkidle")
+        page.wait_for_timeout(1500)
+        page.screenshot(path="/tmp/regjobs-shot-artifact.png", full_page=True)
         page.get_by_text("Failed step").first.wait_for(timeout=30_000)
         page.screenshot(path=str(HERE / "prefect-run-summary.png"), full_page=True)
-        page.goto(url, wait_until="networkidle")
-        page.wait_for_timeout(3000)  # the graph draws after the data arrives
-        page.screenshot(path=str(HERE / "prefect-run-graph.png"))
-        page.goto(svg.as_uri())
-        page.set_viewport_size({"width": 1100, "height": 700})
-        page.screenshot(path=str(HERE / "jobs-watch.png"), full_page=True)
+        page.set_viewport_size({"width": 1000, "height": 560})
+        page.goto(page_html.as_uri(), wait_until="load")
+        page.screenshot(path=str(HERE / "jobs-watch.png"))
         browser.close()
-    svg.unlink()
+    page_html.unlink()
     sys.stdout.write("wrote prefect-run-summary.png, prefect-run-graph.png, jobs-watch.png\n")
 
 

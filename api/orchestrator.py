@@ -9,21 +9,24 @@ it for the client's backoff.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.events import emit_event
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
 from regjobs.ledger import Dispatch
 from regjobs.settings import Settings
 from regjobs.translate import FlowRunSnapshot, RunState
+
+T = TypeVar("T")
 
 #: Flow runs read per call (Prefect's API pages at 200).
 BATCH = 200
@@ -106,15 +109,17 @@ class Orchestrator:
         deployment_id = self.deployment_id()
         try:
             with self._once():
-                flow_run: FlowRun = self.client.create_flow_run_from_deployment(
-                    deployment_id,
-                    parameters={"job_id": run.job_id},
-                    name=f"{run.restaurant_name} · {run.job_id[:8]}",
-                    tags=[
-                        f"restaurant:{run.restaurant_id}",
-                        f"organisation:{run.organisation_name}",
-                    ],
-                    idempotency_key=run.idempotency_key,
+                flow_run: FlowRun = _busy_retries(
+                    lambda: self.client.create_flow_run_from_deployment(
+                        deployment_id,
+                        parameters={"job_id": run.job_id},
+                        name=f"{run.restaurant_name} · {run.job_id[:8]}",
+                        tags=[
+                            f"restaurant:{run.restaurant_id}",
+                            f"organisation:{run.organisation_name}",
+                        ],
+                        idempotency_key=run.idempotency_key,
+                    )
                 )
         except ObjectNotFound as exc:
             self._deployment_id = None  # deleted since: look it up again next time
@@ -178,6 +183,25 @@ class Orchestrator:
         """A Prefect event (automations can act on it: notify someone)."""
         with self._once():
             emit_event(event=event, resource=resource, payload=payload)
+
+
+#: Pauses before calling again after a 503 (Prefect's server on SQLite answers it when its
+#: database is locked for a moment); then the caller's next cycle tries again.
+BUSY_PAUSES = (0.05, 0.1, 0.2)
+
+
+def _busy_retries(call: Callable[[], T]) -> T:
+    """`call`, made again after short pauses while Prefect answers 503 (busy, retryable; a
+    repeated create is safe with its idempotency key). A Prefect that does not answer is
+    not waited for: only an answer says it is busy."""
+    for pause in BUSY_PAUSES:
+        try:
+            return call()
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code != 503:
+                raise
+        time.sleep(pause)
+    return call()
 
 
 def _uuid(value: str) -> bool:

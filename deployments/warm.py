@@ -30,6 +30,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from typing import Any, NoReturn
 
 #: The pool's Unix socket (set by the stack for each worker and what it starts).
@@ -38,6 +39,10 @@ SOCKET_ENV = "REGJOBS_WARM_SOCKET"
 SIZE_ENV = "REGJOBS_WARM_PROCESSES"
 #: How long a launcher waits for a warm process before it starts cold.
 CLAIM_SECONDS = 2.0
+#: After a hand-over, a new warm process is started this much later while another still
+#: waits (at once when none does): importing Prefect takes ~1.5-2.5 s of CPU, which on a
+#: small machine would slow the start of the flow run just handed over.
+REFILL_PAUSE = 0.75
 KILLED = 137
 
 
@@ -106,10 +111,9 @@ def serve(path: str) -> NoReturn:
     """Import what every flow run needs, then wait for one flow run and run it."""
     import runpy
 
-    import prefect.engine
-    import prefect.flow_engine  # noqa: F401
-
-    import flows.registration  # noqa: F401
+    _warm_up()
+    settings = _prefect_settings()
+    client = _prefect_client()
 
     pool = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     pool.connect(path)
@@ -133,11 +137,18 @@ def serve(path: str) -> NoReturn:
         os.close(fd)
     threading.Thread(target=_die_with, args=(launcher,), daemon=True).start()
 
+    prepared, expected = settings
+    same_settings = _prefect_env(job["env"]) == expected
     os.environ.clear()
     os.environ.update(job["env"])
     os.chdir(job["cwd"])
+    if same_settings:  # (the client was made for this Prefect API)
+        _entrypoint_imported(client)
+    if client is not None:
+        with contextlib.suppress(Exception):
+            client.__exit__(None, None, None)
     sys.argv = ["prefect.engine", *job["argv"]]
-    code = _run_engine(runpy)
+    code = _run_engine(runpy, prepared if same_settings else None)
     with contextlib.suppress(OSError):
         launcher.sendall(f"exit {code}\n".encode())
     sys.stdout.flush()
@@ -145,9 +156,111 @@ def serve(path: str) -> NoReturn:
     os._exit(code)
 
 
-def _run_engine(runpy: Any) -> int:
+#: What a flow run imports on its way to its first step beyond the engine and the flow
+#: (seen by diffing sys.modules around a run): imported here, before the run is handed over.
+WARM_IMPORTS = (
+    "prefect.engine",
+    "prefect.flow_engine",
+    "prefect.task_engine",
+    "prefect.deployments.steps.core",
+    "prefect.deployments.steps.pull",
+    "prefect.runner",
+    "prefect.utilities.visualization",
+    "anyio._backends._asyncio",
+    "sqlite3",
+    "flows.registration",
+    "tasks.steps",
+)
+
+
+def _warm_up() -> None:
+    """Import what a flow run needs, and open the job database once (its engine is kept
+    per URL: the flow run, given the same URL, finds its pool and driver ready)."""
+    import importlib
+
+    for name in WARM_IMPORTS:
+        importlib.import_module(name)
+    from regjobs.db import get_engine, get_read_engine
+
+    for engine in (get_engine(), get_read_engine()):
+        try:
+            with engine.connect():
+                pass
+        except Exception:  # the database is not up yet: the flow run connects itself
+            engine.dispose()
+
+
+def _prefect_env(env: Any) -> dict[str, str]:
+    """The environment Prefect's settings are read from (PREFECT_*, not PREFECT__*: those
+    name the flow run, not settings)."""
+    return {
+        k: v for k, v in env.items() if k.startswith("PREFECT_") and not k.startswith("PREFECT__")
+    }
+
+
+def _prefect_settings() -> tuple[Any, dict[str, str]]:
+    """Prefect's settings as this process's environment gives them (~50-130 ms to build),
+    and the PREFECT_* environment a flow run handed over by this process's worker has when
+    its settings are these: the worker passes its own environment with its settings written
+    over it (`to_environment_variables`). A flow run handed over with
+    exactly that environment uses the settings built here."""
+    from prefect.settings import Settings
+
+    settings = Settings()
+    expected = {**os.environ, **settings.to_environment_variables(exclude_unset=True)}
+    return settings, _prefect_env(expected)
+
+
+def _entrypoint_imported(client: Any) -> None:
+    """Skip loading a flow this process has imported already: when the flow run's
+    deployment pulls nothing but `set_working_directory` and its entrypoint file is a
+    module imported here, go to that folder and name the module to Prefect's engine
+    (`PREFECT__FLOW_ENTRYPOINT`, what Prefect's own runner sets for served flows). The
+    engine then neither reads the deployment nor runs its pull step nor executes the flow's
+    file again as a new module (~0.3-0.5 s). Anything else: the engine does all of it.
+    `client`: a Prefect client made at warm-up (making one costs ~30 ms)."""
+    deployment_id = os.environ.get("PREFECT__DEPLOYMENT_ID")
+    if client is None or not deployment_id or os.environ.get("PREFECT__FLOW_ENTRYPOINT"):
+        return
+    try:
+        deployment = client.read_deployment(deployment_id)
+    except Exception:
+        return
+    steps = deployment.pull_steps or []
+    if len(steps) != 1 or not deployment.entrypoint or ".py:" not in deployment.entrypoint:
+        return
+    (key, arguments), *_ = steps[0].items()
+    directory = (arguments or {}).get("directory")
+    if key.rsplit(".", 1)[-1] != "set_working_directory" or not isinstance(directory, str):
+        return
+    if "{{" in directory or not os.path.isdir(directory):
+        return
+    path, function = deployment.entrypoint.rsplit(":", 1)
+    name = os.path.normpath(path).removesuffix(".py").replace(os.sep, ".")
+    module = sys.modules.get(name)
+    found = getattr(module, "__file__", None)
+    target = os.path.join(directory, path)
+    if found and os.path.realpath(found) == os.path.realpath(target):
+        os.chdir(directory)
+        os.environ["PREFECT__FLOW_ENTRYPOINT"] = f"{name}:{function}"
+
+
+def _prefect_client() -> Any:
+    """A Prefect client for the hand-over (None if it cannot be made)."""
+    try:
+        from prefect.client.orchestration import get_client
+
+        client = get_client(sync_client=True)
+        client.__enter__()
+    except Exception:
+        return None
+    return client
+
+
+def _run_engine(runpy: Any, prepared: Any = None) -> int:
     """`python -m prefect.engine`, with Prefect's and this project's settings read again
-    from the environment the flow run was given."""
+    from the environment the flow run was given (Prefect's `prepared` ones if that
+    environment gives the same)."""
     from prefect.context import SettingsContext, get_settings_context
     from prefect.settings import Settings
 
@@ -156,7 +269,7 @@ def _run_engine(runpy: Any) -> int:
     get_settings.cache_clear()
     current = get_settings_context()
     try:
-        with SettingsContext(profile=current.profile, settings=Settings()):
+        with SettingsContext(profile=current.profile, settings=prepared or Settings()):
             runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
@@ -212,11 +325,15 @@ def pool(path: str, size: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
+    claimed = [0.0]  # when a launcher last took a warm process (monotonic)
+
     def fill() -> None:
         # (polling reaps the processes that ended: a finished flow run, a dead one)
         children[:] = [p for p in children if p.poll() is None]
         ready.intersection_update(p.pid for p in children)
         starting = sum(p.pid not in ready for p in children)
+        if idle and time.monotonic() - claimed[0] < REFILL_PAUSE:
+            return  # a flow run is starting: its CPU first, while one is still waiting
         for _ in range(size - len(idle) - starting):
             children.append(subprocess.Popen([sys.executable, "-m", "deployments.warm", "serve"]))
 
@@ -237,6 +354,7 @@ def pool(path: str, size: int) -> None:
                     ready.add(int(hello.split()[1]))
                 elif hello == "claim":
                     _hand_over(conn, idle)
+                    claimed[0] = time.monotonic()
                 else:
                     conn.close()
         fill()

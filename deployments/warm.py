@@ -3,9 +3,12 @@ and the flow already, instead of a new interpreter paying ~1.5 s of CPU for the 
 
 Three parts, one module:
 - **the pool** (`python -m deployments.warm pool`), one per worker, beside it: keeps
-  `REGJOBS_WARM_PROCESSES` warm processes waiting (spawned, never forked: Prefect's engine
-  deadlocks in a process forked after its threads started, PrefectHQ/prefect#16802), and
-  starts a new one as soon as one is taken;
+  `REGJOBS_WARM_PROCESSES` warm processes waiting, and starts a new one as soon as one is
+  taken. It imports Prefect and the flow once and forks each warm process from itself
+  while it is single-threaded (never after any thread started: Prefect's engine deadlocks
+  in a process forked after its threads started, PrefectHQ/prefect#16802; see `pool`), so
+  a warm process costs milliseconds of CPU, not the imports' seconds;
+  `REGJOBS_WARM_FORK=false` spawns each instead;
 - **the launcher** (`python -m deployments.warm`), the work pool's command for a flow run,
   so Prefect's process worker starts it exactly where it would start `python -m
   prefect.engine`. It imports nothing heavy; it asks the pool for a warm process and hands
@@ -37,11 +40,13 @@ from typing import Any, NoReturn
 SOCKET_ENV = "REGJOBS_WARM_SOCKET"
 #: Warm processes a pool keeps waiting.
 SIZE_ENV = "REGJOBS_WARM_PROCESSES"
+#: "false": each warm process a new interpreter instead of forked from the pool.
+FORK_ENV = "REGJOBS_WARM_FORK"
 #: How long a launcher waits for a warm process before it starts cold.
 CLAIM_SECONDS = 2.0
-#: After a hand-over, a new warm process is started this much later while another still
-#: waits (at once when none does): importing Prefect takes ~1.5-2.5 s of CPU, which on a
-#: small machine would slow the start of the flow run just handed over.
+#: Spawned warm processes only: after a hand-over, a new one is started this much later
+#: while another still waits (at once when none does): importing Prefect takes ~1.5-2.5 s
+#: of CPU, which on a small machine would slow the start of the flow run just handed over.
 REFILL_PAUSE = 0.75
 KILLED = 137
 
@@ -174,12 +179,10 @@ WARM_IMPORTS = (
 
 
 def _warm_up() -> None:
-    """Import what a flow run needs, and open the job database once (its engine is kept
-    per URL: the flow run, given the same URL, finds its pool and driver ready)."""
-    import importlib
-
-    for name in WARM_IMPORTS:
-        importlib.import_module(name)
+    """Import what a flow run needs (if the pool has not), and open the job database once
+    (its engine is kept per URL: the flow run, given the same URL, finds its pool and
+    driver ready)."""
+    _imports()
     from regjobs.db import get_engine, get_read_engine
 
     for engine in (get_engine(), get_read_engine()):
@@ -246,7 +249,10 @@ def _entrypoint_imported(client: Any) -> None:
 
 
 def _prefect_client() -> Any:
-    """A Prefect client for the hand-over (None if it cannot be made)."""
+    """A Prefect client for the hand-over (None if it cannot be made; never one that
+    would start a temporary server of its own)."""
+    if not os.environ.get("PREFECT_API_URL"):
+        return None
     try:
         from prefect.client.orchestration import get_client
 
@@ -306,11 +312,22 @@ def _die_with(launcher: socket.socket) -> None:
 # -------------------------------------------------------------------------------- pool
 
 
-def pool(path: str, size: int) -> None:
-    """Keep `size` warm processes waiting; hand one to each launcher that asks."""
+def pool(path: str, size: int, fork: bool = True) -> None:
+    """Keep `size` warm processes waiting; hand one to each launcher that asks.
+
+    With `fork`, the pool imports what a flow run needs once (`WARM_IMPORTS`, ~1.5-2.5 s of
+    CPU) and forks each warm process from itself (a few milliseconds; the pages stay shared
+    until written). That is safe because the pool never runs Prefect's engine, a client or
+    anything else that starts a thread: it stays one thread (checked before every fork,
+    threads of Python's and of the kernel's count), so no lock can be held by a thread the
+    child would not have (what PrefectHQ/prefect#16802 hit). Each child then makes its own
+    settings, database connection and Prefect client. Without `fork` (or if the pool ever
+    has a second thread) each warm process is a new interpreter (spawned)."""
     import selectors
     import subprocess
 
+    if fork:
+        _imports()
     selector = selectors.DefaultSelector()
     if os.path.exists(path):
         os.unlink(path)
@@ -319,7 +336,8 @@ def pool(path: str, size: int) -> None:
     server.listen(64)
     selector.register(server, selectors.EVENT_READ)
     idle: list[socket.socket] = []
-    children: list[subprocess.Popen[bytes]] = []
+    #: Warm processes started and not yet reaped: spawned (a Popen) or forked (None).
+    children: dict[int, subprocess.Popen[bytes] | None] = {}
     ready: set[int] = set()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -327,15 +345,36 @@ def pool(path: str, size: int) -> None:
 
     claimed = [0.0]  # when a launcher last took a warm process (monotonic)
 
+    def start_one() -> None:
+        if fork and _single_threaded():
+            pid = os.fork()
+            if pid == 0:  # the warm process: nothing of the pool's but its imports
+                try:
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    signal.signal(signal.SIGINT, signal.default_int_handler)
+                    selector.close()
+                    server.close()
+                    for conn in idle:
+                        conn.close()
+                    serve(path)
+                finally:
+                    os._exit(1)
+            children[pid] = None
+        else:
+            spawned = subprocess.Popen([sys.executable, "-m", "deployments.warm", "serve"])
+            children[spawned.pid] = spawned
+
     def fill() -> None:
         # (polling reaps the processes that ended: a finished flow run, a dead one)
-        children[:] = [p for p in children if p.poll() is None]
-        ready.intersection_update(p.pid for p in children)
-        starting = sum(p.pid not in ready for p in children)
-        if idle and time.monotonic() - claimed[0] < REFILL_PAUSE:
+        for pid, process in list(children.items()):
+            if (process.poll() if process else _reaped(pid)) is not None:
+                del children[pid]
+        ready.intersection_update(children)
+        starting = sum(pid not in ready for pid in children)
+        if not fork and idle and time.monotonic() - claimed[0] < REFILL_PAUSE:
             return  # a flow run is starting: its CPU first, while one is still waiting
         for _ in range(size - len(idle) - starting):
-            children.append(subprocess.Popen([sys.executable, "-m", "deployments.warm", "serve"]))
+            start_one()
 
     fill()
     while not stop.is_set():
@@ -355,6 +394,7 @@ def pool(path: str, size: int) -> None:
                 elif hello == "claim":
                     _hand_over(conn, idle)
                     claimed[0] = time.monotonic()
+                    fill()  # (a fork is cheap: the next one is ready sooner)
                 else:
                     conn.close()
         fill()
@@ -362,6 +402,31 @@ def pool(path: str, size: int) -> None:
         conn.close()  # a waiting process sees the pool gone and exits
     server.close()
     os.unlink(path)
+
+
+def _imports() -> None:
+    import importlib
+
+    for name in WARM_IMPORTS:
+        importlib.import_module(name)
+
+
+def _single_threaded() -> bool:
+    """This process has one thread (Python's view and the kernel's agree)."""
+    try:
+        tasks = len(os.listdir("/proc/self/task"))
+    except OSError:
+        return False
+    return threading.active_count() == 1 and tasks == 1
+
+
+def _reaped(pid: int) -> int | None:
+    """The exit status of a forked child that ended (reaping it), None while it runs."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return 0  # reaped already
+    return status if done else None
 
 
 def _hand_over(launcher: socket.socket, idle: list[socket.socket]) -> None:
@@ -385,7 +450,8 @@ def main(argv: list[str]) -> None:
     if argv[:1] == ["serve"]:
         serve(os.environ[SOCKET_ENV])
     elif argv[:1] == ["pool"]:
-        pool(os.environ[SOCKET_ENV], int(os.environ.get(SIZE_ENV, "2")))
+        fork = os.environ.get(FORK_ENV, "true").lower() not in ("0", "false", "no")
+        pool(os.environ[SOCKET_ENV], int(os.environ.get(SIZE_ENV, "2")), fork)
     else:
         launch(argv)
 

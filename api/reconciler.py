@@ -30,7 +30,12 @@ from typing import Any
 from prefect.client.schemas.objects import StateType
 from sqlalchemy import Connection, select, text
 
-from api.orchestrator import DeploymentMissing, Orchestrator, OrchestratorUnavailable
+from api.orchestrator import (
+    DeploymentMissing,
+    Orchestrator,
+    OrchestratorUnavailable,
+    PrefectBusy,
+)
 from regjobs import ledger, translate
 from regjobs.catalogue import JobStatus
 from regjobs.db import get_engine, read_session, transaction
@@ -354,6 +359,8 @@ class Reconciler:
             self.doorbell.listen(self._wake)
             try:
                 self.cycle()
+            except PrefectBusy as exc:
+                self.last_error = str(exc)  # up but busy: again at the next cycle
             except OrchestratorUnavailable as exc:
                 self._prefect_down(exc)
                 # Prefect is down: wait longer before the next try, not for ever.
@@ -372,6 +379,8 @@ class Reconciler:
         try:
             self.dispatch()
             self.deliver()
+        except PrefectBusy as exc:
+            self.last_error = str(exc)
         except OrchestratorUnavailable as exc:
             self._prefect_down(exc)
         except Exception as exc:

@@ -108,7 +108,7 @@ def _busy() -> PrefectHTTPStatusError:
 
 
 def test_a_busy_prefect_is_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(orchestrator, "BUSY_PAUSES", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(orchestrator, "BUSY_PAUSES", (0.0, 0.0, 0.0, 0.0))
     answers: list[Any] = [_busy(), _busy(), "run"]
 
     def call() -> str:
@@ -122,5 +122,5 @@ def test_a_busy_prefect_is_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
     def always_busy() -> str:
         raise _busy()
 
-    with pytest.raises(PrefectHTTPStatusError):
+    with pytest.raises(orchestrator.PrefectBusy):
         orchestrator._busy_retries(always_busy)

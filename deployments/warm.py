@@ -42,8 +42,11 @@ SOCKET_ENV = "REGJOBS_WARM_SOCKET"
 SIZE_ENV = "REGJOBS_WARM_PROCESSES"
 #: "false": each warm process a new interpreter instead of forked from the pool.
 FORK_ENV = "REGJOBS_WARM_FORK"
-#: How long a launcher waits for a warm process before it starts cold.
+#: How long a launcher waits for the pool's answer before it starts cold.
 CLAIM_SECONDS = 2.0
+#: How long a forked pool keeps a launcher waiting for a warm process when none is idle
+#: (one is forked for it at once and is ready in ~0.2-0.5 s; a cold start costs seconds).
+CLAIM_WAIT = 1.2
 #: Spawned warm processes only: after a hand-over, a new one is started this much later
 #: while another still waits (at once when none does): importing Prefect takes ~1.5-2.5 s
 #: of CPU, which on a small machine would slow the start of the flow run just handed over.
@@ -336,6 +339,8 @@ def pool(path: str, size: int, fork: bool = True) -> None:
     server.listen(64)
     selector.register(server, selectors.EVENT_READ)
     idle: list[socket.socket] = []
+    #: Launchers that asked when none was idle, and since when (forked pools only).
+    waiting: list[tuple[socket.socket, float]] = []
     #: Warm processes started and not yet reaped: spawned (a Popen) or forked (None).
     children: dict[int, subprocess.Popen[bytes] | None] = {}
     ready: set[int] = set()
@@ -352,9 +357,11 @@ def pool(path: str, size: int, fork: bool = True) -> None:
                 try:
                     signal.signal(signal.SIGTERM, signal.SIG_DFL)
                     signal.signal(signal.SIGINT, signal.default_int_handler)
+                    # Every socket of the pool: a launcher's connection left open here
+                    # would hide the death of the process serving it from the launcher.
                     selector.close()
                     server.close()
-                    for conn in idle:
+                    for conn in [*idle, *(c for c, _ in waiting)]:
                         conn.close()
                     serve(path)
                 finally:
@@ -371,14 +378,17 @@ def pool(path: str, size: int, fork: bool = True) -> None:
                 del children[pid]
         ready.intersection_update(children)
         starting = sum(pid not in ready for pid in children)
-        if not fork and idle and time.monotonic() - claimed[0] < REFILL_PAUSE:
+        now = time.monotonic()
+        while waiting and (not fork or now - waiting[0][1] > CLAIM_WAIT):
+            _hand_over(waiting.pop(0)[0], [])  # "none": that launcher starts cold
+        if not fork and idle and now - claimed[0] < REFILL_PAUSE:
             return  # a flow run is starting: its CPU first, while one is still waiting
-        for _ in range(size - len(idle) - starting):
+        for _ in range(size + len(waiting) - len(idle) - starting):
             start_one()
 
     fill()
     while not stop.is_set():
-        for key, _ in selector.select(timeout=0.5):
+        for key, _ in selector.select(timeout=0.1 if waiting else 0.5):
             if key.fileobj is server:
                 conn, _ = server.accept()
                 conn.settimeout(5)
@@ -389,17 +399,25 @@ def pool(path: str, size: int, fork: bool = True) -> None:
                     continue
                 if hello.startswith("ready "):
                     conn.settimeout(None)
-                    idle.append(conn)
                     ready.add(int(hello.split()[1]))
+                    if waiting:
+                        _hand_over(waiting.pop(0)[0], [conn])
+                    else:
+                        idle.append(conn)
                 elif hello == "claim":
-                    _hand_over(conn, idle)
                     claimed[0] = time.monotonic()
+                    if idle or not fork:
+                        _hand_over(conn, idle)
+                    else:  # one is forked for it, ready in a fraction of a second
+                        waiting.append((conn, claimed[0]))
                     fill()  # (a fork is cheap: the next one is ready sooner)
                 else:
                     conn.close()
         fill()
     for conn in idle:
         conn.close()  # a waiting process sees the pool gone and exits
+    for conn, _ in waiting:
+        _hand_over(conn, [])
     server.close()
     os.unlink(path)
 

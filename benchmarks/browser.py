@@ -64,8 +64,10 @@ def sample(stack_id: str) -> Sample:
         args = cmdline(pid)
         if args and "chrom" in Path(args[0]).name:
             chromium += size
-            # A browser's main process; its helpers carry --type=renderer, gpu-process...
-            browsers += not any(a.startswith("--type=") for a in args)
+            # A browser's main process; its helpers carry --type=renderer, gpu-process...,
+            # and its crash reporter (chrome_crashpad_handler) is no browser either.
+            helper = "crashpad" in Path(args[0]).name
+            browsers += not helper and not any(a.startswith("--type=") for a in args)
     return Sample(total, chromium, browsers)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from deployments.stack import Stack
+from deployments.stack import Stack, marked_processes
 from regjobs.catalogue import STEPS, StepKind
 from tests.helpers import (
     create,
@@ -35,16 +35,16 @@ pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("direct_mode")]
 BROWSER_STEPS = [s.id for s in STEPS if s.kind is StepKind.BROWSER]
 
 
-def chromium_pids() -> list[int]:
+def chromium_pids(stack: Stack) -> list[int]:
+    """This test system's Chromium processes (not another system's on the same machine)."""
     pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"chrom" in cmdline.split(b"\0")[0]:
-                pids.append(int(entry.name))
+    for pid in marked_processes(stack.stack_id):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"chrom" in cmdline.split(b"\0")[0]:
+            pids.append(pid)
     return pids
 
 
@@ -165,7 +165,7 @@ def test_cancel_during_a_browser_step_leaves_no_browser(
     fault(standin, step="services_configuration", mode="slow", seconds=30)
     job_id = create(api, restaurant_id)
     wait_step(api, job_id, "services_configuration", "running")
-    assert chromium_pids(), "a browser should be running the step"
+    assert chromium_pids(stack), "a browser should be running the step"
 
     api.post(f"/api/registration-jobs/{job_id}/cancel").raise_for_status()
     cancelled_at = time.monotonic()
@@ -174,7 +174,7 @@ def test_cancel_during_a_browser_step_leaves_no_browser(
         timeout=10,
         what="the job to be cancelled",
     )
-    wait_for(lambda: not chromium_pids(), timeout=10, what="every chromium process to end")
+    wait_for(lambda: not chromium_pids(stack), timeout=10, what="every chromium process to end")
     print(f"no chromium {time.monotonic() - cancelled_at:.1f} s after the cancel")
     leftovers = list((stack.config.state_dir / "browser-tmp").glob("*"))
     wait_for(

@@ -165,7 +165,8 @@ def test_cancel_during_a_browser_step_leaves_no_browser(
     fault(standin, step="services_configuration", mode="slow", seconds=30)
     job_id = create(api, restaurant_id)
     wait_step(api, job_id, "services_configuration", "running")
-    assert chromium_pids(stack), "a browser should be running the step"
+    # The step is `running` from its attempt's start; its browser launches just after.
+    wait_for(lambda: chromium_pids(stack), timeout=15, what="a browser running the step")
 
     api.post(f"/api/registration-jobs/{job_id}/cancel").raise_for_status()
     cancelled_at = time.monotonic()

@@ -223,10 +223,26 @@ def test_a_deliberate_cancel_logs_no_error(
         timeout=30,
         what="the flow run to be cancelled",
     )
-    with get_client(sync_client=True) as client:
-        logs = client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(flow_run_id)]))
-        )
+
+    def read_logs() -> list[Any]:
+        with get_client(sync_client=True) as client:
+            return client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(flow_run_id)]))
+            )
+
+    # Logs reach Prefect in batches, after the run's final state: wait for its last lines.
+    logs = wait_for(
+        lambda: (
+            (found := read_logs())
+            and any(
+                log.task_run_id is None and log.message.startswith("Finished in state")
+                for log in found
+            )
+            and found
+        ),
+        timeout=20,
+        what="the run's logs up to its end",
+    )
     loud = [(log.level, log.message) for log in logs if log.level >= logging.WARNING]
     assert loud == [], "\n".join(f"{log.level} {log.message}" for log in logs)
     assert any("cancel" in log.message.lower() for log in logs), "\n".join(

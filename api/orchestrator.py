@@ -9,27 +9,21 @@ it for the client's backoff.
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
-import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.actions import DeploymentFlowRunCreate
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.events import emit_event
-from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
-from prefect.states import Scheduled, to_state_create
 
 from regjobs.ledger import Dispatch
 from regjobs.settings import Settings
 from regjobs.translate import FlowRunSnapshot, RunState
-
-T = TypeVar("T")
 
 #: Flow runs read per call (Prefect's API pages at 200).
 BATCH = 200
@@ -41,10 +35,6 @@ class OrchestratorUnavailable(RuntimeError):
 
 class DeploymentMissing(OrchestratorUnavailable):
     pass
-
-
-class PrefectBusy(OrchestratorUnavailable):
-    """Prefect answered 503 to every try: it is up but busy (its SQLite database locked)."""
 
 
 def run_state(state: State | None) -> RunState:
@@ -116,47 +106,19 @@ class Orchestrator:
         deployment_id = self.deployment_id()
         try:
             with self._once():
-                flow_run = _busy_retries(lambda: self._create(deployment_id, run))
+                flow_run: FlowRun = self.client.create_flow_run_from_deployment(
+                    deployment_id,
+                    parameters={"job_id": run.job_id},
+                    name=run.labels.name,
+                    tags=run.labels.tags,
+                    idempotency_key=run.idempotency_key,
+                )
         except ObjectNotFound as exc:
             self._deployment_id = None  # deleted since: look it up again next time
             raise DeploymentMissing(
                 f"Prefect has no deployment {self.settings.deployment!r}: run the set-up"
             ) from exc
         return str(flow_run.id)
-
-    def _create(self, deployment_id: UUID, run: Dispatch) -> FlowRun:
-        """`create_flow_run_from_deployment`, the request Prefect's client makes, sent once:
-        Prefect's client, with its retries off, still sleeps 2 s after a 503 before it
-        returns it (`_send_with_retry` backs off before it checks the tries left), and a
-        503 is what its server on SQLite answers when its database is locked for a moment
-        (`_busy_retries` asks again sooner)."""
-        body = DeploymentFlowRunCreate(
-            parameters={"job_id": run.job_id},
-            context={},
-            state=to_state_create(Scheduled()),
-            tags=run.labels.tags,
-            name=run.labels.name,
-            idempotency_key=run.idempotency_key,
-            labels={},
-        )
-        http = self.client._client  # Prefect's own: its base URL, auth and headers
-        request = http.build_request(
-            "POST",
-            f"/deployments/{deployment_id}/create_flow_run",
-            json=body.model_dump(mode="json", exclude_unset=True),
-        )
-        response = httpx.Client.send(http, request)  # (without Prefect's retrying send)
-        if response.status_code == 404:
-            raise ObjectNotFound(http_exc=Exception(response.text))
-        if response.status_code >= 400:
-            raise PrefectHTTPStatusError.from_httpx_error(
-                httpx.HTTPStatusError(
-                    f"{response.status_code} from {request.url}",
-                    request=request,
-                    response=response,
-                )
-            )
-        return FlowRun.model_validate(response.json())
 
     def read_flow_runs(self, flow_run_ids: Sequence[str]) -> dict[str, FlowRunSnapshot]:
         """The state of each flow run Prefect has, by id, in one call per 200 runs; a run
@@ -213,30 +175,6 @@ class Orchestrator:
         """A Prefect event (automations can act on it: notify someone)."""
         with self._once():
             emit_event(event=event, resource=resource, payload=payload)
-
-
-#: Pauses before calling again after a 503 (Prefect's server on SQLite answers it when its
-#: database is locked for a moment); then the caller's next cycle tries again.
-BUSY_PAUSES = (0.05, 0.1, 0.2, 0.4)
-
-
-def _busy_retries(call: Callable[[], T]) -> T:
-    """`call`, made again after short pauses while Prefect answers 503 (busy, retryable; a
-    repeated create is safe with its idempotency key). A Prefect that does not answer is
-    not waited for: only an answer says it is busy."""
-    for pause in BUSY_PAUSES:
-        try:
-            return call()
-        except PrefectHTTPStatusError as exc:
-            if exc.response.status_code != 503:
-                raise
-        time.sleep(pause)
-    try:
-        return call()
-    except PrefectHTTPStatusError as exc:
-        if exc.response.status_code == 503:
-            raise PrefectBusy(f"Prefect is busy ({_brief(exc)})") from exc
-        raise
 
 
 def _uuid(value: str) -> bool:

@@ -19,7 +19,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 from rich.console import Console
 
@@ -100,7 +99,6 @@ def shoot(stack: Stack) -> None:
     url = failed["flow_run_url"] or (
         f"{stack.config.prefect_url}/runs/flow-run/{failed['flow_run_id']}"
     )
-    artifacts = f"{stack.config.prefect_url}/artifacts/key/job-{failed_id}"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=get_settings().chromium_path())
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -117,16 +115,16 @@ def shoot(stack: Stack) -> None:
         page.get_by_text("Menu import").first.wait_for(timeout=30_000)
         page.wait_for_timeout(2000)  # the graph draws after its data arrives
         page.screenshot(path=str(HERE / "prefect-run-graph.png"))
-        # The summary: the run's Artifacts tab, then the artifact itself.
-        page.get_by_text("Artifacts", exact=True).first.click()
-        page.wait_for_timeout(1500)
-        page.screenshot(path="/tmp/regjobs-shot-tab.png")
-        try:
-            page.get_by_text(f"job-{failed_id}", exact=True).first.click(timeout=10_000)
-        except PlaywrightError:
-            page.goto(artifacts, wait_until="networkidle")
-        page.wait_for_timeout(1500)
-        page.screenshot(path="/tmp/regjobs-shot-artifact.png", full_page=True)
+        # The summary: its latest version (one is written as steps end).
+        latest = httpx.post(
+            f"{stack.config.prefect_api_url}/artifacts/filter",
+            json={
+                "artifacts": {"key": {"any_": [f"job-{failed_id}"]}},
+                "sort": "CREATED_DESC",
+                "limit": 1,
+            },
+        ).json()[0]["id"]
+        page.goto(f"{stack.config.prefect_url}/artifacts/artifact/{latest}")
         page.get_by_text("Failed step").first.wait_for(timeout=30_000)
         page.screenshot(path=str(HERE / "prefect-run-summary.png"), full_page=True)
         page.set_viewport_size({"width": 1000, "height": 560})

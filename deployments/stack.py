@@ -392,9 +392,9 @@ class Stack:
         return (self.config.state_dir / "dev-api-key").read_text().strip()
 
 
-def marked_processes(stack_id: str) -> list[int]:
-    """Live processes whose environment carries `REGJOBS_STACK_ID=<stack_id>`."""
-    needle = f"{MARKER}={stack_id}".encode()
+def processes_with_env(name: str, value: str) -> list[int]:
+    """Processes whose environment (as they started) carries `name=value`."""
+    needle = f"{name}={value}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -403,9 +403,14 @@ def marked_processes(stack_id: str) -> list[int]:
             environ = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if needle in environ.split(b"\0") and _alive(int(entry.name)):
+        if needle in environ.split(b"\0"):
             found.append(int(entry.name))
     return found
+
+
+def marked_processes(stack_id: str) -> list[int]:
+    """Live processes whose environment carries `REGJOBS_STACK_ID=<stack_id>`."""
+    return [pid for pid in processes_with_env(MARKER, stack_id) if _alive(pid)]
 
 
 def _alive(pid: int) -> bool:

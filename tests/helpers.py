@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -18,6 +17,7 @@ import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 
+from deployments.stack import processes_with_env
 from regjobs.catalogue import STEP_IDS
 
 if TYPE_CHECKING:
@@ -207,17 +207,7 @@ def effects(standin: httpx.Client) -> dict[str, int]:
 
 def flow_run_pids(flow_run_id: str) -> list[int]:
     """Processes whose environment names this flow run (the flow-run process)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode() in environ.split(b"\0"):
-            pids.append(int(entry.name))
-    return pids
+    return processes_with_env("PREFECT__FLOW_RUN_ID", flow_run_id)
 
 
 def kill_worker(stack: Stack, flow_run_id: str | None) -> None:

@@ -589,6 +589,7 @@ def _queue_again(rows: Iterable[RegistrationJobStep], from_step: str | None) -> 
     for row in rows:
         if row.step_id in rerun and row.status == StepStatus.COMPLETED:
             row.generation += 1
+            row.generation_attempts = 0
             row.result_data = None
             _requeue(row)
         elif row.status != StepStatus.COMPLETED:
@@ -629,6 +630,9 @@ class Attempt:
     not_before: datetime | None
     #: Results of the completed steps this one needs (directly or not), by step id.
     inputs: Mapping[str, dict[str, Any]]
+    #: An earlier attempt with this generation's idempotency key began: its effect may
+    #: exist already, so a step whose outside system takes no key looks before it acts.
+    repeat: bool = False
 
 
 def start_attempt(
@@ -648,6 +652,7 @@ def start_attempt(
     row = rows[step_id]
     row.attempts += 1
     row.run_attempts += 1
+    row.generation_attempts += 1
     row.stalled_since = None
     row.status = StepStatus.RUNNING if row.run_attempts == 1 else StepStatus.RETRYING
     row.started_at = row.started_at or now
@@ -673,7 +678,9 @@ def start_attempt(
         if rows[n].status == StepStatus.COMPLETED
     }
     _publish(session, job)
-    return Attempt(row.attempts, row.generation, row.not_before, inputs)
+    return Attempt(
+        row.attempts, row.generation, row.not_before, inputs, repeat=row.generation_attempts > 1
+    )
 
 
 def _finish_attempt(

@@ -190,6 +190,9 @@ class RegistrationJobStep(Base):
     #: Bumped each time a completed step is deliberately executed again (retry from_step);
     #: part of the idempotency key sent to outside systems.
     generation: Mapped[int] = mapped_column(Integer, default=0)
+    #: Attempts with the current generation's idempotency key: from the second on, an
+    #: earlier one may have had its effect already.
+    generation_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     job: Mapped[RegistrationJob] = relationship(back_populates="steps")

@@ -190,7 +190,9 @@ def _saved(saved: bool) -> str:
 
 
 def _flash(message: str, shown: bool) -> str:
-    return f'<p class="flash-success" role="status">{esc(message)}</p>\n' if shown else ""
+    if not shown:
+        return ""
+    return f'<p id="flash" class="flash-success" role="status">{esc(message)}</p>\n'
 
 
 def _form_errors(errors: Mapping[str, str], rendered: set[str]) -> str:
@@ -535,7 +537,8 @@ async def dashboard(subdomain: str, request: Request, state: StateDep) -> Respon
         return opened
     r = opened.restaurant
     menus = "".join(
-        f'<li class="menu"{markup.attrs(data_menu_id=m)}>'
+        f'<li class="menu"'
+        f"{markup.attrs(data_menu_id=m, data_csv_path=state.menus[m].source.get('csv_path'))}>"
         f'<a href="{esc(_m(r, m))}">{esc(m)}</a></li>'
         for m in r.menus
     )
@@ -937,7 +940,8 @@ def _tags_form(
         f"{_nav(restaurant)}<h1>Item tags of menu "
         f'<span id="menu-id">{esc(menu.menu_id)}</span></h1>\n'
         f"{_flash('Item tags saved', saved)}"
-        f'<form id="tags-form" method="post" action="{esc(action)}" novalidate>\n{boxes}\n'
+        f'<form id="tags-form" method="post"{_saved(held.tags_saved)}'
+        f' action="{esc(action)}" novalidate>\n{boxes}\n'
         f"{markup.field_error('tag', errors)}"
         '<button type="submit" id="save-tags">Save item tags</button>\n</form>'
     )

@@ -608,6 +608,7 @@ def add_item_tags_as(
             )
         chosen = [t for t in menu.tags if t in tags]
     held.tags = chosen
+    held.tags_saved = True
     _record(restaurant, "item_tags", body)
     state.effect("item_tags")
     return Reply(200, {"success": True, "menu_id": held.menu_id, "tags": len(held.tags)})

@@ -103,6 +103,8 @@ class RestaurantMenu:
     #: The option sets that exist, each once, in the order they were created.
     option_sets: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
+    #: True once the menu's item tags were saved (even as none).
+    tags_saved: bool = False
     #: Per option set: the choices it was created with (the portal's form gives them).
     option_set_choices: dict[str, list[str]] = field(default_factory=dict)
     #: Per option set: how often it was created; 1 for every set that exists.

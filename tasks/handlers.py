@@ -48,6 +48,9 @@ class StepContext:
     #: The flow run's browser (direct mode, browser steps) and the portal's base URL.
     browser: BrowserPool | None = None
     portal_url: str = ""
+    #: An earlier attempt with the same idempotency key began and may have had its effect
+    #: (where the outside system takes no key, the step looks before it acts).
+    repeat: bool = False
     #: Screenshots taken when a browser attempt failed (password fields masked).
     evidence: list[bytes] = field(default_factory=list)
 
@@ -255,7 +258,9 @@ async def menu_import(ctx: StepContext) -> Result:
         async with ctx.portal() as portal:
             page = MenuImportPage(portal.page, ctx.portal_url)
             return await portal.run(
-                lambda: page.import_menu(ctx.subdomain, menu.menu_id, menu.csv_path)
+                lambda: page.import_menu(
+                    ctx.subdomain, menu.menu_id, menu.csv_path, look=ctx.repeat
+                )
             )
     return await ctx.endpoint(
         {

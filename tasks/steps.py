@@ -248,6 +248,7 @@ async def _attempt(
         config=resources.config,
         inputs=attempt.inputs,
         idempotency_key=f"{job_id}:{step_id}:{attempt.generation}",
+        repeat=attempt.repeat,
         clients=resources.clients,
         mode=settings.step_mode,
         progress=progress,

@@ -205,6 +205,36 @@ def effects(standin: httpx.Client) -> dict[str, int]:
     return dict(standin.get("/_control/effects").json())
 
 
+def flow_run_logs(flow_run_id: str | UUID, *, to_end: bool = True) -> list[Any]:
+    """The log lines Prefect stored for a flow run. Logs reach Prefect in batches, after the
+    run's final state: with `to_end`, wait until the engine's last line ("Finished in
+    state ...") is there, so no later line is missed."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    run_id = UUID(str(flow_run_id))
+
+    def read() -> list[Any]:
+        with get_client(sync_client=True) as client:
+            return list(client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))))
+
+    if not to_end:
+        return read()
+    return list(
+        wait_for(
+            lambda: (
+                (found := read())
+                and any(
+                    log.task_run_id is None and log.message.startswith("Finished in state")
+                    for log in found
+                )
+                and found
+            ),
+            timeout=30,
+            what=f"the logs of flow run {run_id} up to its end",
+        )
+    )
+
+
 def flow_run_pids(flow_run_id: str) -> list[int]:
     """Processes whose environment names this flow run (the flow-run process)."""
     return processes_with_env("PREFECT__FLOW_RUN_ID", flow_run_id)
@@ -402,8 +432,6 @@ def secrets_haystacks(
         ArtifactFilterFlowRunId,
         FlowRunFilter,
         FlowRunFilterId,
-        LogFilter,
-        LogFilterFlowRunId,
     )
     from sqlalchemy import inspect, text
 
@@ -442,7 +470,11 @@ def secrets_haystacks(
                 haystacks[f"task run {task_run.id} states"] = "\n".join(
                     s.model_dump_json() for s in states
                 ).encode()
-            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+            ended = run.state is not None and run.state.type in (
+                StateType.COMPLETED,
+                StateType.FAILED,
+            )
+            logs = flow_run_logs(run_id, to_end=ended)
             haystacks[f"Prefect logs {run_id}"] = "\n".join(log.message for log in logs).encode()
             artifacts = client.read_artifacts(
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))

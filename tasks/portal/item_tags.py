@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tasks.clients.http import segment
-from tasks.portal.base import PortalPage, restaurant_path
+from tasks.portal.base import Field, PortalPage, restaurant_path
 
 TAG = "input[name=tag]"
 SUBMIT = "button#save-tags"
@@ -16,9 +16,10 @@ class ItemTagsPage(PortalPage):
     async def apply(self, subdomain: str, menu_id: str) -> int:
         await self.open(f"{restaurant_path(subdomain)}/menu/{segment(menu_id, 'menu id')}/tags")
         await self.element("#tags-form")
-        tags = await self.page.locator(TAG).all()
-        for tag in tags:
-            await tag.set_checked(True)
-        await self.submit(SUBMIT)
-        await self.element(SAVED)
+        tags = [
+            Field("checkbox", f"#{await tag.get_attribute('id')}", True)
+            for tag in await self.page.locator(TAG).all()
+        ]
+        if await self.settle(tags, SUBMIT):
+            await self.element(SAVED)
         return len(tags)

@@ -374,6 +374,41 @@ def test_attempts_count_across_runs() -> None:
     assert (step["attempts"], step["status"]) == (3, "running")
 
 
+def test_an_attempt_knows_whether_its_idempotency_key_was_used_before() -> None:
+    """The second attempt of a generation (in the same run or after a retry) is a repeat;
+    a deliberate run again from the step (a new generation) is not."""
+    job_id = new_job()
+
+    def attempt(epoch: int, run: str) -> ledger.Attempt:
+        return transaction(
+            ledger.start_attempt, job_id=job_id, epoch=epoch, step_id="code_generation",
+            flow_run_id=run, task_run_id=None,
+        )  # fmt: skip
+
+    first = begin(job_id)
+    one = attempt(first.epoch, "flow-run-1")
+    transaction(
+        ledger.fail_attempt, job_id=job_id, epoch=first.epoch, step_id="code_generation",
+        attempt=one.number, error=FAILURE, will_retry=True,
+    )  # fmt: skip
+    two = attempt(first.epoch, "flow-run-1")
+    assert (one.repeat, two.repeat) == (False, True)
+    transaction(ledger.cancel_job, job_id=job_id)
+    transaction(ledger.retry_job, job_id=job_id, from_step=None)
+    second = begin(job_id, "flow-run-2", generation=2)
+    three = attempt(second.epoch, "flow-run-2")
+    assert (three.generation, three.repeat) == (two.generation, True)
+    transaction(
+        ledger.complete_attempt, job_id=job_id, epoch=second.epoch, step_id="code_generation",
+        attempt=three.number, result={"code": "x"}, warning=None,
+    )  # fmt: skip
+    transaction(ledger.cancel_job, job_id=job_id)
+    transaction(ledger.retry_job, job_id=job_id, from_step="code_generation")
+    third = begin(job_id, "flow-run-3", generation=3)
+    four = attempt(third.epoch, "flow-run-3")
+    assert (four.generation, four.repeat) == (three.generation + 1, False)
+
+
 def test_a_job_without_a_view_gets_one_when_migrated() -> None:
     job_id = new_job()
 

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, func, inspect, select, text
 
 from deployments.stack import Stack
 from regjobs.models import RegistrationJob
-from tests.helpers import full_config, watch_job
+from tests.helpers import flow_run_logs, full_config, watch_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.database]
 
@@ -154,10 +154,8 @@ def test_the_password_is_never_in_the_clear(
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(UUID(watch.job["flow_run_id"]))
         texts.append(json.dumps(run.parameters))
-        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
-        texts.extend(log.message for log in logs)
+    logs = flow_run_logs(run.id)
+    texts.extend(log.message for log in logs)
     assert run.parameters == {"job_id": job_id}
     assert any("500" in log.message for log in logs), "the failed attempt was logged"
     # The log files of every process.

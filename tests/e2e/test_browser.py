@@ -20,6 +20,7 @@ from tests.helpers import (
     create,
     effects,
     fault,
+    flow_run_logs,
     flow_run_pids,
     kill_worker,
     own_accounts,
@@ -259,8 +260,6 @@ def test_secrets_audit_after_a_browser_job(
     from prefect.client.schemas.filters import (
         ArtifactFilter,
         ArtifactFilterFlowRunId,
-        LogFilter,
-        LogFilterFlowRunId,
     )
     from sqlalchemy import inspect, text
 
@@ -290,7 +289,7 @@ def test_secrets_audit_after_a_browser_job(
         run_id = UUID(job["flow_run_id"])
         run = client.read_flow_run(run_id)
         haystacks["flow-run parameters"] = json.dumps(run.parameters).encode()
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        logs = flow_run_logs(run_id)
         haystacks["Prefect logs"] = "\n".join(log.message for log in logs).encode()
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
@@ -438,3 +437,34 @@ def test_a_settings_step_run_again_sets_nothing_twice(
         c for c in portal_calls(standin) if c["method"] == "POST" and "/settings/" in c["path"]
     ]
     assert len(submitted) == 3  # website, services, payments: once each
+
+
+def test_a_portal_step_whose_answer_was_lost_acts_once(
+    api: httpx.Client, standin: httpx.Client, restaurant_id: str
+) -> None:
+    """The menu import and the item tags reach the portal, but the page they lead to never
+    shows what the step waits for (as when a crash loses the answer): the attempt fails,
+    and the next one, with the same idempotency key, finds the effect and does not repeat
+    it. A deliberate run again from the menu import (a new generation) imports afresh."""
+    fault(standin, step="menu_import", mode="hide_element", element="#item-count", times=1)
+    fault(standin, step="item_tags", mode="hide_element", element="#flash", times=1)
+    job_id = create(api, restaurant_id)
+    job = watch_job(api, job_id, timeout=180).job
+    assert job["status"] == "completed", job["error_message"]
+    steps = steps_by_id(job)
+    assert steps["menu_import"]["attempts"] == 2
+    assert steps["menu_import"]["warning"] == "the menu is already imported; using it"
+    assert steps["item_tags"]["attempts"] == 2
+    assert effects(standin) == {s.id: 1 for s in STEPS}
+    tag_saves = [
+        c for c in portal_calls(standin) if c["method"] == "POST" and c["path"].endswith("/tags")
+    ]
+    assert len(tag_saves) == 1
+
+    api.post(
+        f"/api/registration-jobs/{job_id}/retry", json={"from_step": "menu_import"}
+    ).raise_for_status()
+    again = watch_job(api, job_id, timeout=120).job
+    assert again["status"] == "completed", again["error_message"]
+    assert steps_by_id(again)["menu_import"]["warning"] is None
+    assert effects(standin)["menu_import"] == 2

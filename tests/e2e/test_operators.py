@@ -19,8 +19,6 @@ from prefect.client.schemas.filters import (
     ArtifactFilterKey,
     FlowRunFilter,
     FlowRunFilterId,
-    LogFilter,
-    LogFilterFlowRunId,
 )
 from prefect.client.schemas.objects import Artifact, StateType, TaskRun, TaskRunResult
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
@@ -33,6 +31,7 @@ from tests.helpers import (
     create,
     effects,
     fault,
+    flow_run_logs,
     flow_run_state,
     hold_step,
     steps_by_id,
@@ -224,25 +223,7 @@ def test_a_deliberate_cancel_logs_no_error(
         what="the flow run to be cancelled",
     )
 
-    def read_logs() -> list[Any]:
-        with get_client(sync_client=True) as client:
-            return client.read_logs(
-                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(flow_run_id)]))
-            )
-
-    # Logs reach Prefect in batches, after the run's final state: wait for its last lines.
-    logs = wait_for(
-        lambda: (
-            (found := read_logs())
-            and any(
-                log.task_run_id is None and log.message.startswith("Finished in state")
-                for log in found
-            )
-            and found
-        ),
-        timeout=20,
-        what="the run's logs up to its end",
-    )
+    logs = flow_run_logs(flow_run_id)
     loud = [(log.level, log.message) for log in logs if log.level >= logging.WARNING]
     assert loud == [], "\n".join(f"{log.level} {log.message}" for log in logs)
     assert any("cancel" in log.message.lower() for log in logs), "\n".join(

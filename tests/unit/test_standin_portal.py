@@ -495,6 +495,12 @@ def test_menu_import(client: TestClient) -> None:
         },
     )
     assert json_route.json()["menu_id"] == csv_menu
+    # The dashboard lists the restaurant's menus, and what a CSV import came from.
+    listed = page(client.get(f"/portal/r/{subdomain}/dashboard")).find("li", class_="menu")
+    assert [(m["data-menu-id"], m.get("data-csv-path")) for m in listed] == [
+        ("menu-1", None),
+        (csv_menu, "/data/menu.csv"),
+    ]
     neither = client.post(path, data={"menu_id": "", "csv_path": ""})
     assert neither.status_code == 422
     page(neither).one("p", class_="field-error", data_field="menu_id")
@@ -566,14 +572,16 @@ def test_item_tags(client: TestClient) -> None:
 
     create_option_sets(client, subdomain)
     form = page(client.get(path))
-    form.one("form", id="tags-form")
+    assert form.one("form", id="tags-form")["data-saved"] == "false"
     tags = state(client)["menus"]["menu-1"]["tags"]
     for tag in tags:
         assert form.one("input", name="tag", value=tag)["type"] == "checkbox"
     form.one("button", id="save-tags")
 
     saved = client.post(path, data={"tag": tags})
-    page(client.get(location(saved))).one("p", class_="flash-success")
+    after = page(client.get(location(saved)))
+    after.one("p", class_="flash-success")
+    assert after.one("form", id="tags-form")["data-saved"] == "true"
     assert state(client)["restaurants"][subdomain]["menus"]["menu-1"]["tags"] == tags
     assert effects(client)["item_tags"] == 1
     unknown = client.post(path, data={"tag": "Nope"})

@@ -25,7 +25,7 @@ import httpx
 
 from benchmarks.latency import KEY, own_stack, wait_job
 from deployments.demo import DEMO_CONFIG
-from deployments.stack import Stack, marked_processes
+from deployments.stack import Stack, browser_processes, chromium_processes, marked_processes
 from regjobs.catalogue import STEPS, StepKind
 
 BROWSER_STEPS = [s.id for s in STEPS if s.kind is StepKind.BROWSER]
@@ -42,13 +42,6 @@ def pss(pid: int) -> int:
     return 0
 
 
-def cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
 @dataclass
 class Sample:
     total: int
@@ -57,18 +50,12 @@ class Sample:
 
 
 def sample(stack_id: str) -> Sample:
-    total = chromium = browsers = 0
-    for pid in marked_processes(stack_id):
-        size = pss(pid)
-        total += size
-        args = cmdline(pid)
-        if args and "chrom" in Path(args[0]).name:
-            chromium += size
-            # A browser's main process; its helpers carry --type=renderer, gpu-process...,
-            # and its crash reporter (chrome_crashpad_handler) is no browser either.
-            helper = "crashpad" in Path(args[0]).name
-            browsers += not helper and not any(a.startswith("--type=") for a in args)
-    return Sample(total, chromium, browsers)
+    chromium = chromium_processes(stack_id)
+    return Sample(
+        total=sum(pss(pid) for pid in marked_processes(stack_id)),
+        chromium=sum(pss(pid) for pid in chromium),
+        browsers=len(browser_processes(stack_id)),
+    )
 
 
 def create(api: httpx.Client) -> str:

@@ -413,6 +413,43 @@ def marked_processes(stack_id: str) -> list[int]:
     return [pid for pid in processes_with_env(MARKER, stack_id) if _alive(pid)]
 
 
+def chromium_processes(stack_id: str) -> list[int]:
+    """The system's Chromium processes: browsers, their helpers (zygotes, renderers, GPU)
+    and crash reporters. Told by the executable, not the command line: Chromium's helpers
+    rewrite theirs."""
+    return [pid for pid in marked_processes(stack_id) if "chrom" in _executable(pid)]
+
+
+def browser_processes(stack_id: str) -> list[int]:
+    """The system's browsers: Chromium main processes (started by a Playwright driver; every
+    helper is started by a Chromium process, the crash reporter is another program)."""
+    return [
+        pid
+        for pid in chromium_processes(stack_id)
+        if _executable(pid) in CHROMIUM_EXECUTABLES
+        and _executable(_parent(pid)) not in CHROMIUM_EXECUTABLES
+    ]
+
+
+#: Chromium's own executable (not its crash reporter), as Debian and Playwright name it.
+CHROMIUM_EXECUTABLES = frozenset({"chromium", "chrome", "headless_shell"})
+
+
+def _executable(pid: int) -> str:
+    """The file name of the program a process runs ("" if it is gone)."""
+    try:
+        return Path(os.readlink(f"/proc/{pid}/exe")).name
+    except OSError:
+        return ""
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _alive(pid: int) -> bool:
     """Running (a zombie is not: it waits only to be reaped)."""
     try:

@@ -8,13 +8,12 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from deployments.stack import Stack, marked_processes
+from deployments.stack import Stack, chromium_processes
 from regjobs.catalogue import STEPS, StepKind
 from tests.helpers import (
     create,
@@ -38,15 +37,7 @@ BROWSER_STEPS = [s.id for s in STEPS if s.kind is StepKind.BROWSER]
 
 def chromium_pids(stack: Stack) -> list[int]:
     """This test system's Chromium processes (not another system's on the same machine)."""
-    pids = []
-    for pid in marked_processes(stack.stack_id):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"chrom" in cmdline.split(b"\0")[0]:
-            pids.append(pid)
-    return pids
+    return chromium_processes(stack.stack_id)
 
 
 def browser_slots_in_use() -> int:

@@ -17,6 +17,7 @@ from sqlalchemy import Engine, create_engine
 
 from deployments.stack import Stack, StackConfig, free_port
 from regjobs.db import LOCAL_POSTGRES_ADMIN_URL
+from tests.helpers import end_leftover_jobs
 
 PG_ADMIN_URL = os.environ.get("REGJOBS_TEST_PG_ADMIN_URL", LOCAL_POSTGRES_ADMIN_URL)
 DEV_KEY = "rj_test_" + uuid.uuid4().hex
@@ -111,8 +112,12 @@ def api(stack: Stack) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def standin(stack: Stack) -> Iterator[httpx.Client]:
-    """The stand-in, reset before each test."""
+    """The stand-in, reset before each test once no job an earlier test left running can
+    call it any more (its counts are this test's alone)."""
     with httpx.Client(base_url=stack.config.standin_url, timeout=30) as client:
+        ended = end_leftover_jobs(client)
+        if ended:
+            print(f"cancelled {len(ended)} job(s) earlier tests left running: {ended}")
         client.post("/_control/reset").raise_for_status()
         yield client
 

@@ -205,6 +205,42 @@ def effects(standin: httpx.Client) -> dict[str, int]:
     return dict(standin.get("/_control/effects").json())
 
 
+def end_leftover_jobs(standin: httpx.Client, *, timeout: float = 60) -> list[str]:
+    """Cancel every job an earlier test started and left active, and wait until none of
+    their flow-run processes is alive and no call to the stand-in is open: what a test
+    counts there (calls, effects) is then its own. The ids of the jobs ended."""
+    import contextlib
+
+    from sqlalchemy import select
+
+    from regjobs import ledger
+    from regjobs.catalogue import ACTIVE_JOB_STATUSES
+    from regjobs.db import read_session, transaction
+    from regjobs.models import RegistrationJob
+
+    with read_session() as session:
+        leftovers = session.execute(
+            select(RegistrationJob.id, RegistrationJob.flow_run_ids).where(
+                RegistrationJob.status.in_([s.value for s in ACTIVE_JOB_STATUSES]),
+                RegistrationJob.run_generation > 0,  # not a job parked with auto_start false
+            )
+        ).all()
+    for job_id, _runs in leftovers:
+        with contextlib.suppress(ledger.Conflict):
+            transaction(ledger.cancel_job, job_id=job_id)
+    runs = [run for _job, job_runs in leftovers for run in job_runs or ()]
+    wait_for(
+        lambda: (
+            not any(flow_run_pids(run) for run in runs)
+            and all(call["end"] for call in standin.get("/_control/calls").json())
+        ),
+        timeout=timeout,
+        interval=0.2,
+        what=f"the jobs earlier tests left running to stop: {[job for job, _ in leftovers]}",
+    )
+    return [job_id for job_id, _ in leftovers]
+
+
 def flow_run_logs(flow_run_id: str | UUID, *, to_end: bool = True) -> list[Any]:
     """The log lines Prefect stored for a flow run. Logs reach Prefect in batches, after the
     run's final state: with `to_end`, wait until the engine's last line ("Finished in

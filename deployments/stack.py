@@ -224,7 +224,7 @@ class Stack:
         deadline = time.monotonic() + grace
         while pids and time.monotonic() < deadline:
             time.sleep(0.1)
-            pids = [pid for pid in pids if _alive(pid)]
+            pids = [pid for pid in pids if alive(pid)]
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
@@ -410,7 +410,7 @@ def processes_with_env(name: str, value: str) -> list[int]:
 
 def marked_processes(stack_id: str) -> list[int]:
     """Live processes whose environment carries `REGJOBS_STACK_ID=<stack_id>`."""
-    return [pid for pid in processes_with_env(MARKER, stack_id) if _alive(pid)]
+    return [pid for pid in processes_with_env(MARKER, stack_id) if alive(pid)]
 
 
 def chromium_processes(stack_id: str) -> list[int]:
@@ -450,7 +450,7 @@ def _parent(pid: int) -> int:
         return 0
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """Running (a zombie is not: it waits only to be reaped)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

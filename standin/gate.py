@@ -22,7 +22,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from standin.faults import NETWORK_MODES, Fault
-from standin.state import Call, StandinState
+from standin.state import CURRENT_CALL, Call, StandinState
 
 #: The scope key under which a gated request's `Call` travels to the app (the admin portal
 #: reads it to apply its own fault modes and to mark the call with them).
@@ -151,6 +151,7 @@ class StepGate:
         fault = self.state.faults.take(step, NETWORK_MODES)
         call.fault = fault.mode if fault else None
         scope = {**scope, CALL_SCOPE_KEY: call}
+        serving = CURRENT_CALL.set(call)
 
         async def recording_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -171,6 +172,7 @@ class StepGate:
             raise
         finally:
             call.end = time.time()
+            CURRENT_CALL.reset(serving)
 
     async def _misbehave(self, fault: Fault, scope: Scope, receive: Receive, send: Send) -> None:
         if fault.mode == "slow":

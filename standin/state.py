@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -222,9 +223,15 @@ class Call:
     fault: str | None = None
     #: The caller's `X-Registration-Step` header ("<job id>:<step id>"), if it sent one.
     client: str | None = None
+    #: Which reset of the state the call began after (see `StandinState.effect`).
+    epoch: int = 0
 
     def public(self) -> JSON:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "epoch"}
+
+
+#: The call the gate is serving in this request (the gate sets it around the request).
+CURRENT_CALL: ContextVar[Call | None] = ContextVar("standin_current_call", default=None)
 
 
 @dataclass(frozen=True)
@@ -240,6 +247,8 @@ class StandinState:
         self.reset()
 
     def reset(self) -> None:
+        #: Bumped by every reset: a call begun before it counts no effect after it.
+        self.epoch = getattr(self, "epoch", 0) + 1
         self.config = Config()
         self.faults = FaultBook()
         self.effects: dict[str, int] = dict.fromkeys(STEP_IDS, 0)
@@ -257,11 +266,17 @@ class StandinState:
         self.portal_sessions: dict[str, str] = {}
 
     def effect(self, step: str) -> None:
-        """Count one side effect of `step`."""
+        """Count one side effect of `step`, unless the call making it began before the last
+        reset (a caller from before it, still in flight, is not the new one's)."""
+        call = CURRENT_CALL.get()
+        if call is not None and call.epoch != self.epoch:
+            return
         self.effects[step] += 1
 
     def begin_call(self, step: str, method: str, path: str, client: str | None = None) -> Call:
-        call = Call(step=step, method=method, path=path, start=time.time(), client=client)
+        call = Call(
+            step=step, method=method, path=path, start=time.time(), client=client, epoch=self.epoch
+        )
         self.calls.append(call)
         return call
 

@@ -115,7 +115,7 @@ def standin(stack: Stack) -> Iterator[httpx.Client]:
     """The stand-in, reset before each test once no job an earlier test left running can
     call it any more (its counts are this test's alone)."""
     with httpx.Client(base_url=stack.config.standin_url, timeout=30) as client:
-        ended = end_leftover_jobs(client)
+        ended = end_leftover_jobs()
         if ended:
             print(f"cancelled {len(ended)} job(s) earlier tests left running: {ended}")
         client.post("/_control/reset").raise_for_status()

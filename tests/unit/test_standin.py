@@ -488,6 +488,35 @@ def test_calls_show_overlap() -> None:
     assert first["start"] < second["end"] and second["start"] < first["end"]
 
 
+def test_a_call_begun_before_a_reset_counts_no_effect_after_it() -> None:
+    """A caller still in flight when the state is reset (a killed test's slow call) is not
+    the new state's: its effect is left out of the counts; a call begun after counts."""
+    app = create_app()
+
+    async def main() -> tuple[dict[str, int], dict[str, int]]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://standin") as http:
+            await http.post(
+                "/_control/faults",
+                json={"step": "account_registration", "mode": "slow", "seconds": 0.3},
+            )
+            slow = asyncio.create_task(
+                http.post("/platform/api/v1/accounts", json={**LOGIN, "phone": "1"})
+            )
+            while not (await http.get("/_control/calls")).json():
+                await asyncio.sleep(0.01)
+            await http.post("/_control/reset")
+            assert (await slow).status_code == 201  # it did what it was asked
+            before = (await http.get("/_control/effects")).json()
+            other = {**LOGIN, "email": "other@pizza.test", "phone": "2"}
+            assert (await http.post("/platform/api/v1/accounts", json=other)).status_code == 201
+            return before, (await http.get("/_control/effects")).json()
+
+    before, after = asyncio.run(main())
+    assert before["account_registration"] == 0
+    assert after["account_registration"] == 1
+
+
 # -- idempotency and reset ----------------------------------------------------------------
 
 

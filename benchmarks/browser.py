@@ -50,11 +50,12 @@ class Sample:
 
 
 def sample(stack_id: str) -> Sample:
-    chromium = chromium_processes(stack_id)
+    sizes = {pid: pss(pid) for pid in marked_processes(stack_id)}
+    chromium = chromium_processes(sizes)
     return Sample(
-        total=sum(pss(pid) for pid in marked_processes(stack_id)),
-        chromium=sum(pss(pid) for pid in chromium),
-        browsers=len(browser_processes(stack_id)),
+        total=sum(sizes.values()),
+        chromium=sum(sizes[pid] for pid in chromium),
+        browsers=len(browser_processes(chromium)),
     )
 
 

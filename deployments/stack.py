@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -413,19 +413,20 @@ def marked_processes(stack_id: str) -> list[int]:
     return [pid for pid in processes_with_env(MARKER, stack_id) if alive(pid)]
 
 
-def chromium_processes(stack_id: str) -> list[int]:
-    """The system's Chromium processes: browsers, their helpers (zygotes, renderers, GPU)
-    and crash reporters. Told by the executable, not the command line: Chromium's helpers
-    rewrite theirs."""
-    return [pid for pid in marked_processes(stack_id) if "chrom" in _executable(pid)]
+def chromium_processes(pids: Iterable[int]) -> list[int]:
+    """Of `pids` (e.g. a system's `marked_processes`), Chromium's: browsers, their helpers
+    (zygotes, renderers, GPU) and crash reporters. Told by the executable, not the command
+    line: Chromium's helpers rewrite theirs."""
+    return [pid for pid in pids if "chrom" in _executable(pid)]
 
 
-def browser_processes(stack_id: str) -> list[int]:
-    """The system's browsers: Chromium main processes (started by a Playwright driver; every
-    helper is started by a Chromium process, the crash reporter is another program)."""
+def browser_processes(chromium: Iterable[int]) -> list[int]:
+    """Of Chromium's processes, the browsers: main processes (started by a Playwright
+    driver; every helper is started by a Chromium process, the crash reporter is another
+    program)."""
     return [
         pid
-        for pid in chromium_processes(stack_id)
+        for pid in chromium
         if _executable(pid) in CHROMIUM_EXECUTABLES
         and _executable(_parent(pid)) not in CHROMIUM_EXECUTABLES
     ]

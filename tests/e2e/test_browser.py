@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from deployments.stack import Stack, chromium_processes
+from deployments.stack import Stack, chromium_processes, marked_processes
 from regjobs.catalogue import STEPS, StepKind
 from tests.helpers import (
     create,
@@ -37,7 +37,7 @@ BROWSER_STEPS = [s.id for s in STEPS if s.kind is StepKind.BROWSER]
 
 def chromium_pids(stack: Stack) -> list[int]:
     """This test system's Chromium processes (not another system's on the same machine)."""
-    return chromium_processes(stack.stack_id)
+    return chromium_processes(marked_processes(stack.stack_id))
 
 
 def browser_slots_in_use() -> int:

@@ -27,7 +27,14 @@ from regjobs.settings import Settings, get_settings
 
 
 def _fernet(settings: Settings | None = None) -> MultiFernet:
-    return MultiFernet([Fernet(key) for key in (settings or get_settings()).fernet_keys()])
+    return _multi_fernet(tuple((settings or get_settings()).fernet_keys()))
+
+
+@lru_cache(maxsize=16)
+def _multi_fernet(keys: tuple[bytes, ...]) -> MultiFernet:
+    """Built once per set of keys: a create encrypts a config, and a burst of creates
+    should not parse the keys each time."""
+    return MultiFernet([Fernet(key) for key in keys])
 
 
 def encrypt_json(value: dict[str, Any], settings: Settings | None = None) -> str:

@@ -256,19 +256,26 @@ class Settings(BaseSettings):
         return [self._generated_key()]
 
     def _generated_key(self) -> bytes:
-        from cryptography.fernet import Fernet
+        return _generated_key(self.state_dir.resolve())
 
-        path = self.state_dir / "secret.key"
-        if not path.exists():
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(Fernet.generate_key())
-            tmp.chmod(0o600)
-            # Another process may have won the race; keep whichever landed first.
-            with contextlib.suppress(FileExistsError):
-                path.hardlink_to(tmp)
-            tmp.unlink()
-        return path.read_bytes().strip()
+
+@lru_cache
+def _generated_key(state_dir: Path) -> bytes:
+    """The development key of a state folder, made by the first process that needs it and
+    read once per process (it never changes once written)."""
+    from cryptography.fernet import Fernet
+
+    path = state_dir / "secret.key"
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(Fernet.generate_key())
+        tmp.chmod(0o600)
+        # Another process may have won the race; keep whichever landed first.
+        with contextlib.suppress(FileExistsError):
+            path.hardlink_to(tmp)
+        tmp.unlink()
+    return path.read_bytes().strip()
 
 
 #: What the default outside-system keys (the stand-in's) start with; refused in production.

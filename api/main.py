@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from sqlalchemy import text
 
+from api import reads, service
 from api.bodylimit import BodyLimit
 from api.events import EventHub
 from api.hotpath import HotReads
@@ -96,6 +97,8 @@ def create_app(
             migrate()
         refuse_development_keys(settings)
         ensure_dev_key(settings)
+        reads.warm()
+        service.warm()
         app.state.events = EventHub(settings)
         reconciler = None
         if settings.reconciler:

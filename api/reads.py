@@ -13,6 +13,7 @@ import base64
 import binascii
 import functools
 import json
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,12 +23,13 @@ from typing import Any, Literal, TypeVar
 from uuid import UUID
 
 from sqlalchemy import Engine, and_, bindparam, or_, select, tuple_
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Select
 
 from regjobs.auth import DEVELOPMENT_LABEL
 from regjobs.catalogue import ACTIVE_JOB_STATUSES
 from regjobs.crypto import hash_api_key
-from regjobs.db import get_read_engine
+from regjobs.db import get_read_engine, open_connections
 from regjobs.evidence import evidence_url
 from regjobs.models import ApiKey, JobEvent, Organisation, RegistrationJob, StepEvidence
 from regjobs.settings import Environment, Settings, get_settings
@@ -57,7 +59,20 @@ async def run(fn: Callable[..., R], *args: Any) -> R:
     if _engine().dialect.name == "sqlite":
         return fn(*args)
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_executor(), functools.partial(fn, *args))
+    return await loop.run_in_executor(_executor(), functools.partial(_again_if_dropped, fn, *args))
+
+
+def _again_if_dropped(fn: Callable[..., R], *args: Any) -> R:
+    """A read whose pooled connection the server had dropped (a restart, an idle timeout)
+    is made once more, on a new connection (the pool drops every connection older than the
+    failure): reads change nothing, so repeating one is safe, and no read pays a ping
+    before it to find out."""
+    try:
+        return fn(*args)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    return fn(*args)
 
 
 @lru_cache
@@ -67,6 +82,19 @@ def _executor() -> ThreadPoolExecutor:
 
 def _engine() -> Engine:
     return get_read_engine()
+
+
+def warm() -> None:
+    """Before the first request: the read pool's connections open and, where reads run in
+    threads, every thread started (a burst right after start would otherwise make them one
+    by one, on its own time)."""
+    size = get_settings().db_pool_size
+    open_connections(_engine(), size)
+    if _engine().dialect.name == "sqlite":
+        return
+    started = threading.Barrier(size)
+    for _ in range(size):
+        _executor().submit(started.wait, 10)
 
 
 @dataclass(frozen=True)

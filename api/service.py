@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from api.schemas import JobCreate
 from regjobs import ledger
 from regjobs.catalogue import ACTIVE_JOB_STATUSES
-from regjobs.db import read_session, transaction
+from regjobs.db import get_engine, open_connections, read_session, transaction
 from regjobs.ledger import ActiveJobExists, NewJob
 from regjobs.models import RegistrationJob
 
@@ -35,6 +35,11 @@ def _writer() -> ThreadPoolExecutor:
     one write lock in turn anyway, and creates that queue meanwhile are written together
     (`CreateBatches`), which a second thread would only split up."""
     return ThreadPoolExecutor(1, thread_name_prefix="writes")
+
+
+def warm() -> None:
+    """Before the first request: the writer thread started and a write connection open."""
+    _writer().submit(open_connections, get_engine(), 1).result()
 
 
 async def run(fn: Callable[..., R], /, **kwargs: Any) -> R:

@@ -65,6 +65,12 @@ def engine_for(url: str, *, read_only: bool = False) -> Engine:
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
+    if read_only:
+        # Reads run each statement on its own, as on SQLite: no BEGIN before a read, no
+        # ROLLBACK when its connection goes back to the pool, no ping before it (a read on
+        # a connection the server dropped is made again: `api.reads.run`). One round trip
+        # a read, not four.
+        return create_engine(url, isolation_level="AUTOCOMMIT", **pool)
     # pool_pre_ping: a connection dropped by the server is replaced, not handed out.
     return create_engine(url, pool_pre_ping=True, **pool)
 
@@ -74,8 +80,16 @@ def get_engine() -> Engine:
 
 
 def get_read_engine() -> Engine:
-    url = get_settings().sqlalchemy_url
-    return engine_for(url, read_only=url.startswith("sqlite"))
+    return engine_for(get_settings().sqlalchemy_url, read_only=True)
+
+
+def open_connections(engine: Engine, count: int) -> None:
+    """Fill the engine's pool with `count` connections now, so that a burst of requests
+    right after start does not wait for connections being made one by one (a PostgreSQL
+    connection is a new server process)."""
+    with contextlib.ExitStack() as held:
+        for _ in range(count):
+            held.enter_context(engine.connect())
 
 
 @lru_cache
@@ -204,3 +218,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+

@@ -106,11 +106,7 @@ def api_in_process(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -
 
     recorder = Recorder()
     url = get_settings().sqlalchemy_url
-    read = engine_for(url, read_only=url.startswith("sqlite"))
-    # On PostgreSQL reads and writes share one engine: then every statement counts as a read.
-    engines = (
-        {"read": read} if read is engine_for(url) else {"write": engine_for(url), "read": read}
-    )
+    engines = {"write": engine_for(url), "read": engine_for(url, read_only=True)}
     listeners = {name: recorder(name) for name in engines}
     for name, engine in engines.items():
         event.listen(engine, "before_cursor_execute", listeners[name])

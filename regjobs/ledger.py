@@ -41,6 +41,7 @@ from regjobs.catalogue import (
 )
 from regjobs.config import ExecutionConfig
 from regjobs.crypto import decrypt_json, encrypt_json, reencrypt
+from regjobs.db import bulk_insert
 from regjobs.errors import Classified, NonRetryableStepError
 from regjobs.models import (
     Base,
@@ -231,10 +232,14 @@ def publish_missing_views(*, session: Session) -> int:
 
 @lru_cache
 def _new_steps() -> tuple[RegistrationJobStep, ...]:
-    """The twelve step rows of a new job (for its first view; not rows of any job)."""
+    """The twelve step rows of a new job (for its first view; not rows of any job). Every
+    attribute is set (None where the row has nothing): an unset one is looked up on each
+    read, and a burst of creates reads them thousands of times."""
+    unset = {a.key: None for a in RegistrationJobStep.__mapper__.column_attrs}
     return tuple(
-        RegistrationJobStep(step_id=s.id, step_number=s.number, status=StepStatus.PENDING,
-                            attempts=0, run_attempts=0, generation=0)
+        RegistrationJobStep(**{**unset, "step_id": s.id, "step_number": s.number,
+                               "status": StepStatus.PENDING, "attempts": 0, "run_attempts": 0,
+                               "generation": 0, "generation_attempts": 0})
         for s in catalogue.STEPS
     )  # fmt: skip
 
@@ -270,8 +275,9 @@ def create_job(
 
 def create_jobs(*, session: Session, batch: Sequence[NewJob]) -> list[RegistrationJob]:
     """`create_job` for several jobs at once, one batch insert per table: the hot write of a
-    burst of creates, so plain inserts, not the ORM's unit of work, and four statements
-    whatever the number of jobs (measured: docs/figures.md). One refused job fails
+    burst of creates, so plain inserts (`COPY` on PostgreSQL), not the ORM's unit of work,
+    and four statements whatever the number of jobs (measured: docs/figures.md). One
+    refused job fails
     them all (IntegrityError): the caller tries them one by one then."""
     jobs, steps, runs, events = [], [], [], []
     for new in batch:
@@ -306,11 +312,11 @@ def create_jobs(*, session: Session, batch: Sequence[NewJob]) -> list[Registrati
             )  # fmt: skip
     columns = [(p.columns[0].name, p.key) for p in RegistrationJob.__mapper__.column_attrs]
     rows = [{name: getattr(job, key) for name, key in columns} for job in jobs]
-    session.execute(insert(_table(RegistrationJob)), rows)
-    session.execute(insert(_table(RegistrationJobStep)), steps)
+    bulk_insert(session, _table(RegistrationJob), rows)
+    bulk_insert(session, _table(RegistrationJobStep), steps)
     if runs:
         session.execute(insert(_table(JobRun)), runs)
-    session.execute(insert(_table(JobEvent)), events)
+    bulk_insert(session, _table(JobEvent), events)
     return jobs
 
 

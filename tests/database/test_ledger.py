@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from regjobs import catalogue, ledger, translate
 from regjobs.catalogue import STEP_IDS, JobStatus
 from regjobs.config import ExecutionConfig
-from regjobs.db import read_session, transaction
+from regjobs.db import bulk_insert, read_session, transaction
 from regjobs.errors import Classified, ErrorClass
 from regjobs.models import (
     JobEvent,
@@ -537,3 +537,67 @@ def test_a_job_waiting_too_long_for_its_run_is_a_stall() -> None:
             timeout_scale=1, queue_limit=3600,
         )  # fmt: skip
     assert any(s.job_id == job_id and s.job_waiting for s in waiting)
+
+
+def test_a_batch_of_creates_reads_back_as_written_whatever_its_text_holds() -> None:
+    """`create_jobs` writes with `COPY` on PostgreSQL and an INSERT elsewhere: text with
+    backslashes, quotes, COPY's own null marker and non-ASCII comes back unchanged (tabs
+    and newlines too, in an event's text), JSON columns parse, left-out columns take their
+    defaults, and times keep their zone."""
+    name = 'Caf\u00e9 \\N \\ "Chez" L\u00e9a \u6f22 \U0001f600'
+    config = full_config(restaurant={"name": name})
+
+    def make(*, session: Any) -> list[str]:
+        organisation = Organisation(name=f"batch-{uuid.uuid4().hex[:8]}")
+        session.add(organisation)
+        session.flush()
+        batch = [
+            ledger.NewJob(
+                organisation.id, f"r-{uuid.uuid4().hex[:8]}", ExecutionConfig.model_validate(config)
+            )
+            for _ in range(3)
+        ]
+        jobs = ledger.create_jobs(session=session, batch=batch)
+        awkward = {"text": "tab\there, new\nline\r, back\\slash \\t \\N", "none": None}
+        bulk_insert(
+            session,
+            JobEvent.__table__,
+            [{"job_id": jobs[0].id, "seq": 100, "kind": "step", "data": json.dumps(awkward)}],
+        )
+        return [job.id for job in jobs]
+
+    before = utcnow()
+    job_ids = transaction(make)
+    assert len(job_ids) == 3
+    with read_session() as session:
+        for job_id in job_ids:
+            job = session.get(RegistrationJob, job_id)
+            assert job is not None
+            assert job.restaurant_name == name
+            assert job.config_public["restaurant"]["name"] == name
+            assert ledger.job_config(job).restaurant.name == name
+            assert job.flow_run_ids == []
+            assert before - timedelta(seconds=1) <= job.created_at <= utcnow()
+            view = json.loads(job.view or "")
+            assert (view["restaurant_name"], view["status"]) == (name, JobStatus.PENDING)
+            rows = session.scalars(
+                select(RegistrationJobStep).where(RegistrationJobStep.job_id == job_id)
+            ).all()
+            assert sorted(r.step_id for r in rows) == sorted(STEP_IDS)
+            assert {(r.status, r.attempts, r.generation_attempts) for r in rows} == {
+                ("pending", 0, 0)
+            }
+            events = session.scalars(
+                select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.seq < 100)
+            ).all()
+            assert sorted(e.seq for e in events) == list(range(1, len(STEP_IDS) + 2))
+            assert all(e.created_at is not None for e in events)
+            runs = session.scalars(select(JobRun).where(JobRun.job_id == job_id)).all()
+            assert [(r.generation, r.dispatched_at) for r in runs] == [(1, None)]
+        written = session.scalars(
+            select(JobEvent.data).where(JobEvent.job_id == job_ids[0], JobEvent.seq == 100)
+        ).one()
+    assert json.loads(written) == {
+        "text": "tab\there, new\nline\r, back\\slash \\t \\N",
+        "none": None,
+    }

@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -157,6 +158,14 @@ def lease_report(settings: Settings) -> dict[str, Any] | None:
         return {"holder": lease.holder, "term": lease.term, **(lease.status or {})}
 
 
+def settle_wait(count: int, newest: datetime | None, now: datetime, quiet: float) -> float:
+    """Seconds the dispatcher waits for run requests to stop arriving: none for a lone
+    request, else until the newest is `quiet` seconds old."""
+    if count < 2 or newest is None:
+        return 0.0
+    return max(0.0, quiet - (now - newest).total_seconds())
+
+
 @dataclass
 class Reconciler:
     settings: Settings
@@ -287,8 +296,27 @@ class Reconciler:
         for run in self._waiting():
             transaction(ledger.record_dispatch_failure, run_id=run.run_id, reason=reason)
 
+    def _settle(self) -> None:
+        """While run requests are still arriving (more than one waits and the newest is
+        younger than `dispatch_settle_seconds`), wait, at most a cycle: a burst of creates
+        is answered before its flow runs are dispatched, since the dispatch's work, here and
+        in Prefect, would otherwise share the cores with the requests still being answered.
+        A lone request is dispatched at once. Read from the database, so it sees the
+        creates of every API process."""
+        quiet = self.settings.dispatch_settle_seconds
+        deadline = time.monotonic() + self.settings.reconcile_seconds
+        while quiet and not self._stop.is_set():
+            with read_session() as session:
+                count, newest = ledger.run_requests_waiting(session=session)
+            left = settle_wait(count, newest, utcnow(), quiet)
+            if left <= 0 or time.monotonic() + left > deadline:
+                return
+            self._stop.wait(left)
+
     def dispatch(self) -> None:
-        """Create the flow run of every waiting run request, oldest first."""
+        """Create the flow run of every waiting run request, oldest first, once requests
+        have stopped arriving for a moment (`_settle`)."""
+        self._settle()
         for run in self._waiting():
             try:
                 flow_run_id = self.orchestrator.create_flow_run(run)

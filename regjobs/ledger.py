@@ -1095,16 +1095,20 @@ class Dispatch:
         )
 
 
+#: A run request not yet handed to Prefect.
+_WAITING_FOR_DISPATCH = (
+    JobRun.dispatched_at.is_(None),
+    JobRun.stopped_at.is_(None),
+    JobRun.flow_run_id.is_(None),
+)
+
+
 def runs_to_dispatch(*, session: Session, limit: int = 50) -> list[Dispatch]:
     rows = session.execute(
         select(JobRun, RegistrationJob, Organisation.name)
         .join(RegistrationJob, RegistrationJob.id == JobRun.job_id)
         .join(Organisation, Organisation.id == RegistrationJob.organisation_id)
-        .where(
-            JobRun.dispatched_at.is_(None),
-            JobRun.stopped_at.is_(None),
-            JobRun.flow_run_id.is_(None),
-        )
+        .where(*_WAITING_FOR_DISPATCH)
         .order_by(JobRun.id)
         .limit(limit)
     ).tuples()
@@ -1112,6 +1116,14 @@ def runs_to_dispatch(*, session: Session, limit: int = 50) -> list[Dispatch]:
         Dispatch(run.id, job.id, run.generation, job.restaurant_id, job.restaurant_name, name)
         for run, job, name in rows
     ]
+
+
+def run_requests_waiting(*, session: Session) -> tuple[int, datetime | None]:
+    """How many run requests wait for their flow run, and when the newest was made."""
+    count, newest = session.execute(
+        select(func.count(), func.max(JobRun.requested_at)).where(*_WAITING_FOR_DISPATCH)
+    ).one()
+    return count, newest
 
 
 def record_dispatch(*, session: Session, run_id: int, flow_run_id: str) -> None:

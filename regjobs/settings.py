@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     reconciler_lease_seconds: float = Field(default=5.0, gt=0)
     reconciler: bool = True
     #: Run requests handed to Prefect per cycle.
+    #: With several run requests waiting, the dispatcher starts once none has come for
+    #: this long (at most a cycle later): a burst of creates is answered first.
+    dispatch_settle_seconds: float = Field(default=0.25, ge=0)
     dispatch_batch: int = Field(default=50, ge=1)
 
     #: Server-Sent Events: a comment line this often keeps proxies from closing an idle

@@ -263,10 +263,15 @@ async def retry(
                 }
             ],
         )
-    if not reads.job_exists(organisation.id, str(job_id)):
+    if not await reads.run(reads.job_exists, organisation.id, str(job_id)):
         raise not_found(job_id)
     try:
-        service.retry_job(organisation_id=organisation.id, job_id=str(job_id), from_step=from_step)
+        await service.run(
+            service.retry_job,
+            organisation_id=organisation.id,
+            job_id=str(job_id),
+            from_step=from_step,
+        )
     except ledger.ActiveJobExists as exists:
         raise _active_conflict(exists) from None
     except ledger.Conflict as exc:

@@ -286,9 +286,11 @@ class Reconciler:
         self.prefect_ok = True
         self.last_error = None
 
-    def _waiting(self) -> list[ledger.Dispatch]:
+    def _waiting(self, up_to: int | None = None) -> list[ledger.Dispatch]:
         with read_session() as session:
-            return ledger.runs_to_dispatch(session=session, limit=self.settings.dispatch_batch)
+            return ledger.runs_to_dispatch(
+                session=session, limit=self.settings.dispatch_batch, up_to=up_to
+            )
 
     def _hold_dispatches(self, exc: OrchestratorUnavailable) -> None:
         """Every job waiting for its flow run says why it waits."""
@@ -296,28 +298,28 @@ class Reconciler:
         for run in self._waiting():
             transaction(ledger.record_dispatch_failure, run_id=run.run_id, reason=reason)
 
-    def _settle(self) -> None:
+    def _settle(self) -> int | None:
         """While run requests are still arriving (more than one waits and the newest is
         younger than `dispatch_settle_seconds`), wait, at most a cycle: a burst of creates
         is answered before its flow runs are dispatched, since the dispatch's work, here and
         in Prefect, would otherwise share the cores with the requests still being answered.
         A lone request is dispatched at once. Read from the database, so it sees the
-        creates of every API process."""
+        creates of every API process. The last request this saw: later ones wait for the
+        next cycle (which a create's nudge starts at once), to settle in their turn."""
         quiet = self.settings.dispatch_settle_seconds
         deadline = time.monotonic() + self.settings.reconcile_seconds
-        while quiet and not self._stop.is_set():
+        while True:
             with read_session() as session:
-                count, newest = ledger.run_requests_waiting(session=session)
+                count, newest, last = ledger.run_requests_waiting(session=session)
             left = settle_wait(count, newest, utcnow(), quiet)
-            if left <= 0 or time.monotonic() + left > deadline:
-                return
-            self._stop.wait(left)
+            if left <= 0 or time.monotonic() + left > deadline or self._stop.wait(left):
+                return last
 
     def dispatch(self) -> None:
         """Create the flow run of every waiting run request, oldest first, once requests
         have stopped arriving for a moment (`_settle`)."""
-        self._settle()
-        for run in self._waiting():
+        last = self._settle()
+        for run in self._waiting(up_to=last) if last is not None else ():
             try:
                 flow_run_id = self.orchestrator.create_flow_run(run)
             except OrchestratorUnavailable as exc:

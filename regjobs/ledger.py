@@ -1103,12 +1103,17 @@ _WAITING_FOR_DISPATCH = (
 )
 
 
-def runs_to_dispatch(*, session: Session, limit: int = 50) -> list[Dispatch]:
+def runs_to_dispatch(
+    *, session: Session, limit: int = 50, up_to: int | None = None
+) -> list[Dispatch]:
+    """The run requests waiting for their flow run, oldest first (`up_to`: with an id no
+    higher)."""
+    bound = () if up_to is None else (JobRun.id <= up_to,)
     rows = session.execute(
         select(JobRun, RegistrationJob, Organisation.name)
         .join(RegistrationJob, RegistrationJob.id == JobRun.job_id)
         .join(Organisation, Organisation.id == RegistrationJob.organisation_id)
-        .where(*_WAITING_FOR_DISPATCH)
+        .where(*_WAITING_FOR_DISPATCH, *bound)
         .order_by(JobRun.id)
         .limit(limit)
     ).tuples()
@@ -1118,12 +1123,15 @@ def runs_to_dispatch(*, session: Session, limit: int = 50) -> list[Dispatch]:
     ]
 
 
-def run_requests_waiting(*, session: Session) -> tuple[int, datetime | None]:
-    """How many run requests wait for their flow run, and when the newest was made."""
-    count, newest = session.execute(
-        select(func.count(), func.max(JobRun.requested_at)).where(*_WAITING_FOR_DISPATCH)
+def run_requests_waiting(*, session: Session) -> tuple[int, datetime | None, int | None]:
+    """How many run requests wait for their flow run, when the newest was made, and the
+    id of the last."""
+    count, newest, last = session.execute(
+        select(func.count(), func.max(JobRun.requested_at), func.max(JobRun.id)).where(
+            *_WAITING_FOR_DISPATCH
+        )
     ).one()
-    return count, newest
+    return count, newest, last
 
 
 def record_dispatch(*, session: Session, run_id: int, flow_run_id: str) -> None:

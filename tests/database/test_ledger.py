@@ -601,3 +601,15 @@ def test_a_batch_of_creates_reads_back_as_written_whatever_its_text_holds() -> N
         "text": "tab\there, new\nline\r, back\\slash \\t \\N",
         "none": None,
     }
+
+
+def test_the_dispatcher_sees_how_many_requests_wait_and_takes_only_those_it_saw() -> None:
+    first, second = new_job(), new_job()
+    with read_session() as session:
+        count, newest, last = ledger.run_requests_waiting(session=session)
+        runs = {r.job_id: r.run_id for r in ledger.runs_to_dispatch(session=session, limit=10_000)}
+        seen = ledger.runs_to_dispatch(session=session, limit=10_000, up_to=runs[first])
+    assert count >= 2 and newest is not None and last is not None
+    assert last >= runs[second] > runs[first]
+    assert newest >= utcnow() - timedelta(minutes=5)
+    assert first in {r.job_id for r in seen} and second not in {r.job_id for r in seen}

@@ -195,11 +195,14 @@ class Stack:
             try:
                 child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                pass
+            finally:
+                # The leader if it is still there, and whatever it left behind in its group
+                # (flow-run processes, for one): whatever happened while waiting.
                 _signal_group(child.process, signal.SIGKILL)
-                child.process.wait(timeout=10)
-            # Whatever the leader left behind in its group (flow-run processes, for one).
-            _signal_group(child.process, signal.SIGKILL)
-            child.log.close()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.process.wait(timeout=10)
+                child.log.close()
 
     def stop(self, *, grace: float = 5) -> None:
         """Everything this stack caused, within about 15 s: the API and the workers first (so

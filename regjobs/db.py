@@ -245,9 +245,17 @@ def bulk_insert(session: Session, table: Any, rows: list[dict[str, Any]]) -> Non
         buffer.write("\n")
     buffer.seek(0)
     names = ", ".join(f'"{name}"' for name in [*given, *(name for name, _ in defaults)])
+    statement = f'COPY "{table.name}" ({names}) FROM STDIN'
+    dbapi = connection.dialect.loaded_dbapi
     cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        cursor.copy_expert(f'COPY "{table.name}" ({names}) FROM STDIN', buffer)
+        cursor.copy_expert(statement, buffer)
+    except dbapi.Error as exc:
+        # As SQLAlchemy raises it for an INSERT (a unique index's refusal: IntegrityError),
+        # so callers catch one kind whichever way the rows went in.
+        raise DBAPIError.instance(
+            statement, None, exc, dbapi.Error, dialect=connection.dialect
+        ) from exc
     finally:
         cursor.close()
 

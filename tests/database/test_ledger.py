@@ -613,3 +613,20 @@ def test_the_dispatcher_sees_how_many_requests_wait_and_takes_only_those_it_saw(
     assert last >= runs[second] > runs[first]
     assert newest >= utcnow() - timedelta(minutes=5)
     assert first in {r.job_id for r in seen} and second not in {r.job_id for r in seen}
+
+
+def test_a_batch_a_unique_index_refuses_raises_integrity_error() -> None:
+    """Whichever way the rows go in (COPY on PostgreSQL), a refused batch is SQLAlchemy's
+    IntegrityError, which the create path catches to try the jobs one by one."""
+    from sqlalchemy.exc import IntegrityError
+
+    def make(*, session: Any) -> None:
+        organisation = Organisation(name=f"dup-{uuid.uuid4().hex[:8]}")
+        session.add(organisation)
+        session.flush()
+        config = ExecutionConfig.model_validate(full_config())
+        twice = [ledger.NewJob(organisation.id, "same-restaurant", config, "key-1")] * 2
+        ledger.create_jobs(session=session, batch=twice)
+
+    with pytest.raises(IntegrityError):
+        transaction(make)

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -219,10 +219,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 def bulk_insert(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
     """Insert many rows of one table: `COPY` on PostgreSQL (a burst of creates writes
     thousands of step and event rows; measured: docs/figures.md), a plain executemany
@@ -232,8 +228,6 @@ def bulk_insert(session: Session, table: Any, rows: list[dict[str, Any]]) -> Non
         return
     connection = session.connection()
     if connection.dialect.name != "postgresql":
-        from sqlalchemy import insert
-
         session.execute(insert(table), rows)
         return
     given = [c.name for c in table.columns if c.name in rows[0]]
@@ -287,3 +281,7 @@ def _copy_text(value: Any) -> str:
     if isinstance(value, datetime):
         return value.isoformat()
     return str(value).translate(_COPY_ESCAPES)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -277,8 +277,7 @@ def create_jobs(*, session: Session, batch: Sequence[NewJob]) -> list[Registrati
     """`create_job` for several jobs at once, one batch insert per table: the hot write of a
     burst of creates, so plain inserts (`COPY` on PostgreSQL), not the ORM's unit of work,
     and four statements whatever the number of jobs (measured: docs/figures.md). One
-    refused job fails
-    them all (IntegrityError): the caller tries them one by one then."""
+    refused job fails them all (IntegrityError): the caller tries them one by one then."""
     jobs, steps, runs, events = [], [], [], []
     for new in batch:
         job = RegistrationJob(
@@ -314,8 +313,7 @@ def create_jobs(*, session: Session, batch: Sequence[NewJob]) -> list[Registrati
     rows = [{name: getattr(job, key) for name, key in columns} for job in jobs]
     bulk_insert(session, _table(RegistrationJob), rows)
     bulk_insert(session, _table(RegistrationJobStep), steps)
-    if runs:
-        session.execute(insert(_table(JobRun)), runs)
+    bulk_insert(session, _table(JobRun), runs)
     bulk_insert(session, _table(JobEvent), events)
     return jobs
 

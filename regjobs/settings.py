@@ -125,10 +125,10 @@ class Settings(BaseSettings):
     reconcile_seconds: float = Field(default=1.0, gt=0)
     reconciler_lease_seconds: float = Field(default=5.0, gt=0)
     reconciler: bool = True
-    #: Run requests handed to Prefect per cycle.
     #: With several run requests waiting, the dispatcher starts once none has come for
     #: this long (at most a cycle later): a burst of creates is answered first.
     dispatch_settle_seconds: float = Field(default=0.25, ge=0)
+    #: Run requests handed to Prefect per cycle.
     dispatch_batch: int = Field(default=50, ge=1)
 
     #: Server-Sent Events: a comment line this often keeps proxies from closing an idle

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -279,9 +280,15 @@ def kill_worker(stack: Stack, flow_run_id: str | None) -> None:
     is left to report anything."""
     victims = flow_run_pids(flow_run_id) if flow_run_id else []
     os.killpg(stack.children["worker"].process.pid, signal.SIGKILL)
-    for pid in victims:
-        os.kill(pid, signal.SIGKILL)
+    kill_all(victims)
     stack.stop_child("worker")
+
+
+def kill_all(pids: list[int]) -> None:
+    """SIGKILL each process still there (one in the worker's group went with it)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 # ------------------------------------------------ in-process servers and raw sockets

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import signal
@@ -21,6 +20,7 @@ from tests.helpers import (
     fault,
     flow_run_logs,
     flow_run_pids,
+    kill_all,
     kill_worker,
     own_accounts,
     progress,
@@ -338,14 +338,19 @@ def test_a_dead_worker_gives_back_its_browser_slot(
             "restaurant_registration"
         ]
         assert step["status"] == "failed" and "worker was lost" in step["error_message"]
-        assert browser_slots_in_use() >= 1, "the dead step's slot is held until its lease ends"
+        # Prefect renews a lease every 0.75 of its length, so the dead holder's lease ends
+        # 15-60 s after the kill (60 s leases); the test stack's server looks for ended
+        # leases every 5 s. The reconciler gives back only what stays taken with no holder
+        # past REGJOBS_SLOT_LEAK_SECONDS (90 s), which this must not need.
         wait_for(
             lambda: browser_slots_in_use() == 0,
-            timeout=120,
+            timeout=75 - (time.monotonic() - killed),
             interval=0.5,
-            what="the dead step's browser slot to come back",
+            what="the dead step's browser slot to come back when its lease ends",
         )
-        print(f"browser slot back {time.monotonic() - killed:.1f} s after the kill")
+        back = time.monotonic() - killed
+        print(f"browser slot back {back:.1f} s after the kill")
+        assert back >= 15, "a slot of a dead holder came back before its lease could end"
     finally:
         stack.stop_child("worker")
         stack.start_worker(env=direct)
@@ -384,9 +389,7 @@ def test_a_prefect_crash_while_two_browser_steps_hold_both_slots_heals(
     victims = [pid for run in runs for pid in flow_run_pids(run)]
     os.killpg(stack.children["prefect"].process.pid, signal.SIGKILL)
     kill_worker(stack, None)
-    for pid in victims:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    kill_all(victims)
     stack.stop_child("prefect")
     try:
         stack.start_prefect()

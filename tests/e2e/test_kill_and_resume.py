@@ -11,10 +11,8 @@ production default is measured in test_control.py.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
-import signal
 import time
 from collections.abc import Iterator
 
@@ -29,6 +27,7 @@ from tests.helpers import (
     effects,
     fault,
     flow_run_pids,
+    kill_all,
     kill_worker,
     own_accounts,
     wait_for,
@@ -80,9 +79,7 @@ def kill_everything(stack: Stack, api: httpx.Client, jobs: list[str]) -> None:
     runs = [api.get(f"/api/registration-jobs/{job_id}").json()["flow_run_id"] for job_id in jobs]
     victims = [pid for run in runs if run for pid in flow_run_pids(run)]
     kill_worker(stack, None)
-    for pid in victims:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    kill_all(victims)
 
 
 def test_kill_the_worker_anywhere_and_resume(

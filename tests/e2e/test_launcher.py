@@ -29,6 +29,7 @@ from tests.helpers import (
     effects,
     fault,
     flow_run_pids,
+    kill_all,
     own_accounts,
     progress,
     wait_for,
@@ -170,8 +171,7 @@ def test_a_dead_worker_or_prefect_server_is_started_again_while_the_api_answers(
         victims = flow_run_pids(flow_run_id)
         assert victims, "the flow-run process was not found"
         os.killpg(worker, signal.SIGKILL)
-        for pid in victims:
-            os.kill(pid, signal.SIGKILL)
+        kill_all(victims)
         killed = time.monotonic()
 
         wait_for(

@@ -52,7 +52,7 @@ class StackConfig:
     prefect_ui: bool = True
     #: How often the worker asks for runs; Prefect's default makes a job wait ~10 s.
     poll_seconds: float = 1.0
-    #: API processes behind the API port (uvicorn's workers); they elect one reconciler.
+    #: API processes behind the API port (`api.serve`); they elect one reconciler.
     api_workers: int = field(default_factory=lambda: get_settings().api_workers)
     #: Flow runs one worker runs at once (`prefect worker start --limit`); 0: no limit.
     #: Runs beyond it wait in the work pool as Scheduled, where any worker may take them.
@@ -357,14 +357,13 @@ class Stack:
             [
                 PYTHON,
                 "-m",
-                "uvicorn",
-                "api.main:app",
+                "api.serve",
                 "--host",
                 "127.0.0.1",
                 "--port",
                 str(port),
-                "--no-access-log",
-                *(["--workers", str(workers)] if workers > 1 else []),
+                "--workers",
+                str(workers),
             ],
             {"REGJOBS_AUTO_MIGRATE": "false", **(env or {})},
         )

@@ -3,22 +3,24 @@ handler calls Prefect.
 
 Every call is made once, in `single_tries()` (the client's own retries are off): the
 reconciler calls again on its next cycle, and a Prefect that does not answer must not hold
-it for the client's backoff.
+it for the client's backoff. The exception: a write Prefect answers 503 (busy) is made again
+at once, a few times (`BUSY_RETRIES`), rather than taken for Prefect being down.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.events import emit_event
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
 from regjobs.ledger import Dispatch
@@ -27,6 +29,13 @@ from regjobs.translate import FlowRunSnapshot, RunState
 
 #: Flow runs read per call (Prefect's API pages at 200).
 BATCH = 200
+#: A write Prefect answers 503 is made again this many times, 0.1, 0.2 and 0.4 s later.
+#: Prefect's server on SQLite answers 503 when a write meets another's lock ("database is
+#: locked"), and is busy, not down; each write here is safe to repeat (a flow run's
+#: idempotency key, a state set again).
+BUSY_RETRIES = 3
+
+T = TypeVar("T")
 
 
 class OrchestratorUnavailable(RuntimeError):
@@ -106,12 +115,14 @@ class Orchestrator:
         deployment_id = self.deployment_id()
         try:
             with self._once():
-                flow_run: FlowRun = self.client.create_flow_run_from_deployment(
-                    deployment_id,
-                    parameters={"job_id": run.job_id},
-                    name=run.labels.name,
-                    tags=run.labels.tags,
-                    idempotency_key=run.idempotency_key,
+                flow_run: FlowRun = _again_while_busy(
+                    lambda: self.client.create_flow_run_from_deployment(
+                        deployment_id,
+                        parameters={"job_id": run.job_id},
+                        name=run.labels.name,
+                        tags=run.labels.tags,
+                        idempotency_key=run.idempotency_key,
+                    )
                 )
         except ObjectNotFound as exc:
             self._deployment_id = None  # deleted since: look it up again next time
@@ -143,8 +154,10 @@ class Orchestrator:
         if not _uuid(flow_run_id):
             return
         with contextlib.suppress(ObjectNotFound), self._once():
-            self.client.set_flow_run_state(
-                UUID(flow_run_id), State(type=StateType.CANCELLING), force=False
+            _again_while_busy(
+                lambda: self.client.set_flow_run_state(
+                    UUID(flow_run_id), State(type=StateType.CANCELLING), force=False
+                )
             )
 
     def mark_crashed(self, flow_run_id: str, message: str) -> None:
@@ -152,8 +165,10 @@ class Orchestrator:
         if not _uuid(flow_run_id):
             return
         with contextlib.suppress(ObjectNotFound), self._once():
-            self.client.set_flow_run_state(
-                UUID(flow_run_id), State(type=StateType.CRASHED, message=message), force=True
+            _again_while_busy(
+                lambda: self.client.set_flow_run_state(
+                    UUID(flow_run_id), State(type=StateType.CRASHED, message=message), force=True
+                )
             )
 
     def browser_slots(self) -> tuple[int, int]:
@@ -175,6 +190,18 @@ class Orchestrator:
         """A Prefect event (automations can act on it: notify someone)."""
         with self._once():
             emit_event(event=event, resource=resource, payload=payload)
+
+
+def _again_while_busy(write: Callable[[], T]) -> T:
+    """`write()`, made again while Prefect answers 503, at most BUSY_RETRIES times."""
+    for attempt in range(BUSY_RETRIES):
+        try:
+            return write()
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code != 503:
+                raise
+            time.sleep(0.1 * 2**attempt)
+    return write()
 
 
 def _uuid(value: str) -> bool:

@@ -4,11 +4,16 @@ thing: every end-to-end test)."""
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
 from typing import Any, cast
 
+import httpx
+import pytest
 from prefect.client.orchestration import SyncPrefectClient
+from prefect.exceptions import PrefectHTTPStatusError
 
-from api.orchestrator import Orchestrator
+from api.orchestrator import BUSY_RETRIES, Orchestrator, OrchestratorUnavailable
+from regjobs.ledger import Dispatch
 from regjobs.settings import Settings
 
 
@@ -36,3 +41,60 @@ def test_an_id_that_is_no_uuid_is_no_flow_run_and_breaks_nothing() -> None:
     assert client.states == []
     orchestrator.cancel(real)
     assert client.states == [real]
+
+
+def _answer(status: int) -> PrefectHTTPStatusError:
+    request = httpx.Request("POST", "http://prefect.test/api/deployments/x/create_flow_run")
+    response = httpx.Response(status, request=request, json={"exception_message": "locked"})
+    return PrefectHTTPStatusError(f"{status}", request=request, response=response)
+
+
+class Busy:
+    """Prefect's client whose writes are answered with `answers` in turn (a status to
+    raise, or None for success)."""
+
+    def __init__(self, *answers: int | None) -> None:
+        self.answers = list(answers)
+        self.writes = 0
+
+    def read_deployment_by_name(self, name: str) -> Any:
+        return SimpleNamespace(id=uuid.uuid4())
+
+    def _write(self) -> Any:
+        self.writes += 1
+        status = self.answers.pop(0)
+        if status is not None:
+            raise _answer(status)
+        return SimpleNamespace(id=uuid.UUID(int=self.writes))
+
+    def create_flow_run_from_deployment(self, *args: Any, **kwargs: Any) -> Any:
+        return self._write()
+
+    def set_flow_run_state(self, *args: Any, **kwargs: Any) -> Any:
+        return self._write()
+
+
+RUN = Dispatch(1, "job-1", 1, "rest-1", "Demo Pizza", "demo")
+
+
+def test_a_write_prefect_answers_503_is_made_again_until_it_takes() -> None:
+    """Prefect's SQLite server answers 503 ("database is locked") while another write holds
+    its lock: busy, not down. The dispatch is made again and its run recorded."""
+    client = Busy(503, 503, None)
+    orchestrator = Orchestrator(Settings(), cast(SyncPrefectClient, client))
+    assert orchestrator.create_flow_run(RUN) == str(uuid.UUID(int=3))
+    assert client.writes == 3
+    cancel = Busy(503, None)
+    Orchestrator(Settings(), cast(SyncPrefectClient, cancel)).cancel(str(uuid.uuid4()))
+    assert cancel.writes == 2
+
+
+def test_prefect_busy_past_the_retries_or_failing_otherwise_is_unavailable() -> None:
+    busy = Busy(*[503] * (BUSY_RETRIES + 1))
+    with pytest.raises(OrchestratorUnavailable, match="503"):
+        Orchestrator(Settings(), cast(SyncPrefectClient, busy)).create_flow_run(RUN)
+    assert busy.writes == BUSY_RETRIES + 1
+    refused = Busy(400, None)
+    with pytest.raises(OrchestratorUnavailable, match="400"):
+        Orchestrator(Settings(), cast(SyncPrefectClient, refused)).create_flow_run(RUN)
+    assert refused.writes == 1

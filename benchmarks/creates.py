@@ -7,7 +7,8 @@ For each database and burst size, a fresh system started as `make run` does (`po
 the job tables and the Prefect server on fresh PostgreSQL databases on 127.0.0.1, made here
 and dropped at the end), steps in `endpoints` mode. Reports the creates' status codes and
 latency (p50, p95, max), how many jobs completed, and the makespan (first create sent to
-last job ended).
+last job ended). `--bursts N`: N bursts on one system with its worker stopped, the creates'
+latency alone.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks import load
+from benchmarks import load, machine
 from benchmarks.latency import KEY, own_stack
 from deployments.demo import DEMO_CONFIG
 from deployments.stack import Stack
@@ -109,7 +110,7 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
 
 
-def run(database: str, jobs: int, timeout: float, keep: bool = False) -> None:
+def run(database: str, jobs: int, timeout: float, keep: bool = False, bursts: int = 0) -> None:
     with contextlib.ExitStack() as resources:
         env: dict[str, str] = {"REGJOBS_STEP_MODE": "endpoints"}
         if database == "postgresql":
@@ -121,6 +122,9 @@ def run(database: str, jobs: int, timeout: float, keep: bool = False) -> None:
             )
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = prefect_db.replace("+psycopg2", "+asyncpg")
         stack = resources.enter_context(own_stack(keep=keep, worker_limit=None, **env))
+        if bursts:
+            repeat_bursts(stack, database, jobs, bursts)
+            return
         started = time.monotonic()
         codes, latencies, job_ids = asyncio.run(burst(stack.config.api_url, jobs))
         statuses = ends(stack, job_ids, timeout)
@@ -135,6 +139,28 @@ def run(database: str, jobs: int, timeout: float, keep: bool = False) -> None:
         )
 
 
+def repeat_bursts(stack: Stack, database: str, jobs: int, bursts: int) -> None:
+    """`bursts` bursts on one system, with its worker stopped (the jobs wait in Prefect, so
+    no flow run takes CPU): the creates' latency alone, burst after burst."""
+    stack.stop_child("worker")
+    p95s = []
+    for n in range(bursts):
+        codes, latencies, _ = asyncio.run(burst(stack.config.api_url, jobs))
+        p95s.append(percentile(latencies, 95))
+        print(
+            f"{database}, burst {n + 1} of {jobs} creates: status codes {dict(Counter(codes))}; "
+            f"p50 {percentile(latencies, 50):.0f} ms, p95 {p95s[-1]:.0f} ms, "
+            f"max {max(latencies):.0f} ms",
+            flush=True,
+        )
+        time.sleep(8)  # the dispatcher hands the burst's runs to Prefect meanwhile
+    print(
+        f"{database}, {bursts} bursts of {jobs}: p95 median {percentile(p95s, 50):.0f} ms, "
+        f"min {min(p95s):.0f} ms, max {max(p95s):.0f} ms",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, nargs="+", default=[50, 200])
@@ -143,10 +169,14 @@ def main() -> None:
     )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds for jobs to end")
     parser.add_argument("--keep", action="store_true", help="keep logs and databases")
+    parser.add_argument(
+        "--bursts", type=int, default=0, help="N bursts on one system, worker stopped, no run"
+    )
     args = parser.parse_args()
+    print(machine.describe(), flush=True)
     for database in args.database:
         for jobs in args.jobs:
-            run(database, jobs, args.timeout, args.keep)
+            run(database, jobs, args.timeout, args.keep, args.bursts)
 
 
 if __name__ == "__main__":

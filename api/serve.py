@@ -4,19 +4,23 @@ connections evenly among them.
 
 uvicorn's own `--workers` shares one listening socket, and the process that wakes first
 takes every connection then waiting (asyncio accepts up to the backlog at a time): of 200
-connections opened at once, one of two processes took up to 151, and a burst of creates
-waited on that one process while the other idled. With a socket each, the split of the
-same 200 stayed within 92-108 (docs/figures.md).
+connections opened at once, one of two processes took up to 151. With a socket each, the
+split of the same 200 stayed within 92-108 (docs/design.md, "API processes behind one
+port").
 
 A process that dies is started again, as uvicorn's supervisor does; one that cannot start
 at all (exit code 3: the app's start-up failed) stops the whole, since every restart
-would fail the same way. SIGTERM or SIGINT stops the processes and then this one. The job
-database is migrated here, once, before the processes start (REGJOBS_AUTO_MIGRATE).
+would fail the same way. SIGTERM or SIGINT stops the processes and then this one; a
+SIGKILL of this one alone stops them too (each asked the kernel for a SIGTERM when its
+supervisor goes). The job database is migrated here, once, before the processes start
+(REGJOBS_AUTO_MIGRATE).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -32,6 +36,7 @@ from uvicorn.config import STARTUP_FAILURE
 from regjobs.settings import get_settings
 
 APP = "api.main:app"
+PR_SET_PDEATHSIG = 1
 logger = logging.getLogger("regjobs.api.serve")
 
 
@@ -47,8 +52,19 @@ def listening_socket(host: str, port: int, *, shared: bool = True) -> socket.soc
     return sock
 
 
-def serve_one(app: str, host: str, port: int) -> None:
+def _die_with(parent: int) -> None:
+    """SIGTERM to this process when its supervisor dies, however it dies (Linux's
+    PR_SET_PDEATHSIG): an API process never serves on, orphaned, after a SIGKILL of the
+    supervisor alone."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the line above
+        sys.exit(0)
+
+
+def serve_one(app: str, host: str, port: int, parent: int) -> None:
     """One API process (the target of each child)."""
+    _die_with(parent)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, access_log=False))
     server.run(sockets=[listening_socket(host, port)])
     if not server.started:
@@ -63,7 +79,7 @@ def supervise(app: str, host: str, port: int, workers: int) -> int:
         signal.signal(sig, lambda *_: stop.set())
 
     def start() -> BaseProcess:
-        child = context.Process(target=serve_one, args=(app, host, port), daemon=False)
+        child = context.Process(target=serve_one, args=(app, host, port, os.getpid()), daemon=False)
         child.start()
         return child
 

@@ -62,7 +62,11 @@ def test_one_reconciler_among_two_api_processes_and_a_handover(
             holder = connection.execute(
                 select(ControlLease.holder).where(ControlLease.name == "reconciler")
             ).scalar_one()
-        assert holder is not None and f":{stack.children[leader].process.pid}:" in holder
+        # The holder names the process that leads: one of the leader's API processes,
+        # whose group is the one `api.serve` started.
+        assert holder is not None
+        holder_pid = int(holder.split(":")[1])
+        assert os.getpgid(holder_pid) == stack.children[leader].process.pid, holder
 
         # A worker killed mid-step: the job fails within 30 s.
         job_id = hold_step(api, standin, restaurant_id, "menu_import", 30)

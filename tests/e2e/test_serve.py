@@ -143,3 +143,21 @@ def test_a_taken_port_is_refused_naming_it() -> None:
         )
     assert done.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
+
+
+def test_a_killed_supervisor_takes_its_processes_with_it(
+    served: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    """SIGKILL of the supervisor alone (its processes are not signalled): they end too, and
+    nothing answers on the port any more."""
+    process, port = served
+    serving = set(answering(port, 20))
+    assert len(serving) == 2
+    process.kill()
+    process.wait(timeout=10)
+    wait_for(
+        lambda: not any(Path(f"/proc/{pid}").exists() for pid in serving),
+        timeout=15,
+        what="the API processes to end with their supervisor",
+    )
+    assert answering(port, 5) == Counter()

@@ -177,6 +177,7 @@ def main() -> None:
     for database in args.database:
         for jobs in args.jobs:
             run(database, jobs, args.timeout, args.keep, args.bursts)
+    print(machine.describe(), flush=True)
 
 
 if __name__ == "__main__":

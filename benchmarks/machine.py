@@ -1,6 +1,8 @@
-"""How fast this machine runs Python, printed beside a benchmark's figures: the same code
-gave create-burst p95s of 233-382 ms on one 2-core machine and 633-1106 ms on another whose
-loop below took 2.0 s, so figures of two machines compare only through it."""
+"""How fast this machine runs Python just then, printed when a benchmark starts and ends.
+The 2-core machines here are not steady: in one session the loop below took 2.0 s after a
+CI run and 0.72 s at the start of a benchmark whose figures were still about twice the
+previous session's, so this is a reading of the moment, not a calibration; figures of
+two sessions compare only with it in view."""
 
 from __future__ import annotations
 

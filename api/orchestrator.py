@@ -5,6 +5,11 @@ Every call is made once, in `single_tries()` (the client's own retries are off):
 reconciler calls again on its next cycle, and a Prefect that does not answer must not hold
 it for the client's backoff. The exception: a write Prefect answers 503 (busy) is made again
 at once, a few times (`BUSY_RETRIES`), rather than taken for Prefect being down.
+
+A 503 is seen as it arrives (`_refuse_busy`, an httpx response hook): Prefect's client, even
+with its retries off, sleeps its backoff (2 s) after a 503 before it returns it
+(`_send_with_retry` backs off before it counts the tries left), which would hold the
+dispatcher 2 s per busy answer.
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 from uuid import UUID
 
+import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.events import emit_event
-from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
 from regjobs.ledger import Dispatch
@@ -46,6 +52,17 @@ class DeploymentMissing(OrchestratorUnavailable):
     pass
 
 
+class PrefectBusy(OrchestratorUnavailable):
+    """Prefect answered 503: up but busy (its SQLite database locked for a moment)."""
+
+
+def _refuse_busy(response: httpx.Response) -> None:
+    """A response hook of the client: a 503 raises at once, past the client's backoff."""
+    if response.status_code == 503:
+        response.read()
+        raise PrefectBusy(f"Prefect is busy (503 from {response.request.url.path})")
+
+
 def run_state(state: State | None) -> RunState:
     if state is None:
         return RunState(StateType.PENDING, "Pending")
@@ -63,7 +80,10 @@ class Orchestrator:
     @property
     def client(self) -> SyncPrefectClient:
         if self._client is None:
-            self._client = get_client(httpx_settings={"timeout": 10}, sync_client=True)
+            self._client = get_client(
+                httpx_settings={"timeout": 10, "event_hooks": {"response": [_refuse_busy]}},
+                sync_client=True,
+            )
             self._client.__enter__()
         return self._client
 
@@ -193,13 +213,12 @@ class Orchestrator:
 
 
 def _again_while_busy(write: Callable[[], T]) -> T:
-    """`write()`, made again while Prefect answers 503, at most BUSY_RETRIES times."""
+    """`write()`, made again while Prefect answers 503, at most BUSY_RETRIES times; then
+    PrefectBusy (the reconciler tries again at its next cycle)."""
     for attempt in range(BUSY_RETRIES):
         try:
             return write()
-        except PrefectHTTPStatusError as exc:
-            if exc.response.status_code != 503:
-                raise
+        except PrefectBusy:
             time.sleep(0.1 * 2**attempt)
     return write()
 

@@ -16,6 +16,7 @@ While Prefect is down it waits; reads never wait on it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -29,7 +30,12 @@ from typing import Any
 from prefect.client.schemas.objects import StateType
 from sqlalchemy import Connection, select, text
 
-from api.orchestrator import DeploymentMissing, Orchestrator, OrchestratorUnavailable
+from api.orchestrator import (
+    DeploymentMissing,
+    Orchestrator,
+    OrchestratorUnavailable,
+    PrefectBusy,
+)
 from regjobs import catalogue, ledger, observe, translate
 from regjobs.catalogue import JobStatus
 from regjobs.db import get_engine, read_session, transaction
@@ -166,6 +172,118 @@ def settle_wait(count: int, newest: datetime | None, now: datetime, quiet: float
     return max(0.0, quiet - (now - newest).total_seconds())
 
 
+class Doorbell:
+    """How any API process wakes the leader at once when it committed something to
+    dispatch or deliver, instead of the leader finding it at its next cycle (up to
+    `reconcile_seconds` later; with two API processes, half the creates land on the one
+    that does not lead).
+
+    PostgreSQL (any number of machines): `NOTIFY regjobs_dispatch`, which the leader
+    LISTENs to on a connection of its own. SQLite (one machine by nature): a datagram to an
+    abstract Unix socket named after the database file, which only the leader binds (the
+    kernel frees the name when it dies). A lost ring costs only the wait for the next cycle.
+    """
+
+    CHANNEL = "regjobs_dispatch"
+
+    def __init__(self, url: str) -> None:
+        self.postgres = url.startswith("postgresql")
+        digest = hashlib.sha256(url.encode()).hexdigest()[:24]
+        self.address = f"\0regjobs-dispatch-{digest}"
+        self._listening: threading.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._ringing = threading.Lock()
+        self._sender: socket.socket | None = None
+
+    def ring(self) -> None:
+        """Wake the leader, wherever it runs (never blocks the caller for long)."""
+        if self.postgres:
+            if self._ringing.acquire(blocking=False):  # one ring at a time is enough
+                threading.Thread(target=self._notify, daemon=True).start()
+            return
+        try:
+            if self._sender is None:
+                self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self._sender.setblocking(False)
+            self._sender.sendto(b"1", self.address)
+        except OSError:
+            pass  # no leader bound (yet), or its queue is full: it is awake anyway
+
+    def _notify(self) -> None:
+        try:
+            with get_engine().connect() as connection:
+                connection.execute(text(f"NOTIFY {self.CHANNEL}"))
+                connection.commit()
+        except Exception:
+            logger.debug("could not ring the reconciler's doorbell", exc_info=True)
+        finally:
+            self._ringing.release()
+
+    def listen(self, wake: threading.Event) -> None:
+        """While this process leads: set `wake` on every ring."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        stop = threading.Event()
+        self._listening = stop
+        target = self._listen_postgres if self.postgres else self._listen_socket
+        self._thread = threading.Thread(
+            target=target, args=(wake, stop), name="doorbell", daemon=True
+        )
+        self._thread.start()
+
+    def stop_listening(self) -> None:
+        if self._listening is not None:
+            self._listening.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._thread = self._listening = None
+
+    def _listen_socket(self, wake: threading.Event, stop: threading.Event) -> None:
+        bell = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            bell.bind(self.address)
+        except OSError:  # an old leader still holds it: the cycles find the work
+            bell.close()
+            return
+        bell.settimeout(0.5)
+        with bell:
+            while not stop.is_set():
+                try:
+                    bell.recv(64)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                wake.set()
+
+    def _listen_postgres(self, wake: threading.Event, stop: threading.Event) -> None:
+        import select as select_module
+
+        while not stop.is_set():
+            try:
+                raw = get_engine().raw_connection()
+            except Exception:
+                stop.wait(1)
+                continue
+            try:
+                driver: Any = raw.driver_connection
+                driver.autocommit = True
+                driver.cursor().execute(f"LISTEN {self.CHANNEL}")
+                while not stop.is_set():
+                    if select_module.select([driver], [], [], 0.5)[0]:
+                        driver.poll()
+                        if driver.notifies:
+                            driver.notifies.clear()
+                            wake.set()
+            except Exception:
+                logger.debug("the doorbell's connection broke; listening again", exc_info=True)
+                stop.wait(1)
+            finally:
+                with contextlib.suppress(Exception):
+                    raw.invalidate()  # not back to the pool: it LISTENs
+                    raw.close()
+
+
 @dataclass
 class Reconciler:
     settings: Settings
@@ -186,6 +304,7 @@ class Reconciler:
 
     def __post_init__(self) -> None:
         self.lease = LeaderLease(self.settings, self.holder)
+        self.doorbell = Doorbell(self.settings.sqlalchemy_url)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -195,14 +314,18 @@ class Reconciler:
 
     def nudge(self) -> None:
         """Run the next cycle now: this process just committed something to dispatch or
-        deliver (if it leads; the leader elsewhere finds it within a cycle)."""
-        self._wake.set()
+        deliver (here if this process leads, else the leader's doorbell rings)."""
+        if self.role == "leader":
+            self._wake.set()
+        else:
+            self.doorbell.ring()
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=15)
+        self.doorbell.stop_listening()
         try:
             if self.role == "leader":
                 self.lease.release()
@@ -216,11 +339,16 @@ class Reconciler:
 
     def _loop(self) -> None:
         backoff = self.settings.reconcile_seconds
+        next_cycle = 0.0  # when the next full cycle is due (monotonic)
         while not self._stop.is_set():
-            self._wake.wait(backoff)
+            nudged = self._wake.wait(max(0.0, next_cycle - time.monotonic()))
             self._wake.clear()
             if self._stop.is_set():
                 break
+            if nudged and self.role == "leader" and time.monotonic() < next_cycle:
+                self._between_cycles()
+                continue
+            next_cycle = time.monotonic() + backoff
             backoff = self.settings.reconcile_seconds
             try:
                 leading = self.lease.acquire()
@@ -230,13 +358,17 @@ class Reconciler:
             if not leading:
                 if self.role == "leader":
                     logger.info("reconciler: another process leads now; standing by")
+                    self.doorbell.stop_listening()
                 self.role = "standby"
                 continue
             if self.role != "leader":
                 logger.info("reconciler: leading (%s)", self.holder)
             self.role = "leader"
+            self.doorbell.listen(self._wake)
             try:
                 self.cycle()
+            except PrefectBusy as exc:
+                self.last_error = str(exc)  # up but busy: again at the next cycle
             except OrchestratorUnavailable as exc:
                 self._prefect_down(exc)
                 # Prefect is down: wait longer before the next try, not for ever.
@@ -245,6 +377,23 @@ class Reconciler:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 logger.exception("reconciler cycle failed; trying again")
             self._report()
+            next_cycle = time.monotonic() + backoff
+
+    def _between_cycles(self) -> None:
+        """A nudge between two cycles (the lease was renewed less than a cycle ago): hand
+        new run requests and cancels to Prefect now; the rest waits for the cycle."""
+        if not self.prefect_ok:
+            return  # the next cycle finds out whether Prefect is back
+        try:
+            self.dispatch()
+            self.deliver()
+        except PrefectBusy as exc:
+            self.last_error = str(exc)
+        except OrchestratorUnavailable as exc:
+            self._prefect_down(exc)
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            logger.exception("reconciler dispatch failed; trying again")
 
     def _prefect_down(self, exc: OrchestratorUnavailable) -> None:
         if self.prefect_ok or self.last_error != str(exc):

@@ -112,7 +112,7 @@ def percentile(values: list[float], p: float) -> float:
 
 def run(database: str, jobs: int, timeout: float, keep: bool = False, bursts: int = 0) -> None:
     with contextlib.ExitStack() as resources:
-        env: dict[str, str] = {"REGJOBS_STEP_MODE": "endpoints"}
+        env: dict[str, Any] = {"REGJOBS_STEP_MODE": "endpoints"}
         if database == "postgresql":
             env["DATABASE_URL"] = resources.enter_context(
                 scratch_postgres_database(PG_ADMIN_URL, "regjobs_creates")

@@ -1,5 +1,12 @@
 """`make run`: the whole system on this machine, a demo job, then serve until Ctrl-C.
 
+`python -m deployments.launcher --production`: the production shape on this machine instead
+(docs/design.md): Prefect's server and the job tables on PostgreSQL (databases
+`regjobs_prefect` and `regjobs` on REGJOBS_PG_ADMIN_URL's server, made if missing, or
+PREFECT_API_DATABASE_CONNECTION_URL and DATABASE_URL), Redis (REGJOBS_REDIS_URL) for Prefect's
+messaging and leases, Prefect's services as a process of their own, two API processes
+behind the API port, REGJOBS_WORKERS (2) workers. State in `.state-production`.
+
 Ports: REGJOBS_API_PORT (8000), REGJOBS_PREFECT_PORT (4200), REGJOBS_STANDIN_PORT (8100).
 REGJOBS_DEMO=0 skips the demo job. State (Prefect's SQLite database, the job database,
 logs, the development key) lives in REGJOBS_STATE_DIR (.state).
@@ -14,8 +21,10 @@ first.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import signal
@@ -28,7 +37,7 @@ from pathlib import Path
 from typing import IO
 
 from deployments.demo import run_demo
-from deployments.stack import Stack, StackConfig
+from deployments.stack import Stack, StackConfig, production_from_env
 from regjobs.settings import PROJECT_DIR
 
 #: Pauses before restarting a child that exited, doubling up to the last.
@@ -71,13 +80,16 @@ class Supervisor:
     _started: dict[str, float] = field(default_factory=dict)
 
     def starters(self) -> dict[str, Callable[[], object]]:
-        return {
+        found: dict[str, Callable[[], object]] = {
             "prefect": self.stack.start_prefect,
+            "prefect-services": self.stack.start_services,
             "standin": self.stack.start_standin,
-            "worker": self.stack.start_worker,
-            "worker-warm": self.stack.start_warm_pool,
             "api": self.stack.start_api,
         }
+        for worker in self.stack.worker_names:
+            found[worker] = functools.partial(self.stack.start_worker, worker)
+            found[f"{worker}-warm"] = functools.partial(self.stack.start_warm_pool, worker)
+        return found
 
     def check(self) -> None:
         """Start again, after its pause, every child that exited."""
@@ -130,13 +142,23 @@ class Supervisor:
         tmp.replace(path)
 
 
-def main() -> int:
-    state_dir = Path(os.environ.get("REGJOBS_STATE_DIR", PROJECT_DIR / ".state")).resolve()
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deployments.launcher")
+    parser.add_argument(
+        "--production",
+        action="store_true",
+        help="the production shape on this machine: PostgreSQL, Redis, Prefect's services "
+        "apart, two API processes, two workers (docs/design.md)",
+    )
+    args = parser.parse_args(argv)
+    default_state = PROJECT_DIR / (".state-production" if args.production else ".state")
+    state_dir = Path(os.environ.get("REGJOBS_STATE_DIR", default_state)).resolve()
     config = StackConfig(
         state_dir=state_dir,
         api_port=int(os.environ.get("REGJOBS_API_PORT", "8000")),
         prefect_port=int(os.environ.get("REGJOBS_PREFECT_PORT", "4200")),
         standin_port=int(os.environ.get("REGJOBS_STANDIN_PORT", "8100")),
+        production=production_from_env(os.environ) if args.production else None,
     )
     try:
         lock = lock_state_dir(state_dir)
@@ -149,7 +171,8 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     started = time.monotonic()
-    print(f"starting registration-jobs (state in {state_dir}, logs in {stack.logs_dir})")
+    shape = "production shape" if config.production else "embedded default"
+    print(f"starting registration-jobs, {shape} (state in {state_dir}, logs in {stack.logs_dir})")
     try:
         stack.start_all()
         supervisor.started_all()

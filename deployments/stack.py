@@ -41,6 +41,42 @@ def free_port() -> int:
 
 
 @dataclass
+class Production:
+    """The production shape on one machine (docs/design.md, "The production shape"): the
+    Prefect server and the job tables on PostgreSQL, Redis (`prefect-redis`) for Prefect's
+    messaging, event ordering, cache and concurrency leases, the Prefect server's
+    background services as a process of their own beside a webserver started with
+    `--no-services`, and several workers. The API runs as `api_workers` processes behind one
+    port (its reconciler leader-elected through PostgreSQL, as always)."""
+
+    #: Prefect's database (`postgresql+asyncpg://...`).
+    prefect_database_url: str
+    #: The job database (`postgresql+psycopg2://...`).
+    database_url: str
+    #: Redis for prefect-redis (`redis://host:port/db`).
+    redis_url: str
+    #: Workers polling the work pool (each with its warm processes).
+    workers: int = 2
+    #: Prefect webserver processes (`prefect server start --workers`).
+    prefect_workers: int = 1
+
+    def env(self) -> dict[str, str]:
+        return {
+            "PREFECT_API_DATABASE_CONNECTION_URL": self.prefect_database_url,
+            "DATABASE_URL": self.database_url,
+            "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
+            "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
+            "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
+            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
+            "PREFECT_REDIS_MESSAGING_URL": self.redis_url,
+        }
+
+    @property
+    def worker_names(self) -> list[str]:
+        return ["worker", *(f"worker-{n}" for n in range(2, self.workers + 1))]
+
+
+@dataclass
 class StackConfig:
     state_dir: Path
     api_port: int = 8000
@@ -51,12 +87,18 @@ class StackConfig:
     #: Serve the Prefect UI (operators want it; tests do not need it).
     prefect_ui: bool = True
     #: How often the worker asks for runs; Prefect's default makes a job wait ~10 s.
-    poll_seconds: float = 1.0
+    poll_seconds: float = field(default_factory=lambda: get_settings().worker_poll_seconds)
     #: API processes behind the API port (`api.serve`); they elect one reconciler.
     api_workers: int = field(default_factory=lambda: get_settings().api_workers)
     #: Flow runs one worker runs at once (`prefect worker start --limit`); 0: no limit.
     #: Runs beyond it wait in the work pool as Scheduled, where any worker may take them.
     worker_limit: int = field(default_factory=lambda: get_settings().worker_limit)
+    #: Warm flow-run processes kept beside each worker (`deployments.warm`); 0: every flow
+    #: run starts a new interpreter (cold).
+    warm_processes: int = field(default_factory=lambda: get_settings().warm_processes)
+    #: The production shape (PostgreSQL, Redis, services apart, several workers); None:
+    #: the embedded default (`make run`: SQLite, one worker, Prefect's server in one process).
+    production: Production | None = None
 
     @property
     def api_url(self) -> str:
@@ -135,10 +177,32 @@ class Stack:
             "PYTHONUNBUFFERED": "1",
             # `python` is this environment's (the work pool's command runs `python -m ...`).
             "PATH": os.pathsep.join([str(Path(PYTHON).parent), os.environ.get("PATH", "")]),
-            "REGJOBS_WARM_PROCESSES": str(get_settings().warm_processes),
+            "REGJOBS_WARM_PROCESSES": str(c.warm_processes),
         }
+        if c.production is not None:
+            env.update(c.production.env())
+        if "PREFECT_API_SSL_CERT_FILE" not in env and "PREFECT_API_SSL_CERT_FILE" not in c.env:
+            env["PREFECT_API_SSL_CERT_FILE"] = str(self.loopback_ca())
         env.update(c.env)
         return env
+
+    def loopback_ca(self) -> Path:
+        """A CA file of one certificate for Prefect's clients: every Prefect client (a
+        flow run makes five or so) builds a TLS context from PREFECT_API_SSL_CERT_FILE,
+        certifi's bundle by default, ~20 ms of CPU each to parse 140 certificates, though
+        the stack's Prefect API is plain HTTP on loopback and never uses it. (Set the
+        variable to a real bundle for a Prefect API over HTTPS.)"""
+        path = self.config.state_dir / "prefect-loopback-ca.pem"
+        if not path.exists():
+            import certifi
+
+            bundle = Path(certifi.where()).read_text()
+            end = "-----END CERTIFICATE-----"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(
+                bundle[bundle.index("-----BEGIN CERTIFICATE-----") :].split(end)[0] + end + "\n"
+            )
+        return path
 
     # ------------------------------------------------------------------ processes
 
@@ -255,7 +319,10 @@ class Stack:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     def start_prefect(self) -> None:
+        """Prefect's server; in the production shape its webserver only (`--no-services`,
+        `prefect_workers` processes), its background services apart (`start_services`)."""
         (self.config.state_dir / "prefect").mkdir(parents=True, exist_ok=True)
+        production = self.config.production
         self.spawn(
             "prefect",
             [
@@ -268,10 +335,27 @@ class Stack:
                 "127.0.0.1",
                 "--port",
                 str(self.config.prefect_port),
+                *(["--no-services"] if production else []),
+                *(
+                    ["--workers", str(production.prefect_workers)]
+                    if production and production.prefect_workers > 1
+                    else []
+                ),
             ],
         )
         self.wait_until(
             "prefect", lambda: _ok(f"{self.config.prefect_api_url}/health"), timeout=120
+        )
+
+    def start_services(self) -> None:
+        """Prefect's background services (scheduler, event persister, triggers, lease
+        repossessor, ...) as one process of their own (production shape)."""
+        before = self.log_count("prefect-services", "Starting services")
+        self.spawn("prefect-services", [PYTHON, "-m", "prefect", "server", "services", "start"])
+        self.wait_until(
+            "prefect-services",
+            lambda: self.log_count("prefect-services", "Starting services") > before,
+            timeout=60,
         )
 
     def set_up_deployment(self) -> None:
@@ -295,7 +379,7 @@ class Stack:
     def start_worker(self, name: str = "worker", env: Mapping[str, str] | None = None) -> Child:
         """A process worker on the pool, with its warm flow-run processes beside it; `env`
         overrides settings for it and its flow runs."""
-        if get_settings().warm_processes and f"{name}-warm" not in self.children:
+        if self.config.warm_processes and f"{name}-warm" not in self.children:
             self.start_warm_pool(name, env or {})
         env = {**(env or {}), "REGJOBS_WARM_SOCKET": self.warm_socket(name)}
         before = self.log_count(name, "started!")
@@ -374,13 +458,21 @@ class Stack:
         path = self.logs_dir / f"{name}.log"
         return path.read_text(errors="replace").count(text) if path.exists() else 0
 
+    @property
+    def worker_names(self) -> list[str]:
+        production = self.config.production
+        return production.worker_names if production else ["worker"]
+
     def start_all(self) -> None:
         """Everything, in dependency order; stops what it started if a part fails."""
         try:
             self.start_prefect()
+            if self.config.production:
+                self.start_services()
             self.set_up_deployment()
             self.start_standin()
-            self.start_worker()
+            for name in self.worker_names:
+                self.start_worker(name)
             self.migrate()
             self.start_api()
         except BaseException:
@@ -392,6 +484,45 @@ class Stack:
         if explicit:
             return explicit
         return (self.config.state_dir / "dev-api-key").read_text().strip()
+
+
+def postgres_database(admin_url: str, name: str) -> str:
+    """`name` on the PostgreSQL server of `admin_url`, created if it does not exist; its
+    URL, with `admin_url`'s driver."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            exists = connection.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            ).first()
+            if not exists:
+                connection.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def production_from_env(env: Mapping[str, str]) -> Production:
+    """The production shape against this machine's PostgreSQL and Redis: the databases
+    named by PREFECT_API_DATABASE_CONNECTION_URL and DATABASE_URL when set, else
+    `regjobs_prefect` and `regjobs` on REGJOBS_PG_ADMIN_URL's server (created if missing);
+    Redis at REGJOBS_REDIS_URL (redis://127.0.0.1:6379/0)."""
+    from regjobs.db import LOCAL_POSTGRES_ADMIN_URL
+
+    admin = env.get("REGJOBS_PG_ADMIN_URL", LOCAL_POSTGRES_ADMIN_URL)
+    prefect_db = env.get("PREFECT_API_DATABASE_CONNECTION_URL") or postgres_database(
+        admin, "regjobs_prefect"
+    ).replace("+psycopg2", "+asyncpg")
+    jobs_db = env.get("DATABASE_URL") or postgres_database(admin, "regjobs")
+    return Production(
+        prefect_database_url=prefect_db,
+        database_url=jobs_db,
+        redis_url=env.get("REGJOBS_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        workers=int(env.get("REGJOBS_WORKERS", "2")),
+    )
 
 
 def processes_with_env(name: str, value: str) -> list[int]:

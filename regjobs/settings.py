@@ -118,6 +118,10 @@ class Settings(BaseSettings):
     #: left, so this bounds a machine's memory. 0: no limit. Workers started by hand take
     #: the same bound as `prefect worker start --limit N`.
     worker_limit: int = Field(default=4, ge=0)
+    #: How often a worker started by `make run` (or the tests) asks the work pool for flow
+    #: runs (`PREFECT_WORKER_QUERY_SECONDS`; Prefect's default is 10 s). A new job waits on
+    #: average half of it; each poll is one query of the Prefect server (docs/figures.md).
+    worker_poll_seconds: float = Field(default=0.25, gt=0)
 
     #: The reconciler (one per deployment, elected among the API processes): how often it
     #: reads Prefect and dispatches, how long its lease lasts without renewal (a standby

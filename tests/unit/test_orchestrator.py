@@ -12,7 +12,13 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.exceptions import PrefectHTTPStatusError
 
-from api.orchestrator import BUSY_RETRIES, Orchestrator, OrchestratorUnavailable
+from api.orchestrator import (
+    BUSY_RETRIES,
+    Orchestrator,
+    OrchestratorUnavailable,
+    PrefectBusy,
+    _refuse_busy,
+)
 from regjobs.ledger import Dispatch
 from regjobs.settings import Settings
 
@@ -43,9 +49,15 @@ def test_an_id_that_is_no_uuid_is_no_flow_run_and_breaks_nothing() -> None:
     assert client.states == [real]
 
 
-def _answer(status: int) -> PrefectHTTPStatusError:
+def _answer(status: int) -> Exception:
+    """What Prefect's client raises on an answer `status`, with the orchestrator's
+    response hook in place (test_a_503_is_raised_as_it_arrives shows the hook)."""
     request = httpx.Request("POST", "http://prefect.test/api/deployments/x/create_flow_run")
     response = httpx.Response(status, request=request, json={"exception_message": "locked"})
+    if status == 503:
+        with pytest.raises(PrefectBusy) as raised:
+            _refuse_busy(response)
+        return raised.value
     return PrefectHTTPStatusError(f"{status}", request=request, response=response)
 
 
@@ -98,3 +110,37 @@ def test_prefect_busy_past_the_retries_or_failing_otherwise_is_unavailable() -> 
     with pytest.raises(OrchestratorUnavailable, match="400"):
         Orchestrator(Settings(), cast(SyncPrefectClient, refused)).create_flow_run(RUN)
     assert refused.writes == 1
+
+
+def test_a_503_is_raised_as_it_arrives() -> None:
+    """Prefect's own client, against a server that answers 503 to everything: the
+    orchestrator's client raises PrefectBusy at once, where Prefect's client alone sleeps
+    its 2-s backoff first even with its retries off."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    calls: list[str] = []
+
+    def busy(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(503, json={"exception_message": "database is locked"})
+
+    settings = {PREFECT_API_URL: "http://prefect.test/api"}
+    with temporary_settings(updates=settings), Orchestrator.single_tries():
+        client = get_client(
+            httpx_settings={
+                "transport": httpx.MockTransport(busy),
+                "event_hooks": {"response": [_refuse_busy]},
+            },
+            sync_client=True,
+        )
+        orchestrator = Orchestrator(Settings(), client)
+        started = time.monotonic()
+        with pytest.raises(PrefectBusy, match="busy"):
+            orchestrator.cancel(str(uuid.uuid4()))
+        elapsed = time.monotonic() - started
+    assert len(calls) == BUSY_RETRIES + 1
+    # Its own pauses only (0.1 + 0.2 + 0.4 s), no 2-s backoff of the client's.
+    assert elapsed < 4, elapsed  # (four 2-s backoffs without the hook)

@@ -40,6 +40,14 @@ def free_port() -> int:
         return port
 
 
+#: The job-database pool of a flow-run process (and of its worker): 2 connections kept, up to
+#: 4 more while its steps run at once. A flow run holds what its pool keeps until it ends;
+#: at the API's size (10 kept) the flow runs of two workers, with the API processes and
+#: Prefect's server and services, took all of PostgreSQL's 100 connections in a burst of
+#: 200 jobs ("too many clients already").
+FLOW_RUN_POOL = {"REGJOBS_DB_POOL_SIZE": "2", "REGJOBS_DB_MAX_OVERFLOW": "4"}
+
+
 @dataclass
 class Production:
     """The production shape on one machine (docs/design.md, "The production shape"): the
@@ -361,6 +369,12 @@ class Stack:
     def set_up_deployment(self) -> None:
         self.run([PYTHON, "-m", "deployments.setup"])
 
+    def flow_run_env(self, env: Mapping[str, str] | None) -> dict[str, str]:
+        """A worker's environment, which its flow runs inherit: `env` over FLOW_RUN_POOL
+        (unless the stack's own environment sets those)."""
+        pool = {k: v for k, v in FLOW_RUN_POOL.items() if k not in self.config.env}
+        return {**pool, **(env or {})}
+
     def warm_socket(self, worker: str) -> str:
         """The Unix socket of a worker's warm-process pool (short: at most 108 bytes)."""
         return f"/tmp/regjobs-{self.stack_id[:12]}-{worker}.sock"
@@ -370,10 +384,11 @@ class Stack:
         worker's own environment (as last given), so they run what the worker would."""
         if env is not None:
             self._worker_env[worker] = dict(env)
+        worker_env = self.flow_run_env(self._worker_env.get(worker))
         self.spawn(
             f"{worker}-warm",
             [PYTHON, "-m", "deployments.warm", "pool"],
-            {**self._worker_env.get(worker, {}), "REGJOBS_WARM_SOCKET": self.warm_socket(worker)},
+            {**worker_env, "REGJOBS_WARM_SOCKET": self.warm_socket(worker)},
         )
 
     def start_worker(self, name: str = "worker", env: Mapping[str, str] | None = None) -> Child:
@@ -381,7 +396,7 @@ class Stack:
         overrides settings for it and its flow runs."""
         if self.config.warm_processes and f"{name}-warm" not in self.children:
             self.start_warm_pool(name, env or {})
-        env = {**(env or {}), "REGJOBS_WARM_SOCKET": self.warm_socket(name)}
+        env = {**self.flow_run_env(env), "REGJOBS_WARM_SOCKET": self.warm_socket(name)}
         before = self.log_count(name, "started!")
         child = self.spawn(
             name,

@@ -25,8 +25,15 @@ R = TypeVar("R")
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
-@lru_cache
 def engine_for(url: str, *, read_only: bool = False) -> Engine:
+    """The engine for a database URL (one per URL and kind in a process: `lru_cache` alone
+    would key `engine_for(url)` and `engine_for(url, read_only=False)` apart, and a process
+    would hold two pools of the same database)."""
+    return _engine(url, read_only)
+
+
+@lru_cache
+def _engine(url: str, read_only: bool) -> Engine:
     """The engine for a database URL. On SQLite a write transaction starts with
     `BEGIN IMMEDIATE`: it takes the write lock before its first read, so what it reads
     cannot change under it (a check and the write that depends on it are one step), and it
@@ -138,21 +145,27 @@ def read_session() -> Iterator[Session]:
 
 def transaction(fn: Callable[..., R], /, **kwargs: Any) -> R:
     """`fn(session=..., **kwargs)` in one write transaction, committed; run again when the
-    database dropped its connection midway (a restart, a failover, an idle timeout), so a
-    flow-run process carries on rather than fails. Only for transactions that are safe to
-    repeat: a lost connection rolls back what was not committed."""
+    database dropped its connection midway (a restart, a failover, an idle timeout) or
+    refused a new one (PostgreSQL's "too many clients already" while a burst holds its
+    connections), so a flow-run process carries on rather than fails. Only for transactions
+    that are safe to repeat: a lost connection rolls back what was not committed, and a
+    refused one ran nothing."""
     for attempt in range(DISCONNECT_RETRIES):
+        connected = False
         try:
             with session_scope() as session:
+                session.connection()  # (a refusal raises here, before `fn` ran)
+                connected = True
                 return fn(session=session, **kwargs)
         except DBAPIError as exc:
-            if not exc.connection_invalidated or attempt == DISCONNECT_RETRIES - 1:
+            again = exc.connection_invalidated or not connected
+            if not again or attempt == DISCONNECT_RETRIES - 1:
                 raise
             time.sleep(0.2 * 2**attempt)
     raise AssertionError("unreachable")
 
 
-DISCONNECT_RETRIES = 4
+DISCONNECT_RETRIES = 6
 
 
 def migrate(url: str | None = None) -> None:

@@ -121,3 +121,18 @@ def test_settings_are_reused_only_for_the_environment_they_were_built_from(
     assert warm._prefect_env(handed) == expected
     handed["PREFECT_API_URL"] = "http://elsewhere:4200/api"
     assert warm._prefect_env(handed) != expected
+
+
+def test_flow_runs_get_the_small_job_database_pool_wherever_their_worker_runs() -> None:
+    """The stack's workers and the systemd units give flow runs the same pool size."""
+    from deployments.stack import FLOW_RUN_POOL
+
+    for unit in ("regjobs-worker@.service", "regjobs-warm@.service"):
+        text = (PROJECT / "deployments" / "systemd" / unit).read_text()
+        settings = dict(
+            pair.split("=", 1)
+            for line in text.splitlines()
+            if line.startswith("Environment=REGJOBS_DB_")
+            for pair in line.removeprefix("Environment=").split()
+        )
+        assert settings == FLOW_RUN_POOL, unit

@@ -164,12 +164,19 @@ def lease_report(settings: Settings) -> dict[str, Any] | None:
         return {"holder": lease.holder, "term": lease.term, **(lease.status or {})}
 
 
+#: A lone run request waits this long for company before it is dispatched: the first create
+#: of a burst would otherwise start its flow run while the rest are still being answered.
+LONE_SETTLE = 0.05
+
+
 def settle_wait(count: int, newest: datetime | None, now: datetime, quiet: float) -> float:
-    """Seconds the dispatcher waits for run requests to stop arriving: none for a lone
-    request, else until the newest is `quiet` seconds old."""
-    if count < 2 or newest is None:
+    """Seconds the dispatcher waits for run requests to stop arriving: until a lone
+    request is `LONE_SETTLE` old (at most `quiet`), else until the newest is `quiet`
+    seconds old."""
+    if newest is None or count == 0:
         return 0.0
-    return max(0.0, quiet - (now - newest).total_seconds())
+    wait = min(LONE_SETTLE, quiet) if count < 2 else quiet
+    return max(0.0, wait - (now - newest).total_seconds())
 
 
 class Doorbell:

@@ -459,7 +459,7 @@ class Reconciler:
         younger than `dispatch_settle_seconds`), wait, at most a cycle: a burst of creates
         is answered before its flow runs are dispatched, since the dispatch's work, here and
         in Prefect, would otherwise share the cores with the requests still being answered.
-        A lone request is dispatched at once. Read from the database, so it sees the
+        A lone request waits only `LONE_SETTLE`. Read from the database, so it sees the
         creates of every API process. The last request this saw: later ones wait for the
         next cycle (which a create's nudge starts at once), to settle in their turn."""
         quiet = self.settings.dispatch_settle_seconds

@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -372,17 +373,9 @@ class Reconciler:
                 logger.info("reconciler: leading (%s)", self.holder)
             self.role = "leader"
             self.doorbell.listen(self._wake)
-            try:
-                self.cycle()
-            except PrefectBusy as exc:
-                self.last_error = str(exc)  # up but busy: again at the next cycle
-            except OrchestratorUnavailable as exc:
-                self._prefect_down(exc)
+            if not self._guarded(self.cycle, "cycle"):
                 # Prefect is down: wait longer before the next try, not for ever.
                 backoff = min(5.0, 2 * self.settings.reconcile_seconds)
-            except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                logger.exception("reconciler cycle failed; trying again")
             self._report()
             next_cycle = time.monotonic() + backoff
 
@@ -391,16 +384,27 @@ class Reconciler:
         new run requests and cancels to Prefect now; the rest waits for the cycle."""
         if not self.prefect_ok:
             return  # the next cycle finds out whether Prefect is back
-        try:
+
+        def hand_over() -> None:
             self.dispatch()
             self.deliver()
+
+        self._guarded(hand_over, "dispatch")
+
+    def _guarded(self, work: Callable[[], None], what: str) -> bool:
+        """`work()`, its failure recorded (the next pass tries again); False if Prefect is
+        down. Busy (503) is not down."""
+        try:
+            work()
         except PrefectBusy as exc:
             self.last_error = str(exc)
         except OrchestratorUnavailable as exc:
             self._prefect_down(exc)
+            return False
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
-            logger.exception("reconciler dispatch failed; trying again")
+            logger.exception("reconciler %s failed; trying again", what)
+        return True
 
     def _prefect_down(self, exc: OrchestratorUnavailable) -> None:
         if self.prefect_ok or self.last_error != str(exc):

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import Connection, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from regjobs.db import engine_for, transaction
@@ -39,10 +40,11 @@ def one_connection_url(database_url: str) -> Iterator[str]:
     with admin.connect() as connection:
         connection.execute(text(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 1'))
         connection.execute(text(f'GRANT CONNECT ON DATABASE "{database}" TO "{role}"'))
+    url = make_url(database_url).set(username=role).render_as_string(hide_password=False)
     try:
-        yield make_url(database_url).set(username=role).render_as_string(hide_password=False)
+        yield url
     finally:
-        engine_for(make_url(database_url).set(username=role).render_as_string()).dispose()
+        engine_for(url).dispose()
         with admin.connect() as connection:
             connection.execute(
                 text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :r"),
@@ -53,8 +55,8 @@ def one_connection_url(database_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def _select_one(*, session: object) -> int:
-    return int(session.execute(text("SELECT 1")).scalar_one())  # type: ignore[attr-defined]
+def _select_one(*, session: Session) -> int:
+    return int(session.execute(text("SELECT 1")).scalar_one())
 
 
 def test_a_refused_connection_is_asked_again(

@@ -130,6 +130,8 @@ class Supervisor:
         status = {
             "pid": os.getpid(),
             "stack_id": self.stack.stack_id,
+            "api_url": self.stack.config.api_url,
+            "prefect_api_url": self.stack.config.prefect_api_url,
             "children": {
                 name: child.process.pid
                 for name, child in self.stack.children.items()

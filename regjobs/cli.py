@@ -11,7 +11,9 @@
 
 `jobs` talks to the API (`--api-url`, `REGJOBS_API_URL`; `--api-key`, `REGJOBS_API_KEY`,
 else the development key in the state folder); `keys` and `db` to the job database;
-`doctor` to everything a job needs, and says what to fix.
+`doctor` to everything a job needs, and says what to fix. Where `REGJOBS_API_URL` or
+`PREFECT_API_URL` is not set and a `make run` is running on the state folder, its API and
+Prefect server are the ones meant (whatever their ports).
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from typing import Annotated, Any
 
 import httpx
 import typer
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress_bar import ProgressBar
-from rich.table import Table
+from rich.table import Column, Table
 
 from regjobs.catalogue import FINAL_JOB_STATUSES
 from regjobs.settings import get_settings
@@ -106,6 +109,30 @@ def _api(url: str, key: str | None) -> Api:
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
+def running_stack() -> dict[str, Any] | None:
+    """What the `make run` on this state folder wrote of itself (`launcher.json`), if it is
+    running."""
+    path = get_settings().state_dir / "launcher.json"
+    try:
+        status: dict[str, Any] = json.loads(path.read_text())
+        os.kill(int(status["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return status
+
+
+def _point_at_running_stack() -> None:
+    """`REGJOBS_API_URL` and `PREFECT_API_URL` of the running `make run` where they are not
+    set: without a Prefect URL, Prefect's client would start a throwaway server of its own
+    and the doctor would check that one."""
+    running = running_stack()
+    if running is None:
+        return
+    for name, key in (("REGJOBS_API_URL", "api_url"), ("PREFECT_API_URL", "prefect_api_url")):
+        if not os.environ.get(name) and running.get(key):
+            os.environ[name] = str(running[key])
+
+
 # ---------------------------------------------------------------------------------- jobs
 
 
@@ -124,18 +151,29 @@ def jobs_ls(
     if restaurant:
         params["restaurant_id"] = restaurant
     page = _api(api_url, api_key).call("GET", "/api/registration-jobs", params=params)
-    table = Table("job", "restaurant", "status", "step", "%", "created", "next")
+    # Ids whole, whatever the terminal's width (they are what `jobs show` is given); in a
+    # narrow terminal the creation time and next action make way. Piped, nothing is cut.
+    out = console if console.is_terminal else Console(highlight=False, width=240)
+    wide = out.width >= 120
+    table = Table(
+        Column("job", no_wrap=True, min_width=36),
+        Column("status", no_wrap=True),
+        "%",
+        "step",
+        Column("restaurant", overflow="fold"),
+        *(["created", "next"] if wide else []),
+        box=box.SIMPLE_HEAD,
+    )
     for job in page["jobs"]:
         table.add_row(
             job["id"],
-            job["restaurant_id"],
             job["status"],
-            str(job["current_step"]),
             str(job["progress_percent"]),
-            job["created_at"][:19].replace("T", " "),
-            job["next_action"] or "",
+            str(job["current_step"]),
+            job["restaurant_id"],
+            *([job["created_at"][:19].replace("T", " "), job["next_action"] or ""] if wide else []),
         )
-    console.print(table)
+    out.print(table)
 
 
 #: A step's bar: full once it ended (coloured by how), pulsing while it runs or waits.
@@ -345,7 +383,10 @@ def _database() -> str:
 def _prefect(what: str) -> Callable[[], str]:
     def probe() -> str:
         from prefect.client.orchestration import get_client
+        from prefect.settings import get_current_settings
 
+        if get_current_settings().api.url is None:
+            raise RuntimeError("PREFECT_API_URL is not set (nor a running `make run` found)")
         settings = get_settings()
         with get_client(sync_client=True) as client:
             if what == "server":
@@ -402,7 +443,11 @@ def doctor(api_url: ApiUrl = DEFAULT_URL) -> None:
     pool = get_settings().work_pool
     checks = [
         _check("job database", "check DATABASE_URL; run `regjobs db upgrade`", _database),
-        _check("Prefect server", "start it, or set PREFECT_API_URL", _prefect("server")),
+        _check(
+            "Prefect server",
+            "start it, or export PREFECT_API_URL (the line `make run` prints)",
+            _prefect("server"),
+        ),
         _check("work pool", "run `python -m deployments.setup`", _prefect("pool")),
         _check("deployment", "run `python -m deployments.setup`", _prefect("deployment")),
         _check(
@@ -432,6 +477,7 @@ def doctor(api_url: ApiUrl = DEFAULT_URL) -> None:
 
 def main() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    _point_at_running_stack()
     app()
 
 

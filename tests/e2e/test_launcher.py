@@ -245,7 +245,9 @@ def test_stopping_ends_every_process_it_caused_browsers_included(tmp_path: Path)
             stop(system)
 
 
-def test_a_second_launcher_on_the_same_state_folder_refuses(launched: Launched) -> None:
+def test_a_second_launcher_on_the_same_state_folder_refuses_and_the_cli_finds_the_first(
+    launched: Launched,
+) -> None:
     second = subprocess.run(
         [sys.executable, "-m", "deployments.launcher"],
         cwd=PROJECT_DIR,
@@ -256,6 +258,32 @@ def test_a_second_launcher_on_the_same_state_folder_refuses(launched: Launched) 
     )
     assert second.returncode == 1
     assert f"PID {launched.process.pid}" in second.stderr
+    # An operator in the same folder, with neither PREFECT_API_URL nor the API's URL set:
+    # `regjobs` talks to this launcher's Prefect and API, on whatever ports it took.
+    environment = {
+        **{k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "REGJOBS_API_URL")},
+        "REGJOBS_STATE_DIR": str(launched.state_dir),
+        "REGJOBS_API_KEY": KEY,
+        "COLUMNS": "200",
+    }
+
+    def regjobs(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "regjobs.cli", *args],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    doctor = regjobs("doctor")
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert launched.status()["prefect_api_url"] in doctor.stdout
+    assert regjobs("jobs", "ls").returncode == 0
+    stop(launched)
+    gone = regjobs("doctor")
+    assert gone.returncode == 1
+    assert "PREFECT_API_URL is not set" in gone.stdout
 
 
 def _is_browser(pid: int) -> bool:

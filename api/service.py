@@ -23,7 +23,7 @@ from api.schemas import JobCreate
 from regjobs import ledger
 from regjobs.catalogue import ACTIVE_JOB_STATUSES
 from regjobs.db import get_engine, open_connections, read_session, transaction
-from regjobs.ledger import ActiveJobExists, NewJob
+from regjobs.ledger import ActiveJobExists, NewJob, PreparedJob
 from regjobs.models import RegistrationJob
 
 R = TypeVar("R")
@@ -99,7 +99,8 @@ class CreateBatches:
         if not batch:
             return  # an earlier call wrote these
         try:
-            views = transaction(_create_all, batch=[new for new, _ in batch])
+            prepared = [ledger.prepare_job(new) for new, _ in batch]  # before the write lock
+            views = transaction(_create_all, batch=prepared)
         except BaseException as exc:
             for _, answer in batch:
                 answer.set_exception(exc)
@@ -111,19 +112,19 @@ class CreateBatches:
                 answer.set_exception(exists)
 
 
-def _create_all(*, session: Session, batch: list[NewJob]) -> list[str | _Conflict]:
+def _create_all(*, session: Session, batch: list[PreparedJob]) -> list[str | _Conflict]:
     """All of the batch in one go; if the unique indexes refuse one, one at a time, each in
     a savepoint of its own, so only the refused ones are left out."""
     try:
         with session.begin_nested():
-            return [job.view or "" for job in ledger.create_jobs(session=session, batch=batch)]
+            return [job.view or "" for job in ledger.insert_jobs(session=session, prepared=batch)]
     except IntegrityError:
         pass
     views: list[str | _Conflict] = []
-    for new in batch:
+    for one in batch:
         try:
             with session.begin_nested():
-                views.append(ledger.create_jobs(session=session, batch=[new])[0].view or "")
+                views.append(ledger.insert_jobs(session=session, prepared=[one])[0].view or "")
         except IntegrityError:
             views.append(_CONFLICT)
     return views

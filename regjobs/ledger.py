@@ -273,49 +273,76 @@ def create_job(
     return create_jobs(session=session, batch=[new])[0]
 
 
+@dataclass(frozen=True)
+class PreparedJob:
+    """A new job made ready to insert: its row (with its first view) and the rows of its
+    steps, events and first run request."""
+
+    job: RegistrationJob
+    rows: Mapping[type[Base], list[dict[str, Any]]]
+
+
+def prepare_job(new: NewJob) -> PreparedJob:
+    """Everything a create computes (its id, the encrypted config, the first view and its
+    events) apart from the transaction: on SQLite writes take turns on one lock, so a
+    burst of creates holds it only for the inserts (measured: docs/figures.md)."""
+    job = RegistrationJob(
+        id=new_id(),
+        organisation_id=new.organisation_id,
+        restaurant_id=new.restaurant_id,
+        restaurant_name=new.config.restaurant.name,
+        status=JobStatus.PENDING.value,
+        config_encrypted=encrypt_json(new.config.secret_dict()),
+        config_public=new.config.public_dict(),
+        flow_run_ids=[],
+        idempotency_key=new.idempotency_key,
+        created_at=utcnow(),
+        version=0,
+        epoch=0,
+        run_generation=1 if new.auto_start else 0,
+        pending_reason=WAITING_FOR_DISPATCH if new.auto_start else NOT_STARTED,
+    )
+    events = _render(job, _new_steps(), {})
+    steps = [
+        {"job_id": job.id, "step_id": r.step_id, "step_number": r.step_number,
+         "status": r.status, "attempts": 0, "run_attempts": 0, "generation": 0,
+         "updated_at": job.created_at}
+        for r in _new_steps()
+    ]  # fmt: skip
+    first_run = {
+        "job_id": job.id,
+        "generation": 1,
+        "source": "api",
+        "dispatch_attempts": 0,
+        "requested_at": job.created_at,
+        "begin_run_count": 0,
+    }
+    runs = [first_run] if new.auto_start else []
+    row = {name: getattr(job, key) for name, key in _job_columns()}
+    return PreparedJob(
+        job,
+        {RegistrationJob: [row], RegistrationJobStep: steps, JobRun: runs, JobEvent: events},
+    )
+
+
+@lru_cache
+def _job_columns() -> tuple[tuple[str, str], ...]:
+    return tuple((p.columns[0].name, p.key) for p in RegistrationJob.__mapper__.column_attrs)
+
+
+def insert_jobs(*, session: Session, prepared: Sequence[PreparedJob]) -> list[RegistrationJob]:
+    """Insert prepared jobs, one batch insert per table: the hot write of a burst of
+    creates, so plain inserts (`COPY` on PostgreSQL), not the ORM's unit of work, and four
+    statements whatever the number of jobs (measured: docs/figures.md). One refused job
+    fails them all (IntegrityError): the caller tries them one by one then."""
+    for model in (RegistrationJob, RegistrationJobStep, JobRun, JobEvent):
+        bulk_insert(session, _table(model), [row for p in prepared for row in p.rows[model]])
+    return [p.job for p in prepared]
+
+
 def create_jobs(*, session: Session, batch: Sequence[NewJob]) -> list[RegistrationJob]:
-    """`create_job` for several jobs at once, one batch insert per table: the hot write of a
-    burst of creates, so plain inserts (`COPY` on PostgreSQL), not the ORM's unit of work,
-    and four statements whatever the number of jobs (measured: docs/figures.md). One
-    refused job fails them all (IntegrityError): the caller tries them one by one then."""
-    jobs, steps, runs, events = [], [], [], []
-    for new in batch:
-        job = RegistrationJob(
-            id=new_id(),
-            organisation_id=new.organisation_id,
-            restaurant_id=new.restaurant_id,
-            restaurant_name=new.config.restaurant.name,
-            status=JobStatus.PENDING.value,
-            config_encrypted=encrypt_json(new.config.secret_dict()),
-            config_public=new.config.public_dict(),
-            flow_run_ids=[],
-            idempotency_key=new.idempotency_key,
-            created_at=utcnow(),
-            version=0,
-            epoch=0,
-            run_generation=1 if new.auto_start else 0,
-            pending_reason=WAITING_FOR_DISPATCH if new.auto_start else NOT_STARTED,
-        )
-        events += _render(job, _new_steps(), {})
-        jobs.append(job)
-        steps += [
-            {"job_id": job.id, "step_id": r.step_id, "step_number": r.step_number,
-             "status": r.status, "attempts": 0, "run_attempts": 0, "generation": 0,
-             "updated_at": job.created_at}
-            for r in _new_steps()
-        ]  # fmt: skip
-        if new.auto_start:
-            runs.append(
-                {"job_id": job.id, "generation": 1, "source": "api", "dispatch_attempts": 0,
-                 "requested_at": job.created_at, "begin_run_count": 0}
-            )  # fmt: skip
-    columns = [(p.columns[0].name, p.key) for p in RegistrationJob.__mapper__.column_attrs]
-    rows = [{name: getattr(job, key) for name, key in columns} for job in jobs]
-    bulk_insert(session, _table(RegistrationJob), rows)
-    bulk_insert(session, _table(RegistrationJobStep), steps)
-    bulk_insert(session, _table(JobRun), runs)
-    bulk_insert(session, _table(JobEvent), events)
-    return jobs
+    """`create_job` for several jobs at once (`prepare_job`, then `insert_jobs`)."""
+    return insert_jobs(session=session, prepared=[prepare_job(new) for new in batch])
 
 
 def start_job(*, session: Session, job_id: str) -> RegistrationJob:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from prefect.client.schemas.objects import StateType
 
-from deployments.stack import Stack
+from deployments.stack import FLOW_RUN_NICE, Stack
 from regjobs.catalogue import STEP_IDS
 from tests.helpers import (
     calls_of,
@@ -326,6 +326,10 @@ def test_kill_the_worker_with_its_flow_runs_fails_the_job_within_30_s(
     job_id = hold_step(api, standin, restaurant_id, "menu_import", 30)
     flow_run_id = api.get(f"/api/registration-jobs/{job_id}").json()["flow_run_id"]
     assert flow_run_pids(flow_run_id), "the flow-run process was not found"
+    # Flow runs yield the cores to the API (FLOW_RUN_NICE): the worker and the run's process.
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    for pid in [stack.children["worker"].process.pid, *flow_run_pids(flow_run_id)]:
+        assert os.getpriority(os.PRIO_PROCESS, pid) == own + FLOW_RUN_NICE, pid
 
     kill_worker(stack, flow_run_id)
     killed = time.monotonic()

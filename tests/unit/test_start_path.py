@@ -124,8 +124,9 @@ def test_settings_are_reused_only_for_the_environment_they_were_built_from(
 
 
 def test_flow_runs_get_the_small_job_database_pool_wherever_their_worker_runs() -> None:
-    """The stack's workers and the systemd units give flow runs the same pool size."""
-    from deployments.stack import FLOW_RUN_POOL
+    """The stack's workers and the systemd units give flow runs the same pool size and the
+    same CPU priority."""
+    from deployments.stack import FLOW_RUN_NICE, FLOW_RUN_POOL
 
     for unit in ("regjobs-worker@.service", "regjobs-warm@.service"):
         text = (PROJECT / "deployments" / "systemd" / unit).read_text()
@@ -136,3 +137,4 @@ def test_flow_runs_get_the_small_job_database_pool_wherever_their_worker_runs() 
             for pair in line.removeprefix("Environment=").split()
         )
         assert settings == FLOW_RUN_POOL, unit
+        assert f"\nNice={FLOW_RUN_NICE}\n" in text, unit

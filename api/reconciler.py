@@ -479,13 +479,30 @@ class Reconciler:
         """Create the flow run of every waiting run request, oldest first, once requests
         have stopped arriving for a moment (`_settle`)."""
         last = self._settle()
+        until = time.monotonic() + self.settings.reconcile_seconds
         for run in self._waiting(up_to=last) if last is not None else ():
+            self._yield_to_creates(last, until)
             try:
                 flow_run_id = self.orchestrator.create_flow_run(run)
             except OrchestratorUnavailable as exc:
                 self._hold_dispatches(exc)
                 raise
             transaction(ledger.record_dispatch, run_id=run.run_id, flow_run_id=flow_run_id)
+
+    def _yield_to_creates(self, last: int | None, until: float) -> None:
+        """While a new burst of creates arrives (a run request after `last`, the newest
+        younger than `dispatch_settle_seconds`), wait until it settles, but not past
+        `until`: its requests are answered first, as the burst before it was (`_settle`),
+        and a steady stream of creates delays the dispatch by at most a cycle."""
+        quiet = self.settings.dispatch_settle_seconds
+        while (left := until - time.monotonic()) > 0:
+            with read_session() as session:
+                _, newest, latest = ledger.run_requests_waiting(session=session)
+            if newest is None or latest == last:
+                return
+            wait = quiet - (utcnow() - newest).total_seconds()
+            if wait <= 0 or self._stop.wait(min(wait, left)):
+                return
 
     def deliver(self) -> None:
         """Tell Prefect the cancels and deaths it has not heard of yet."""

@@ -102,3 +102,52 @@ def test_a_stall_is_marked_and_told_to_prefect_once(stack_env: dict[str, str]) -
         job = session.get(RegistrationJob, job_id)
         assert job is not None and job.view is not None
         assert json.loads(job.view)["stalled_since"] is not None
+
+
+def _new_job(restaurant_id: str) -> str:
+    def make(*, session: Any) -> str:
+        organisation = Organisation(name=f"yield-{uuid.uuid4().hex[:8]}")
+        session.add(organisation)
+        session.flush()
+        job = ledger.create_job(
+            session=session,
+            organisation_id=organisation.id,
+            restaurant_id=restaurant_id,
+            config=ExecutionConfig.model_validate(full_config()),
+        )
+        return job.id
+
+    return transaction(make)
+
+
+class DispatchingPrefect(FakePrefect):
+    """Creates flow runs (ids only), and on the first one a create arrives meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__(taken=0)
+        self.created: list[tuple[str, float]] = []
+        self.arrived: tuple[str, float] | None = None
+
+    def create_flow_run(self, run: ledger.Dispatch) -> str:
+        self.created.append((run.job_id, time.monotonic()))
+        if self.arrived is None:
+            self.arrived = (_new_job(f"yield-late-{uuid.uuid4().hex[:8]}"), time.monotonic())
+        return str(uuid.uuid4())
+
+
+def test_the_dispatcher_pauses_while_a_new_burst_of_creates_arrives(
+    stack_env: dict[str, str],
+) -> None:
+    ours = {_new_job(f"yield-{n}-{uuid.uuid4().hex[:8]}") for n in range(3)}
+    prefect = DispatchingPrefect()
+    subject = reconciler(prefect, dispatch_settle_seconds=0.4, reconcile_seconds=5)
+    subject.dispatch()
+    dispatched = [(job, at) for job, at in prefect.created if job in ours]
+    assert len(dispatched) == 3
+    assert prefect.arrived is not None
+    late_job, arrived_at = prefect.arrived
+    # The run after the one during which the create came waited for that create to settle.
+    after = [at for _, at in prefect.created if at > arrived_at]
+    assert after and min(after) - arrived_at >= 0.3, (after, arrived_at)
+    # The late create is the next pass's, not this one's.
+    assert late_job not in {job for job, _ in prefect.created}

@@ -49,7 +49,7 @@ ApiKeyDep = Annotated[str, Depends(api_key)]
 
 async def caller(key: ApiKeyDep) -> reads.Caller:
     try:
-        return await reads.run(reads.organisation, key)
+        return await reads.caller_of(key)
     except reads.Unauthorized:
         raise unauthorized() from None
 

@@ -135,6 +135,32 @@ def organisation(key: str) -> Caller:
     return Caller(row[0], row[1])
 
 
+#: The organisation queries in flight, by key hash (this process's event loop only).
+_asking: dict[str, asyncio.Future[Caller]] = {}
+
+
+async def caller_of(key: str) -> Caller:
+    """`organisation(key)`, run on the event loop's terms (`run`), with the requests of one
+    key that arrive while its query runs sharing that query's answer: a burst of creates
+    asks once per query's time, not once a request (on PostgreSQL each query is a thread
+    hand-off and a round trip; measured: docs/figures.md). A request that joins gets an
+    answer as fresh as its own query would have been, but for that query's milliseconds."""
+    digest = hash_api_key(key)
+    asking = _asking.get(digest)
+    if asking is None:
+        asking = asyncio.ensure_future(run(organisation, key))
+        _asking[digest] = asking
+
+        def answered(done: asyncio.Future[Caller]) -> None:
+            _asking.pop(digest, None)
+            if not done.cancelled():
+                done.exception()  # (retrieved, if every request that asked went away)
+
+        asking.add_done_callback(answered)
+    # Shielded: a request that goes away does not cancel the others' answer.
+    return await asyncio.shield(asking)
+
+
 def _by_key(column: Any, production: bool) -> Select[Any]:
     return (
         select(RegistrationJob.version, column, RegistrationJob.organisation_id)

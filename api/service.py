@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.schemas import JobCreate
+from api.schemas import JobCreate, JobCreated
 from regjobs import ledger
 from regjobs.catalogue import ACTIVE_JOB_STATUSES
 from regjobs.db import get_engine, open_connections, read_session, transaction
@@ -164,6 +165,30 @@ async def create_job(
         if earlier is not None:
             return earlier, False
     return await asyncio.wrap_future(_batches.submit(new))
+
+
+#: JobCreated's fields the job's view has under the same name.
+_CREATED_FIELDS = [name for name in JobCreated.model_fields if name != "job_id"]
+
+
+async def create_answer(
+    *,
+    organisation_id: str,
+    job_in: JobCreate,
+    idempotency_key: str | None,
+    nudge: Callable[[], None],
+) -> tuple[int, bytes]:
+    """A create as the API answers it, the route and the fast path alike: 201 and the new
+    job (`nudge` then tells the dispatcher), or 200 and the job an earlier create with the
+    same `Idempotency-Key` made; ActiveJobExists when the restaurant has an active job."""
+    view, new = await create_job(
+        organisation_id=organisation_id, job_in=job_in, idempotency_key=idempotency_key
+    )
+    if new:
+        nudge()
+    job = json.loads(view)
+    created = {"job_id": job["id"]} | {k: job[k] for k in _CREATED_FIELDS}
+    return (201 if new else 200), json.dumps(created).encode()
 
 
 def _earlier(*, new: NewJob) -> str | None:

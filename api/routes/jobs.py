@@ -97,28 +97,18 @@ async def create(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> Response:
     """Create a job; unless `auto_start` is false its flow run is started in the background.
-    Answers at once, whether Prefect is up or not (the job says what it waits for)."""
+    Answers at once, whether Prefect is up or not (the job says what it waits for). (The
+    plain success is usually answered before the framework: `api.hotpath`.)"""
     try:
-        view, new = await service.create_job(
+        status_code, body = await service.create_answer(
             organisation_id=organisation.id,
             job_in=job_in,
             idempotency_key=idempotency_key,
+            nudge=lambda: hotpath.nudge(request.app),
         )
     except ledger.ActiveJobExists as exists:
         raise _active_conflict(exists) from None
-    if new:
-        _nudge(request)
-    job = json.loads(view)
-    created = {"job_id": job["id"]} | {k: job[k] for k in _CREATED_FIELDS}
-    return Response(
-        json.dumps(created),
-        status_code=status.HTTP_201_CREATED if new else status.HTTP_200_OK,
-        media_type=_JSON,
-    )
-
-
-#: JobCreated's fields the job's view has under the same name.
-_CREATED_FIELDS = [name for name in JobCreated.model_fields if name != "job_id"]
+    return Response(body, status_code=status_code, media_type=_JSON)
 
 
 @router.get("", response_model=JobList, responses={401: _ERRORS[401]})
@@ -224,7 +214,7 @@ async def start(job_id: OwnJobDep, request: Request) -> ActionResult:
         await service.run(service.start_job, job_id=job_id)
     except ledger.Conflict as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    _nudge(request)
+    hotpath.nudge(request.app)
     return ActionResult(success=True, status=JobStatus.PENDING, flow_run_id=None)
 
 
@@ -236,7 +226,7 @@ async def cancel(job_id: OwnJobDep, request: Request) -> ActionResult:
         job = await service.run(service.cancel_job, job_id=job_id)
     except ledger.Conflict as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    _nudge(request)
+    hotpath.nudge(request.app)
     return ActionResult(success=True, status=JobStatus.CANCELLED, flow_run_id=job.flow_run_id)
 
 
@@ -276,7 +266,7 @@ async def retry(
         raise _active_conflict(exists) from None
     except ledger.Conflict as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    _nudge(request)
+    hotpath.nudge(request.app)
     return ActionResult(success=True, status=JobStatus.IN_PROGRESS, flow_run_id=None)
 
 
@@ -320,13 +310,6 @@ async def evidence(
     if shot is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"evidence {evidence_id} not found")
     return Response(shot[0], media_type=shot[1])
-
-
-def _nudge(request: Request) -> None:
-    """Hand a new run request or cancel to Prefect now, if this process's reconciler leads."""
-    reconciler = getattr(request.app.state, "reconciler", None)
-    if reconciler is not None:
-        reconciler.nudge()
 
 
 def _active_conflict(exists: ledger.ActiveJobExists) -> HTTPException:

@@ -85,6 +85,45 @@ def test_malformed_json_is_422(api: httpx.Client, db: Engine) -> None:
     assert job_count(db) == before
 
 
+def test_a_body_nested_past_the_parser_is_400_not_500(api: httpx.Client, db: Engine) -> None:
+    """Past Python's recursion limit the JSON parser gives up: the framework's 400 (the
+    create fast path hands the body on as it came), never a 500."""
+    before = job_count(db)
+    nested = b'{"restaurant_id": "r", "execution_config": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    response = api.post(
+        "/api/registration-jobs", content=nested, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"] == "There was an error parsing the body"
+    assert job_count(db) == before
+
+
+def test_a_create_streamed_in_chunks_and_a_long_idempotency_key(
+    api: httpx.Client, db: Engine
+) -> None:
+    body = json.dumps({"restaurant_id": f"chunks-{uuid.uuid4().hex[:8]}",
+                       "execution_config": full_config()}).encode()  # fmt: skip
+
+    def chunks() -> Any:
+        for start in range(0, len(body), 100):
+            yield body[start : start + 100]
+
+    created = api.post(
+        "/api/registration-jobs", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert created.status_code == 201, created.text
+    assert api.post(f"/api/registration-jobs/{created.json()['job_id']}/cancel").status_code == 200
+    before = job_count(db)
+    too_long = api.post(
+        "/api/registration-jobs",
+        content=body,
+        headers={"Content-Type": "application/json", "Idempotency-Key": "k" * 201},
+    )
+    assert too_long.status_code == 422
+    assert locs(too_long) == ["header.idempotency-key"]
+    assert job_count(db) == before
+
+
 @pytest.mark.parametrize(
     "path", ["/api/registration-jobs/not-a-uuid", "/api/registration-jobs/not-a-uuid/progress"]
 )

@@ -110,11 +110,14 @@ class HotReads:
                 idempotency_key = value.decode("latin-1")
         if not key or not json_body:
             return await self.app(scope, receive, send)
+        try:
+            caller = await reads.caller_of(key)  # before a byte of the body is read
+        except reads.Unauthorized:
+            return await self.app(scope, receive, send)
         body, receive = await _read_body(receive)
         try:
-            caller = await reads.caller_of(key)
             job_in = JobCreate.model_validate(json.loads(body))
-        except (reads.Unauthorized, ValueError, ValidationError, RecursionError):
+        except (ValueError, ValidationError, RecursionError):
             return await self.app(scope, receive, send)  # the route answers what is wrong
         if idempotency_key is not None and len(idempotency_key) > IDEMPOTENCY_KEY_MAX:
             return await self.app(scope, receive, send)

@@ -27,11 +27,11 @@ from tests.helpers import (
     effects,
     fault,
     full_config,
-    hold_step,
     own_accounts,
     progress,
     steps_by_id,
     wait_for,
+    wait_step,
     watch_job,
 )
 
@@ -234,11 +234,15 @@ def test_creates_answer_at_once_with_prefect_down_and_run_once_it_is_back(
 def test_a_deleted_flow_run_fails_its_job_with_a_reason_and_retry_completes(
     api: httpx.Client, standin: httpx.Client, restaurant_id: str
 ) -> None:
-    # Deleted through Prefect's API while the step is held (25 s, under the steps' 30-s
-    # HTTP timeout). Not with `prefect flow-run delete`: a new interpreter importing
-    # Prefect took over 25 s once in CI, right after the 50-trial test, and the job had
-    # completed by then.
-    job_id = hold_step(api, standin, restaurant_id, "menu_import", 25)
+    # Deleted through Prefect's API while the step is held. The test system's HTTP timeout
+    # is 3 s, so a held attempt ends after 3 s and the next one is made: three held
+    # attempts keep the step running ~10 s (one held attempt left ~3.5 s, and in one CI run
+    # the job completed before the reconciler's next read). Not with `prefect flow-run
+    # delete`: a new interpreter importing Prefect took over 25 s once in CI, right after
+    # the 50-trial test, and the job had completed by then.
+    fault(standin, step="menu_import", mode="slow", seconds=25, times=3)
+    job_id = create(api, restaurant_id)
+    wait_step(api, job_id, "menu_import", "running")
     flow_run_id = api.get(f"/api/registration-jobs/{job_id}").json()["flow_run_id"]
     with get_client(sync_client=True) as client:
         client.delete_flow_run(uuid.UUID(flow_run_id))
@@ -253,6 +257,7 @@ def test_a_deleted_flow_run_fails_its_job_with_a_reason_and_retry_completes(
     assert job["next_action"] == "retry"
     assert "disappeared" in steps_by_id(job)["menu_import"]["error_message"]
 
+    standin.delete("/_control/faults").raise_for_status()  # the held attempts not used
     api.post(f"/api/registration-jobs/{job_id}/retry").raise_for_status()
     assert watch_job(api, job_id, timeout=120).job["status"] == "completed"
     wait_for(

@@ -77,8 +77,7 @@ class HotReads:
         if match:
             for name, value in scope["headers"]:
                 if name == b"authorization":
-                    scheme, _, credentials = value.decode("latin-1").partition(" ")
-                    key = credentials.strip() if scheme.lower() == "bearer" else None
+                    key = _bearer(value)
                 elif name == b"if-none-match":
                     if_none_match = value.decode("latin-1")
         if not match or not key:
@@ -102,8 +101,7 @@ class HotReads:
         json_body = False
         for name, value in scope["headers"]:
             if name == b"authorization":
-                scheme, _, credentials = value.decode("latin-1").partition(" ")
-                key = credentials.strip() if scheme.lower() == "bearer" else None
+                key = _bearer(value)
             elif name == b"content-type":
                 json_body = value.split(b";")[0].strip().lower() == b"application/json"
             elif name == b"idempotency-key":
@@ -136,6 +134,12 @@ class HotReads:
                    (b"content-length", str(len(data)).encode())]  # fmt: skip
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
+
+
+def _bearer(authorization: bytes) -> str | None:
+    """The key of an `Authorization: Bearer <key>` header; None for any other scheme."""
+    scheme, _, credentials = authorization.decode("latin-1").partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else None
 
 
 def nudge(app: Any) -> None:

@@ -94,7 +94,7 @@ async def create(
     job_in: JobCreate,
     organisation: CallerDep,
     request: Request,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=hotpath.IDEMPOTENCY_KEY_MAX)] = None,
 ) -> Response:
     """Create a job; unless `auto_start` is false its flow run is started in the background.
     Answers at once, whether Prefect is up or not (the job says what it waits for). (The

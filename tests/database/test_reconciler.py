@@ -72,20 +72,26 @@ def test_slots_live_holders_hold_are_never_given_back(stack_env: dict[str, str])
     assert prefect.given_back == []
 
 
-def test_a_stall_is_marked_and_told_to_prefect_once(stack_env: dict[str, str]) -> None:
+def _new_job(restaurant_id: str) -> str:
+    """A new job (with its run request) of an organisation of its own."""
+
     def make(*, session: Any) -> str:
-        organisation = Organisation(name=f"stall-{uuid.uuid4().hex[:8]}")
+        organisation = Organisation(name=f"{restaurant_id}-{uuid.uuid4().hex[:8]}")
         session.add(organisation)
         session.flush()
         job = ledger.create_job(
             session=session,
             organisation_id=organisation.id,
-            restaurant_id="stall",
+            restaurant_id=restaurant_id,
             config=ExecutionConfig.model_validate(full_config()),
         )
         return job.id
 
-    job_id = transaction(make)
+    return transaction(make)
+
+
+def test_a_stall_is_marked_and_told_to_prefect_once(stack_env: dict[str, str]) -> None:
+    job_id = _new_job("stall")
     prefect = FakePrefect(taken=0)
     # A job waiting longer than the limit for its run to start (here: no limit at all).
     subject = reconciler(prefect, queue_stall_seconds=1e-6)
@@ -102,22 +108,6 @@ def test_a_stall_is_marked_and_told_to_prefect_once(stack_env: dict[str, str]) -
         job = session.get(RegistrationJob, job_id)
         assert job is not None and job.view is not None
         assert json.loads(job.view)["stalled_since"] is not None
-
-
-def _new_job(restaurant_id: str) -> str:
-    def make(*, session: Any) -> str:
-        organisation = Organisation(name=f"yield-{uuid.uuid4().hex[:8]}")
-        session.add(organisation)
-        session.flush()
-        job = ledger.create_job(
-            session=session,
-            organisation_id=organisation.id,
-            restaurant_id=restaurant_id,
-            config=ExecutionConfig.model_validate(full_config()),
-        )
-        return job.id
-
-    return transaction(make)
 
 
 class DispatchingPrefect(FakePrefect):

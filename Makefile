@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install chromium clean
+.PHONY: run test test-hosts lint install chromium clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,32 @@ chromium:
 	  || test -x /usr/bin/chromium \
 	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
+# Test files are spread over TEST_WORKERS processes, each with a test system of its own (its
+# own Prefect server, worker, stand-in, API, state folder and ports); the `serial` tests,
+# which measure time against their system's own load, run first, one at a time. TEST_MARK selects
+# (e.g. 'database and not slow'); pytest's exit 5 (no test selected) is not a failure here.
+# SERIAL_DONE: a file made once the serial tests have run (CI starts its other passes then).
+TEST_WORKERS ?= 3
+TEST_MARK ?=
+_and = $(if $(TEST_MARK),($(TEST_MARK)) and ,)
+
+# Both phases run whatever the first's outcome; the target fails if either did.
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@status=0; \
+	$(BIN)/python -m pytest -p no:xdist --ignore=tests/hosts -m "$(_and)serial" $(PYTEST_ARGS) \
+	  || { code=$$?; [ $$code -eq 5 ] || status=$$code; }; \
+	$(if $(SERIAL_DONE),touch $(SERIAL_DONE);) \
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --ignore=tests/hosts -m "$(_and)not serial" $(PYTEST_ARGS) \
+	  || { code=$$?; [ $$code -eq 5 ] || status=$$code; }; \
+	exit $$status
 
 clean:
 	rm -rf .state
+
+# The production shape across test hosts (network namespaces on a private bridge; root):
+# tests/hosts, README "Across hosts". Bounded: the whole suite under 8 minutes.
+# At the bound pytest gets SIGINT, so the harness tears the hosts down; `net clean` removes
+# whatever a killed run left (every rjh- namespace and bridge).
+test-hosts: $(STAMP) chromium
+	timeout --signal=INT --kill-after=60 480 $(BIN)/python -m pytest -p no:xdist tests/hosts -m hosts $(PYTEST_ARGS); \
+	  status=$$?; $(BIN)/python -m tests.hosts.net clean; exit $$status

@@ -1,16 +1,19 @@
-"""Dependencies the routes receive: the caller's API key and organisation, a write session."""
+"""Dependencies the routes receive: the caller's API key and organisation (or a job view
+token's), a write session."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import Depends, HTTPException, status
+from fastapi import Depends, HTTPException, Query, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api import reads
+from regjobs import viewtokens
 from regjobs.db import session_scope
 from regjobs.settings import Settings, get_settings
 
@@ -21,7 +24,16 @@ def get_db() -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_db)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def settings() -> Settings:
+    """The settings, as a dependency declared `async`: FastAPI runs a plain function
+    dependency in a worker thread, a hand-off that cost a read more than the read itself
+    (measured: docs/figures.md)."""
+    return get_settings()
+
+
+SettingsDep = Annotated[Settings, Depends(settings)]
 
 bearer = HTTPBearer(auto_error=False, description="An API key of your organisation")
 CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
@@ -69,3 +81,58 @@ async def own_job(job_id: UUID, organisation: CallerDep) -> str:
 
 
 OwnJobDep = Annotated[str, Depends(own_job)]
+
+
+TokenQuery = Annotated[
+    str | None,
+    Query(
+        description="A job view token (`POST .../view-token`), for a browser that cannot "
+        "send an `Authorization` header (an `EventSource`, an `<img>`)"
+    ),
+]
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who reads one job: an API key of its organisation, or a view token of that job."""
+
+    job_id: str
+    organisation_id: str
+    #: What the caller's event streams are counted against: the API key, or the token.
+    holder: str
+
+
+def token_organisation(settings: Settings, token: str, job_id: str) -> str:
+    """The organisation a view token for this job names; 404 for any other token (another
+    job's, expired, forged, signed with a key rotated out): a token tells nothing."""
+    organisation_id = viewtokens.organisation_of(settings, token, job_id)
+    if organisation_id is None:
+        raise not_found(job_id)
+    return organisation_id
+
+
+async def job_viewer(
+    job_id: UUID, credentials: CredentialsDep, settings: SettingsDep, token: TokenQuery = None
+) -> Viewer:
+    """The job's reader, by its bearer (an API key or a view token) or `?token=`; 401
+    with neither, 404 for a job the credential does not open."""
+    bearer = (
+        credentials.credentials
+        if credentials is not None and credentials.scheme.lower() == "bearer"
+        else None
+    )
+    if bearer is not None and not viewtokens.looks_like(bearer):
+        organisation = await caller(bearer)
+        holder = bearer
+    else:
+        given = bearer or token
+        if not given:
+            raise unauthorized(UNAUTHORIZED)
+        organisation = reads.Caller(token_organisation(settings, given, str(job_id)), "")
+        holder = given
+    if not await reads.run(reads.job_exists, organisation.id, str(job_id)):
+        raise not_found(job_id)
+    return Viewer(str(job_id), organisation.id, holder)
+
+
+ViewerDep = Annotated[Viewer, Depends(job_viewer)]

@@ -7,15 +7,20 @@ new events of each job that moved once, and hands them to that job's subscribers
 subscriber reads its own backlog from the database when it connects (after its
 `Last-Event-ID`), and again whenever it sees a gap, so it sends every event once and in
 order: an event's id is the job's version at that event.
+
+A key holds at most `sse_streams_per_key` streams at once in a process (`claim`): one more
+is refused (429), so one caller cannot take every connection the process serves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
 
 from api import reads
 from regjobs.catalogue import FINAL_JOB_STATUSES
@@ -23,7 +28,6 @@ from regjobs.settings import Settings
 
 logger = logging.getLogger("regjobs.events")
 
-FINAL = frozenset(s.value for s in FINAL_JOB_STATUSES)
 #: Events a subscriber may fall behind by before it reads them from the database instead.
 QUEUE_LIMIT = 1000
 
@@ -36,6 +40,24 @@ class EventHub:
         self._seen: dict[str, int] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        #: Open streams by API key (its SHA-256: no key is kept longer than its request).
+        self._streams: Counter[bytes] = Counter()
+
+    @contextlib.contextmanager
+    def claim(self, key: str) -> Iterator[bool]:
+        """A stream of `key`'s for as long as the block runs: True, or False when the key
+        holds `sse_streams_per_key` already (and then nothing is held)."""
+        digest = hashlib.sha256(key.encode()).digest()
+        if self._streams[digest] >= self.settings.sse_streams_per_key:
+            yield False
+            return
+        self._streams[digest] += 1
+        try:
+            yield True
+        finally:
+            self._streams[digest] -= 1
+            if not self._streams[digest]:
+                del self._streams[digest]
 
     async def close(self) -> None:
         if self._watcher is not None:
@@ -105,7 +127,7 @@ class EventHub:
                         last, ended = event.seq, _ends(event)
                     if len(events) == reads.EVENTS_PAGE:
                         continue  # a long backlog: read on
-                    if not events and status in FINAL:
+                    if not events and status in FINAL_JOB_STATUSES:
                         ended = True  # the subscriber has the final event already
                     catch_up = False
                 if ended and queue.empty():
@@ -128,4 +150,4 @@ class EventHub:
 
 def _ends(event: reads.Event) -> bool:
     """The job's final event: a job event whose status is final."""
-    return event.kind == "job" and json.loads(event.data).get("status") in FINAL
+    return event.kind == "job" and json.loads(event.data).get("status") in FINAL_JOB_STATUSES

@@ -12,14 +12,17 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from sqlalchemy import text
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from api import reads, service
 from api.bodylimit import BodyLimit
 from api.events import EventHub
-from api.hotpath import HotReads
+from api.headers import HeaderRules
+from api.leader import lease_report
 from api.orchestrator import Orchestrator
-from api.reconciler import Reconciler, lease_report
-from api.routes import jobs
+from api.reconciler import Reconciler
+from api.routes import jobs, page
 from api.schemas import HealthPublic
 from regjobs.auth import (
     DEVELOPMENT_LABEL,
@@ -28,11 +31,15 @@ from regjobs.auth import (
     add_key,
     ensure_organisation,
 )
+from regjobs.commands import upgrade
 from regjobs.config import public_errors
-from regjobs.db import get_read_engine, migrate, session_scope
+from regjobs.db import get_read_engine, session_scope
+from regjobs.private import private_dir, write_private
 from regjobs.settings import Environment, Settings, get_settings
 
 logger = logging.getLogger("regjobs.api")
+#: Retry-After of a request the job database could not serve (a restart takes seconds).
+DATABASE_AWAY_RETRY_AFTER = 2
 
 
 def _log_to_stderr() -> None:
@@ -60,9 +67,7 @@ def ensure_dev_key(settings: Settings) -> str | None:
         key = add_key(session, organisation=org, key=key, label=DEVELOPMENT_LABEL)
     if settings.dev_api_key is None:
         path = settings.state_dir / "dev-api-key"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(key + "\n")
-        path.chmod(0o600)
+        write_private(private_dir(path.parent) / path.name, (key + "\n").encode())
     return key
 
 
@@ -94,7 +99,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.auto_migrate:
-            migrate()
+            upgrade()
         refuse_development_keys(settings)
         ensure_dev_key(settings)
         reads.warm()
@@ -120,8 +125,9 @@ def create_app(
     )
     app.include_router(jobs.router)
     app.include_router(jobs.restaurants)
+    app.include_router(page.router)
     # Added first, so CORS (added after it) wraps it.
-    app.add_middleware(HotReads, settings=settings)
+    app.add_middleware(HeaderRules)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -141,6 +147,19 @@ def create_app(
     # Added last, so it is the outermost: no body is read past the limit, by anything.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(SQLAlchemyTimeoutError)
+    async def _database_away(_: Request, exc: Exception) -> JSONResponse:
+        # The job database is unreachable (restarting, failing over) or has no connection
+        # to spare: nothing was done, so the caller may send the same request again.
+        logger.warning("the job database is unavailable: %s", str(exc).splitlines()[0])
+        return JSONResponse(
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            content={"detail": "the job database is unavailable; try again shortly"},
+            headers={"Retry-After": str(DATABASE_AWAY_RETRY_AFTER)},
+        )
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's default answer echoes each error's input, which can be the whole body,
@@ -152,6 +171,7 @@ def create_app(
 
     @app.get(
         "/healthz",
+        operation_id="get_health",
         response_model=HealthPublic,
         tags=["health"],
         responses={503: {"model": HealthPublic}},

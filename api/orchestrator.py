@@ -18,20 +18,24 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Any, NamedTuple, TypeVar
 from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun, State, StateType
+from prefect.client.schemas.responses import SetStateStatus
 from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+from prefect.states import Scheduled
 
-from regjobs.ledger import Dispatch
+from regjobs import translate
+from regjobs.ledger.outbox import Dispatch
 from regjobs.settings import Settings
-from regjobs.translate import FlowRunSnapshot, RunState
+from regjobs.translate import FlowRunSnapshot
 
 #: Flow runs read per call (Prefect's API pages at 200).
 BATCH = 200
@@ -42,6 +46,13 @@ BATCH = 200
 BUSY_RETRIES = 3
 
 T = TypeVar("T")
+
+
+class FlowRunMade(NamedTuple):
+    """A flow run the dispatcher made: its id, and the work queue Prefect put it on."""
+
+    id: str
+    work_queue: str | None
 
 
 class OrchestratorUnavailable(RuntimeError):
@@ -61,14 +72,6 @@ def _refuse_busy(response: httpx.Response) -> None:
     if response.status_code == 503:
         response.read()
         raise PrefectBusy(f"Prefect is busy (503 from {response.request.url.path})")
-
-
-def run_state(state: State | None) -> RunState:
-    if state is None:
-        return RunState(StateType.PENDING, "Pending")
-    return RunState(
-        state.type, state.name or state.type.value.title(), state.message, state.timestamp
-    )
 
 
 class Orchestrator:
@@ -128,10 +131,13 @@ class Orchestrator:
         if failure is not None:
             raise OrchestratorUnavailable(f"Prefect is unavailable ({_brief(failure)})")
 
-    def create_flow_run(self, run: Dispatch) -> str:
+    def create_flow_run(self, run: Dispatch) -> FlowRunMade:
         """The flow run of a run request. Prefect's idempotency key (`<job>:<generation>`)
         makes a second call for the same request return the first call's run, so a dispatch
-        retried after a timeout never makes two."""
+        retried after a timeout never makes two. A job pinned to a release gets its run on
+        that release's work queue (and a `release:<version>` tag); a job not yet pinned, on
+        the deployment's queue (the release deployed last)."""
+        tags = [*run.labels.tags, *([f"release:{run.code_version}"] if run.code_version else [])]
         deployment_id = self.deployment_id()
         try:
             with self._once():
@@ -140,8 +146,12 @@ class Orchestrator:
                         deployment_id,
                         parameters={"job_id": run.job_id},
                         name=run.labels.name,
-                        tags=run.labels.tags,
+                        tags=tags,
                         idempotency_key=run.idempotency_key,
+                        work_queue_name=run.work_queue,
+                        # Its place in the work pool's queue (workers take the runs
+                        # waiting there by their start time): fair between organisations.
+                        state=Scheduled(scheduled_time=run.start_at) if run.start_at else None,
                     )
                 )
         except ObjectNotFound as exc:
@@ -149,7 +159,13 @@ class Orchestrator:
             raise DeploymentMissing(
                 f"Prefect has no deployment {self.settings.deployment!r}: run the set-up"
             ) from exc
-        return str(flow_run.id)
+        return FlowRunMade(str(flow_run.id), flow_run.work_queue_name)
+
+    def queue_polls(self) -> dict[str, datetime | None]:
+        """When a worker last polled each work queue of the pool (None: never)."""
+        with self._once():
+            queues = self.client.read_work_queues(work_pool_name=self.settings.work_pool)
+        return {q.name: q.last_polled for q in queues}
 
     def read_flow_runs(self, flow_run_ids: Sequence[str]) -> dict[str, FlowRunSnapshot]:
         """The state of each flow run Prefect has, by id, in one call per 200 runs; a run
@@ -165,18 +181,58 @@ class Orchestrator:
                     limit=len(chunk),
                 )
             for run in runs:
-                found[str(run.id)] = FlowRunSnapshot(str(run.id), run_state(run.state), {})
+                found[str(run.id)] = FlowRunSnapshot(
+                    str(run.id), translate.run_state(run.state), {}
+                )
         return found
 
-    def cancel(self, flow_run_id: str) -> None:
+    def cancel(self, flow_run_id: str, *, suspended: bool = False) -> None:
         """Ask Prefect to cancel the flow run: its runner stops the flow-run process. A run
-        that already ended, or that Prefect no longer has, needs nothing."""
+        that already ended, or that Prefect no longer has, needs nothing. A `suspended`
+        run (waiting for a person) has no process for a runner to stop: it is cancelled
+        outright (Cancelling would wait for one, for minutes)."""
+        if not _uuid(flow_run_id):
+            return
+        state = State(type=StateType.CANCELLED if suspended else StateType.CANCELLING)
+        with contextlib.suppress(ObjectNotFound), self._once():
+            _again_while_busy(
+                lambda: self.client.set_flow_run_state(UUID(flow_run_id), state, force=suspended)
+            )
+
+    def resume(self, flow_run_id: str, config_version: int) -> bool:
+        """Resume a suspended flow run with a person's input: the config version number,
+        nothing else (Prefect keeps run inputs in plain text). False while the run is not
+        suspended yet (it is still suspending, or not begun): asked again later. A run that
+        ended, resumed already or that Prefect no longer has needs nothing (True)."""
+        if not _uuid(flow_run_id):
+            return True
+        with self._once():
+            try:
+                run = self.client.read_flow_run(UUID(flow_run_id))
+            except ObjectNotFound:
+                return True
+            state = run.state
+            if state is None or state.type in (StateType.RUNNING, StateType.PENDING):
+                return False  # still on its way to Suspended, or begun again already
+            if state.type is not StateType.PAUSED:
+                return True
+            answer = _again_while_busy(
+                lambda: self.client.resume_flow_run(
+                    UUID(flow_run_id), run_input={"config_version": config_version}
+                )
+            )
+        return answer.status is SetStateStatus.ACCEPT or (
+            answer.state is not None and answer.state.type is StateType.FAILED
+        )
+
+    def mark_failed(self, flow_run_id: str, message: str) -> None:
+        """Tell Prefect a suspended run failed (it waited for a person past its limit)."""
         if not _uuid(flow_run_id):
             return
         with contextlib.suppress(ObjectNotFound), self._once():
             _again_while_busy(
                 lambda: self.client.set_flow_run_state(
-                    UUID(flow_run_id), State(type=StateType.CANCELLING), force=False
+                    UUID(flow_run_id), State(type=StateType.FAILED, message=message), force=True
                 )
             )
 
@@ -199,11 +255,14 @@ class Orchestrator:
             )
         return limit.active_slots, limit.limit
 
-    def give_back_slots(self, slots: int) -> None:
-        """Free browser slots Prefect counts but nobody holds (their lease was lost)."""
+    def free_lease(self, lease_id: str) -> None:
+        """Free one browser slot's lease by its id (Prefect's decrement-with-lease: the
+        slots of that lease alone; nothing if Prefect has already freed it)."""
+        if not _uuid(lease_id):
+            return
         with self._once():
-            self.client.release_concurrency_slots(
-                names=[self.settings.browser_limit_name], slots=slots, occupancy_seconds=0
+            _again_while_busy(
+                lambda: self.client.release_concurrency_slots_with_lease(lease_id=UUID(lease_id))
             )
 
     def emit(self, event: str, resource: dict[str, str], payload: dict[str, Any]) -> None:

@@ -203,6 +203,27 @@ def view(key: str, job_id: str, kind: View) -> Found:
     return Found(row[0], row[1], row[2])
 
 
+@lru_cache
+def _org_view_query(kind: View) -> Select[Any, Any, Any]:
+    column = RegistrationJob.view if kind == "job" else RegistrationJob.progress_view
+    return select(RegistrationJob.version, column, RegistrationJob.organisation_id).where(
+        RegistrationJob.id == bindparam("job_id"),
+        RegistrationJob.organisation_id == bindparam("organisation_id"),
+    )
+
+
+def view_of(organisation_id: str, job_id: str, kind: View) -> Found:
+    """`view` for a caller whose organisation is known already (a job view token's);
+    NotFound for a job that does not exist or is another organisation's."""
+    with _engine().connect() as connection:
+        row = connection.execute(
+            _org_view_query(kind), {"job_id": job_id, "organisation_id": organisation_id}
+        ).first()
+    if row is None or row[1] is None:
+        raise NotFound
+    return Found(row[0], row[1], row[2])
+
+
 def with_links(
     settings: Settings, job_id: str, organisation_id: str, steps: Sequence[dict[str, Any]]
 ) -> None:

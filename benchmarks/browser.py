@@ -25,8 +25,9 @@ import httpx
 
 from benchmarks.latency import KEY, own_stack, wait_job
 from deployments.demo import DEMO_CONFIG
-from deployments.stack import Stack, browser_processes, chromium_processes, marked_processes
-from regjobs.catalogue import STEPS, StepKind
+from deployments.pids import browser_processes, chromium_processes, marked_processes
+from deployments.stack import Stack
+from regjobs.catalogue import STEPS, JobStatus, StepKind
 
 BROWSER_STEPS = [s.id for s in STEPS if s.kind is StepKind.BROWSER]
 
@@ -101,7 +102,7 @@ def run(stack: Stack, jobs: int) -> None:
     wall = time.monotonic() - started
     stop.set()
     watcher.join()
-    assert all(j["status"] == "completed" for j in ends), [j["status"] for j in ends]
+    assert all(j["status"] == JobStatus.COMPLETED for j in ends), [j["status"] for j in ends]
     mib = 2**20
     print(
         f"{jobs:>2} job(s), browser limit 2: completed in {wall:.0f} s; whole-system PSS idle "

@@ -8,7 +8,8 @@ the job tables and the Prefect server on fresh PostgreSQL databases on 127.0.0.1
 and dropped at the end), steps in `endpoints` mode. Reports the creates' status codes and
 latency (p50, p95, max), how many jobs completed, and the makespan (first create sent to
 last job ended). `--bursts N`: N bursts on one system with its worker stopped, the creates'
-latency alone. `--client httpx`: the burst sent by `httpx.AsyncClient` instead of a minimal
+latency alone (`--with-worker`: the worker left running, so a burst meets the flow runs of
+the bursts before it). `--client httpx`: the burst sent by `httpx.AsyncClient` instead of a minimal
 client on connections opened beforehand; on two cores its own CPU is most of what it
 measures (against an app that answers at once, 200 such creates took p95 810-905 ms).
 """
@@ -31,11 +32,11 @@ from benchmarks import load, machine
 from benchmarks.latency import KEY, own_stack
 from deployments.demo import DEMO_CONFIG
 from deployments.stack import Stack
+from regjobs.catalogue import FINAL_JOB_STATUSES, JobStatus
 from regjobs.db import LOCAL_POSTGRES_ADMIN_URL, scratch_postgres_database
 
 PG_ADMIN_URL = os.environ.get("REGJOBS_PG_ADMIN_URL", LOCAL_POSTGRES_ADMIN_URL)
 AUTH = {"Authorization": f"Bearer {KEY}"}
-FINAL = ("completed", "failed", "cancelled")
 
 
 def body(tag: str) -> dict[str, Any]:
@@ -110,7 +111,10 @@ def ends(stack: Stack, job_ids: list[str], timeout: float) -> Counter[str]:
                 cursor = page["next_cursor"]
                 if not cursor:
                     break
-            if all(statuses.get(j) in FINAL for j in wanted) or time.monotonic() > deadline:
+            if (
+                all(statuses.get(j) in FINAL_JOB_STATUSES for j in wanted)
+                or time.monotonic() > deadline
+            ):
                 return Counter(statuses.get(j, "missing") for j in wanted)
             time.sleep(1)
 
@@ -120,7 +124,7 @@ def explain_failures(stack: Stack, job_ids: list[str]) -> None:
     with httpx.Client(base_url=stack.config.api_url, headers=AUTH, timeout=30) as api:
         for job_id in job_ids:
             job = api.get(f"/api/registration-jobs/{job_id}").json()
-            if job["status"] != "completed":
+            if job["status"] != JobStatus.COMPLETED:
                 step: dict[str, Any] = next(
                     (s for s in job["steps"] if s["step_id"] == job["failed_step"]), {}
                 )
@@ -135,6 +139,20 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
 
 
+def database_env(resources: contextlib.ExitStack, database: str) -> dict[str, str]:
+    """The environment of a system on `database`: nothing for SQLite (`make run`'s own);
+    for `postgresql`, the job tables and the Prefect server on fresh PostgreSQL databases on
+    127.0.0.1, dropped when `resources` closes."""
+    if database != "postgresql":
+        return {}
+    jobs = resources.enter_context(scratch_postgres_database(PG_ADMIN_URL, "regjobs_bench"))
+    prefect = resources.enter_context(scratch_postgres_database(PG_ADMIN_URL, "prefect_bench"))
+    return {
+        "DATABASE_URL": jobs,
+        "PREFECT_API_DATABASE_CONNECTION_URL": prefect.replace("+psycopg2", "+asyncpg"),
+    }
+
+
 def run(
     database: str,
     jobs: int,
@@ -142,20 +160,16 @@ def run(
     keep: bool = False,
     bursts: int = 0,
     client: str = "raw",
+    with_worker: bool = False,
 ) -> None:
     with contextlib.ExitStack() as resources:
-        env: dict[str, Any] = {"REGJOBS_STEP_MODE": "endpoints"}
-        if database == "postgresql":
-            env["DATABASE_URL"] = resources.enter_context(
-                scratch_postgres_database(PG_ADMIN_URL, "regjobs_creates")
-            )
-            prefect_db = resources.enter_context(
-                scratch_postgres_database(PG_ADMIN_URL, "prefect_creates")
-            )
-            env["PREFECT_API_DATABASE_CONNECTION_URL"] = prefect_db.replace("+psycopg2", "+asyncpg")
+        env: dict[str, Any] = {
+            "REGJOBS_STEP_MODE": "endpoints",
+            **database_env(resources, database),
+        }
         stack = resources.enter_context(own_stack(keep=keep, worker_limit=None, **env))
         if bursts:
-            repeat_bursts(stack, database, jobs, bursts, client)
+            repeat_bursts(stack, database, jobs, bursts, client, with_worker)
             return
         started = time.monotonic()
         codes, latencies, job_ids = asyncio.run(BURSTS[client](stack.config.api_url, jobs))
@@ -172,10 +186,14 @@ def run(
         )
 
 
-def repeat_bursts(stack: Stack, database: str, jobs: int, bursts: int, client: str) -> None:
+def repeat_bursts(
+    stack: Stack, database: str, jobs: int, bursts: int, client: str, with_worker: bool
+) -> None:
     """`bursts` bursts on one system, with its worker stopped (the jobs wait in Prefect, so
-    no flow run takes CPU): the creates' latency alone, burst after burst."""
-    stack.stop_child("worker")
+    no flow run takes CPU): the creates' latency alone, burst after burst. `with_worker`:
+    the worker runs, and the flow runs of one burst start while the next arrives."""
+    if not with_worker:
+        stack.stop_child("worker")
     p95s = []
     for n in range(bursts):
         codes, latencies, _ = asyncio.run(BURSTS[client](stack.config.api_url, jobs))
@@ -206,6 +224,9 @@ def main() -> None:
         "--bursts", type=int, default=0, help="N bursts on one system, worker stopped, no run"
     )
     parser.add_argument(
+        "--with-worker", action="store_true", help="with --bursts: leave the worker running"
+    )
+    parser.add_argument(
         "--client",
         choices=sorted(BURSTS),
         default="raw",
@@ -215,7 +236,7 @@ def main() -> None:
     print(machine.describe(), flush=True)
     for database in args.database:
         for jobs in args.jobs:
-            run(database, jobs, args.timeout, args.keep, args.bursts, args.client)
+            run(database, jobs, args.timeout, args.keep, args.bursts, args.client, args.with_worker)
     print(machine.describe(), flush=True)
 
 

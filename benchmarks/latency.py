@@ -38,10 +38,10 @@ import httpx
 from sqlalchemy import Engine, create_engine, text
 
 from deployments.demo import DEMO_CONFIG
-from deployments.stack import Production, Stack, StackConfig, free_port
-from regjobs.catalogue import STEP_IDS, STEPS
+from deployments.stack import Stack, free_port
+from deployments.stack_config import Production, StackConfig
+from regjobs.catalogue import FINAL_JOB_STATUSES, STEP_IDS, STEPS, JobStatus
 
-FINAL = {"completed", "failed", "cancelled"}
 KEY = "rj_bench_" + uuid.uuid4().hex
 
 
@@ -49,7 +49,7 @@ def wait_job(api: httpx.Client, job_id: str, timeout: float = 120) -> dict[str, 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         progress = api.get(f"/api/registration-jobs/{job_id}/progress").json()
-        if progress["status"] in FINAL:
+        if progress["status"] in FINAL_JOB_STATUSES:
             return dict(api.get(f"/api/registration-jobs/{job_id}").json())
         time.sleep(0.05)
     raise TimeoutError(job_id)
@@ -88,8 +88,8 @@ def create_timed(api: httpx.Client) -> tuple[str, float, float]:
 PHASES = (
     ("POST answered", "answered"),
     ("flow run created (outbox dispatched)", "created"),
-    ("worker took it (Pending)", "pending"),
-    ("flow run Running", "running"),
+    ("worker took it (Pending)", "taken"),
+    ("flow run Running", "flow_running"),
     ("job begun (ledger)", "began"),
     ("first step attempt started", "first_step"),
 )
@@ -102,8 +102,8 @@ class Start:
     sent: float
     answered: float
     created: float
-    pending: float
-    running: float
+    taken: float
+    flow_running: float
     began: float
     first_step: float
 
@@ -147,8 +147,8 @@ def read_start(stack: Stack, db: Engine, job_id: str, sent: float, answered: flo
         sent=sent,
         answered=answered,
         created=ts(run["created"]),
-        pending=at["PENDING"],
-        running=at["RUNNING"],
+        taken=at["PENDING"],
+        flow_running=at["RUNNING"],
         began=_epoch(began),
         first_step=_epoch(first),
     )
@@ -202,7 +202,7 @@ def measure_starts(stack: Stack, runs: int, pause: float = 0.5) -> list[Start]:
             standin.post("/_control/reset").raise_for_status()
             job_id, sent, answered = create_timed(api)
             job = wait_job(api, job_id)
-            assert job["status"] == "completed", job
+            assert job["status"] == JobStatus.COMPLETED, job
             starts.append(read_start(stack, db, job_id, sent, answered))
             time.sleep(pause)
     finally:
@@ -303,7 +303,7 @@ def run(stack: Stack, runs: int, path_runs: int) -> None:
             ).raise_for_status()
         job_id, _ = create(api)
         job = wait_job(api, job_id)
-        assert job["status"] == "completed", job
+        assert job["status"] == JobStatus.COMPLETED, job
         first = min(ts(s["started_at"]) for s in job["steps"] if s["started_at"])
         walls.append(ts(job["completed_at"]) - first)
         paths.append(measured_critical_path(job))

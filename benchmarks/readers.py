@@ -32,10 +32,9 @@ import httpx
 from benchmarks import load
 from benchmarks.latency import KEY, create, own_stack
 from deployments.stack import Stack
-from regjobs.catalogue import STEP_IDS
+from regjobs.catalogue import FINAL_STEP_STATUSES, STEP_IDS, JobStatus
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
-FINAL = {"completed", "failed", "cancelled"}
 
 
 def slow_everything(standin: httpx.Client, seconds: float) -> None:
@@ -50,7 +49,10 @@ def slow_everything(standin: httpx.Client, seconds: float) -> None:
 def wait_running(api: httpx.Client, job_id: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if api.get(f"/api/registration-jobs/{job_id}/progress").json()["status"] == "in_progress":
+        if (
+            api.get(f"/api/registration-jobs/{job_id}/progress").json()["status"]
+            == JobStatus.IN_PROGRESS
+        ):
             return
         time.sleep(0.1)
     raise TimeoutError(f"job {job_id} did not start")
@@ -82,7 +84,11 @@ def tabs(stack: Stack, job_id: str, seconds: float) -> str:
 
 def when(event: dict[str, Any]) -> float | None:
     """When the ledger wrote a step event: its start, or its end."""
-    stamp = event.get("completed_at") if event.get("status") in FINAL else event.get("started_at")
+    stamp = (
+        event.get("completed_at")
+        if event.get("status") in FINAL_STEP_STATUSES
+        else event.get("started_at")
+    )
     return datetime.fromisoformat(stamp).timestamp() if stamp else None
 
 
@@ -147,7 +153,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
-    with own_stack(REGJOBS_STEP_MODE="endpoints", worker_limit=10) as stack:
+    # 200 streams of one key: over the default cap of a key's streams (100 per process).
+    with own_stack(
+        REGJOBS_STEP_MODE="endpoints", REGJOBS_SSE_STREAMS_PER_KEY="250", worker_limit=10
+    ) as stack:
         api = httpx.Client(base_url=stack.config.api_url, headers=AUTH, timeout=30)
         standin = httpx.Client(base_url=stack.config.standin_url, timeout=30)
 

@@ -40,12 +40,11 @@ from benchmarks.browser import sample as memory
 from benchmarks.latency import KEY, own_stack
 from deployments.demo import DEMO_CONFIG
 from deployments.stack import Stack
-from regjobs.catalogue import STEP_IDS
+from regjobs.catalogue import FINAL_JOB_STATUSES, STEP_IDS, JobStatus
 from regjobs.db import LOCAL_POSTGRES_ADMIN_URL, scratch_postgres_database
 
 PG_ADMIN_URL = os.environ.get("REGJOBS_PG_ADMIN_URL", LOCAL_POSTGRES_ADMIN_URL)
 
-FINAL = {"completed", "failed", "cancelled"}
 FATES = ("clean", "transient", "account exists", "bad credentials")
 TRANSIENT = (
     {"mode": "status", "status": 503, "times": 1},
@@ -172,14 +171,15 @@ def soak(stack: Stack, jobs: int, mode: str, rng: random.Random) -> None:
         for job_id, _ in created:
             if job_id not in ends:
                 status = api.get(f"/api/registration-jobs/{job_id}/progress").json()["status"]
-                if status in FINAL:
+                if status in FINAL_JOB_STATUSES:
                     ends[job_id] = status
         time.sleep(1)
     wall = time.monotonic() - started
     stop.set()
 
     expected = {
-        job_id: "failed" if fate == "bad credentials" else "completed" for job_id, fate in created
+        job_id: JobStatus.FAILED if fate == "bad credentials" else JobStatus.COMPLETED
+        for job_id, fate in created
     }
     as_expected = sum(1 for j, s in ends.items() if s == expected[j])
     stuck = len(created) - len(ends)

@@ -1,8 +1,18 @@
 """Start and throughput: how fast one job starts, cold and warm, and how long 200 jobs at once
 take on the embedded default and on the production shape. Prints figures.
 
-    .venv/bin/python -m benchmarks.throughput [--runs 20] [--jobs 200]
-        [--parts starts poll embedded production] [--keep]
+    .venv/bin/python -m benchmarks.throughput [--runs 20] [--jobs 200] [--path-runs 5]
+        [--parts compare starts poll embedded production] [--keep]
+
+0. **compare** (the default): the registration flow against a bare Prefect baseline
+   (flows/baseline.py: twelve no-op tasks in the same graph, deployed from
+   benchmarks/baseline.yaml on the same work pool with the same command), side by side on
+   one production-shape stack, so the same workers, warm processes, Prefect server, services
+   and PostgreSQL run both: start p50/p95 (create -> first step running, --runs one after the
+   other, warm), wall time over the 5-s critical path with 1-s steps (--path-runs), and a
+   burst of --jobs of each (makespan; CPU seconds per job by part). The registration
+   flow's jobs are created through its API (endpoints mode, the stand-in answering at once);
+   the baseline's flow runs through Prefect's API, as the dispatcher makes them.
 
 1. **starts** (embedded default): POST -> first step running over --runs jobs one after the
    other (p50, p95, and where each start went: `benchmarks.latency`), cold (no warm
@@ -19,7 +29,7 @@ take on the embedded default and on the production shape. Prints figures.
    peak PSS of the whole system (every process of the stack,
    sampled each second; PostgreSQL and Redis not included).
 
-The production shape is `deployments.stack.Production` (what `python -m deployments.launcher
+The production shape is `deployments.stack_config.Production` (what `python -m deployments.launcher
 --production` starts): fresh PostgreSQL databases made here and dropped at the end, and an
 empty Redis database (the first of 15, 14, ... with no keys; flushed at the end).
 """
@@ -30,20 +40,33 @@ import argparse
 import asyncio
 import contextlib
 import os
+import statistics
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
+from benchmarks import baseline, machine
 from benchmarks.browser import pss
-from benchmarks.creates import PG_ADMIN_URL, burst, ends, explain_failures
-from benchmarks.latency import measure_starts, own_stack, print_starts
-from deployments.stack import Production, Stack, marked_processes
-from regjobs.catalogue import STEP_IDS
+from benchmarks.creates import AUTH, PG_ADMIN_URL, burst, ends, explain_failures
+from benchmarks.latency import (
+    create,
+    measure_starts,
+    own_stack,
+    print_starts,
+    quantile,
+    ts,
+    wait_job,
+)
+from deployments.pids import marked_processes
+from deployments.prefect_server import new_auth_string
+from deployments.stack import Stack
+from deployments.stack_config import Production
+from regjobs.catalogue import STEP_IDS, JobStatus
 from regjobs.db import scratch_postgres_database
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -220,13 +243,9 @@ def empty_redis_db() -> Iterator[str]:
     raise RuntimeError("no empty Redis database on 127.0.0.1:6379")
 
 
-def production(jobs: int, timeout: float, keep: bool, prefect_workers: int) -> None:
-    print(
-        f"\n== {jobs} jobs at once, production shape (PostgreSQL, Redis, Prefect services "
-        f"apart, {prefect_workers} Prefect webserver process(es), 2 API processes, "
-        "2 workers) ==",
-        flush=True,
-    )
+@contextlib.contextmanager
+def production_stack(keep: bool, prefect_workers: int) -> Iterator[Stack]:
+    """The production shape on fresh PostgreSQL databases and an empty Redis database."""
     with contextlib.ExitStack() as resources:
         jobs_db = resources.enter_context(scratch_postgres_database(PG_ADMIN_URL, "rj_jobs"))
         prefect_db = resources.enter_context(scratch_postgres_database(PG_ADMIN_URL, "rj_prefect"))
@@ -235,11 +254,165 @@ def production(jobs: int, timeout: float, keep: bool, prefect_workers: int) -> N
             database_url=jobs_db,
             redis_url=resources.enter_context(empty_redis_db()),
             prefect_workers=prefect_workers,
+            prefect_auth=new_auth_string(),
         )
-        stack = resources.enter_context(
+        yield resources.enter_context(
             own_stack(keep=keep, production=shape, REGJOBS_STEP_MODE="endpoints")
         )
+
+
+def production(jobs: int, timeout: float, keep: bool, prefect_workers: int) -> None:
+    print(
+        f"\n== {jobs} jobs at once, production shape (PostgreSQL, Redis, Prefect services "
+        f"apart, {prefect_workers} Prefect webserver process(es), 2 API processes, "
+        "2 workers) ==",
+        flush=True,
+    )
+    with production_stack(keep, prefect_workers) as stack:
         many(stack, jobs, timeout)
+
+
+# --------------------------------------------------------------------- compare
+
+
+@dataclass
+class Figures:
+    """One flow's side of the comparison."""
+
+    starts: list[float] = field(default_factory=list)
+    walls: list[float] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)
+    makespan: float = 0.0
+    ended: dict[str, int] = field(default_factory=dict)
+
+
+def registration_starts(stack: Stack, runs: int, pause: float = 0.5) -> list[float]:
+    """POST -> the job's first step attempt running (the API's `started_at`), one job after
+    the other."""
+    totals: list[float] = []
+    with contextlib.ExitStack() as clients:
+        api = clients.enter_context(httpx.Client(base_url=stack.config.api_url, headers=AUTH))
+        standin = clients.enter_context(httpx.Client(base_url=stack.config.standin_url))
+        for _ in range(runs):
+            standin.post("/_control/reset").raise_for_status()
+            job_id, sent = create(api)
+            job = wait_job(api, job_id)
+            assert job["status"] == JobStatus.COMPLETED, job["status"]
+            totals.append(min(ts(s["started_at"]) for s in job["steps"] if s["started_at"]) - sent)
+            time.sleep(pause)
+    return totals
+
+
+def registration_walls(stack: Stack, runs: int) -> list[float]:
+    """First step start -> job end, every stand-in call slowed to 1 s (benchmarks.latency)."""
+    found: list[float] = []
+    with contextlib.ExitStack() as clients:
+        api = clients.enter_context(httpx.Client(base_url=stack.config.api_url, headers=AUTH))
+        standin = clients.enter_context(httpx.Client(base_url=stack.config.standin_url))
+        for _ in range(runs):
+            standin.post("/_control/reset").raise_for_status()
+            standin.post("/_control/config", json={"cdn_processing_seconds": 0})
+            for step in STEP_IDS:
+                standin.post("/_control/faults", json={"step": step, "mode": "slow", "seconds": 1})
+            job_id, _ = create(api)
+            job = wait_job(api, job_id)
+            assert job["status"] == JobStatus.COMPLETED, job["status"]
+            first = min(ts(s["started_at"]) for s in job["steps"] if s["started_at"])
+            found.append(ts(job["completed_at"]) - first)
+        standin.post("/_control/reset").raise_for_status()
+    return found
+
+
+def measured_burst(stack: Stack, run: Callable[[], dict[str, int]]) -> Figures:
+    """CPU by part and makespan of `run` (a burst, every job to its end)."""
+    time.sleep(2)  # what came before settles
+    before = cpu_by_part(stack)
+    started = time.monotonic()
+    ended = run()
+    makespan = time.monotonic() - started
+    after = cpu_by_part(stack)
+    cpu = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    return Figures(cpu=cpu, makespan=makespan, ended=ended)
+
+
+def registration_burst(stack: Stack, jobs: int, timeout: float) -> dict[str, int]:
+    httpx.post(f"{stack.config.standin_url}/_control/reset").raise_for_status()
+    codes, _, job_ids = asyncio.run(burst(stack.config.api_url, jobs))
+    statuses = ends(stack, job_ids, timeout)
+    explain_failures(stack, job_ids)
+    refused = jobs - len(job_ids)
+    return {**dict(statuses), **({f"not created ({Counter(codes)})": refused} if refused else {})}
+
+
+#: Nominal critical path with 1-s steps: account -> restaurant -> menu import -> option sets
+#: -> item tags (and image upload's two calls -> menu import -> ...).
+CRITICAL_PATH = 5.0
+
+
+def print_side_by_side(jobs: int, sides: dict[str, Figures]) -> None:
+    reg, base = sides["registration"], sides["baseline"]
+    print("\n== side by side (registration flow | bare Prefect baseline | ratio) ==")
+
+    def row(label: str, a: float, b: float, unit: str = "") -> None:
+        ratio = f"{a / b:.2f}x" if b else "-"
+        print(f"  {label:<38} {a:8.2f}{unit} | {b:8.2f}{unit} | {ratio}")
+
+    for name, figures in sides.items():
+        print(f"  {name} ended: {figures.ended}")
+    q = {"p50": 0.5, "p95": 0.95} if reg.starts and base.starts else {}
+    for label, at in q.items():
+        row(
+            f"start {label} (create -> first step running)",
+            quantile(reg.starts, at),
+            quantile(base.starts, at),
+            " s",
+        )
+    if reg.walls and base.walls:
+        row(
+            "wall / critical path (1-s steps), median",
+            statistics.median(reg.walls) / CRITICAL_PATH,
+            statistics.median(base.walls) / CRITICAL_PATH,
+        )
+    row(f"makespan of {jobs}", reg.makespan, base.makespan, " s")
+    total_reg, total_base = sum(reg.cpu.values()), sum(base.cpu.values())
+    row("CPU s per job, total", total_reg / jobs, total_base / jobs)
+    for part in sorted({*reg.cpu, *base.cpu}, key=lambda k: -reg.cpu.get(k, 0.0)):
+        row(f"  {part}", reg.cpu.get(part, 0.0) / jobs, base.cpu.get(part, 0.0) / jobs)
+    print(
+        f"  (starts n={len(reg.starts)}/{len(base.starts)} warm; walls n={len(reg.walls)}/"
+        f"{len(base.walls)}; critical path {CRITICAL_PATH:.0f} s)",
+        flush=True,
+    )
+
+
+def compare(args: argparse.Namespace) -> None:
+    """The registration flow and the bare baseline (flows/baseline.py) on one production-shape
+    stack, the same workers, warm processes, Prefect server and databases: starts, walls,
+    then a burst of each."""
+    print(
+        f"\n== registration flow against the bare Prefect baseline, production shape "
+        f"({args.jobs} jobs, {args.runs} starts, {args.path_runs} walls) ==",
+        flush=True,
+    )
+    with production_stack(args.keep, args.prefect_workers) as stack:
+        baseline.deploy(stack)
+        sides = {"registration": Figures(), "baseline": Figures()}
+        if args.runs:  # warm both up (not counted)
+            registration_starts(stack, 2)
+            baseline.starts(stack, 2)
+        sides["registration"].starts = registration_starts(stack, args.runs)
+        sides["baseline"].starts = baseline.starts(stack, args.runs)
+        sides["registration"].walls = registration_walls(stack, args.path_runs)
+        sides["baseline"].walls = baseline.walls(stack, args.path_runs)
+        for name, run in (
+            ("registration", lambda: registration_burst(stack, args.jobs, args.timeout)),
+            ("baseline", lambda: baseline.burst(stack, args.jobs, args.timeout)),
+        ):
+            measured = measured_burst(stack, run)
+            measured.starts, measured.walls = sides[name].starts, sides[name].walls
+            sides[name] = measured
+            print(f"{name}: {args.jobs} jobs in {measured.makespan:.1f} s", flush=True)
+        print_side_by_side(args.jobs, sides)
 
 
 def main() -> None:
@@ -249,14 +422,18 @@ def main() -> None:
     parser.add_argument(
         "--parts",
         nargs="+",
-        choices=("starts", "poll", "embedded", "production"),
-        default=["starts", "poll", "embedded", "production"],
+        choices=("compare", "starts", "poll", "embedded", "production"),
+        default=["compare"],
     )
+    parser.add_argument("--path-runs", type=int, default=5, help="compare: walls per flow")
     parser.add_argument("--poll-window", type=float, default=60, help="seconds per interval")
     parser.add_argument("--prefect-workers", type=int, default=1, help="production shape")
     parser.add_argument("--timeout", type=float, default=900, help="seconds for jobs to end")
     parser.add_argument("--keep", action="store_true", help="keep logs and databases")
     args = parser.parse_args()
+    print(machine.describe(), flush=True)
+    if "compare" in args.parts:
+        compare(args)
     if "starts" in args.parts:
         starts(args.runs, args.keep)
     if "poll" in args.parts:

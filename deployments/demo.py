@@ -8,9 +8,8 @@ from typing import Any
 
 import httpx
 
+from regjobs.catalogue import FINAL_JOB_STATUSES, StepStatus
 from regjobs.config import EXAMPLE_CONFIG
-
-FINAL = {"completed", "failed", "cancelled"}
 
 #: The example config with every optional step switched on, so the demo runs all twelve.
 DEMO_CONFIG: dict[str, Any] = {
@@ -48,11 +47,11 @@ def run_demo(api_url: str, api_key: str, stop: threading.Event) -> dict[str, Any
                 if last.get(step_id) != status:
                     print(f"  {time.monotonic() - posted:6.1f} s  {step_id:<26} {status}")
             last = progress["step_statuses"]
-            if progress["status"] in FINAL:
+            if progress["status"] in FINAL_JOB_STATUSES:
                 break
             stop.wait(0.5)
         job = client.get(f"/api/registration-jobs/{job_id}").json()
-        done = sum(1 for s in job["steps"] if s["status"] == "completed")
+        done = sum(1 for s in job["steps"] if s["status"] == StepStatus.COMPLETED)
         print(
             f"demo job {job['status']}: {done} of {len(job['steps'])} steps completed, "
             f"{job['progress_percent']}% in {time.monotonic() - posted:.1f} s"

@@ -5,15 +5,20 @@
 `regjobs_prefect` and `regjobs` on REGJOBS_PG_ADMIN_URL's server, made if missing, or
 PREFECT_API_DATABASE_CONNECTION_URL and DATABASE_URL), Redis (REGJOBS_REDIS_URL) for Prefect's
 messaging and leases, Prefect's services as a process of their own, two API processes
-behind the API port, REGJOBS_WORKERS (2) workers. State in `.state-production`.
+behind the API port, REGJOBS_WORKERS (2) workers. State in `.state-production`. Prefect's
+API there is closed: its auth string is PREFECT_API_AUTH_STRING (or
+PREFECT_SERVER_API_AUTH_STRING) if set, else the state folder's `prefect-auth` (made once,
+0600), never printed; it listens on PREFECT_SERVER_API_HOST (loopback by default).
 
 Ports: REGJOBS_API_PORT (8000), REGJOBS_PREFECT_PORT (4200), REGJOBS_STANDIN_PORT (8100).
 REGJOBS_DEMO=0 skips the demo job. State (Prefect's SQLite database, the job database,
 logs, the development key) lives in REGJOBS_STATE_DIR (.state).
 
-The launcher supervises: a child that exits (the worker, the Prefect server, the stand-in,
-the API) is started again after a pause that doubles with each quick failure, and the rest
-keep serving meanwhile (the API answers from the job database with Prefect down). On
+The launcher is the one supervisor of `make run` (docs/design.md, "One supervisor"): every
+process the stack starts is its child, and a child that exits (the worker or its warm pool,
+the Prefect server, the stand-in, an API process) is started again after a pause that
+doubles with each quick failure, while the rest keep serving meanwhile (the API answers
+from the job database with Prefect down). On
 Ctrl-C or SIGTERM it ends every process it caused, the worker's flow-run processes and
 their Chromium included. One launcher per state folder: a second refuses and names the
 first.
@@ -36,8 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from deployments import prefect_server
 from deployments.demo import run_demo
-from deployments.stack import Stack, StackConfig, production_from_env
+from deployments.stack import Stack
+from deployments.stack_config import StackConfig, production_from_env
+from regjobs.private import open_private, private_dir, restrict_umask, write_private
 from regjobs.settings import PROJECT_DIR
 
 #: Pauses before restarting a child that exited, doubling up to the last.
@@ -52,8 +60,8 @@ class StateDirBusy(RuntimeError):
 
 def lock_state_dir(state_dir: Path) -> IO[str]:
     """Hold the state folder for this process (released when it exits, however)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(state_dir / "launcher.lock", "a+")  # noqa: SIM115 - held for the run
+    private_dir(state_dir)
+    handle = os.fdopen(open_private(state_dir / "launcher.lock", os.O_RDWR), "r+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -75,6 +83,8 @@ def lock_state_dir(state_dir: Path) -> IO[str]:
 class Supervisor:
     stack: Stack
     say: Callable[[str], None] = print
+    #: The state folder's file of Prefect's auth string (production shape, when generated).
+    prefect_auth_file: str | None = None
     _failures: dict[str, int] = field(default_factory=dict)
     _restarting: dict[str, threading.Thread] = field(default_factory=dict)
     _started: dict[str, float] = field(default_factory=dict)
@@ -84,8 +94,9 @@ class Supervisor:
             "prefect": self.stack.start_prefect,
             "prefect-services": self.stack.start_services,
             "standin": self.stack.start_standin,
-            "api": self.stack.start_api,
         }
+        for api in self.stack.api_names:
+            found[api] = functools.partial(self.stack.start_api_process, api)
         for worker in self.stack.worker_names:
             found[worker] = functools.partial(self.stack.start_worker, worker)
             found[f"{worker}-warm"] = functools.partial(self.stack.start_warm_pool, worker)
@@ -132,19 +143,21 @@ class Supervisor:
             "stack_id": self.stack.stack_id,
             "api_url": self.stack.config.api_url,
             "prefect_api_url": self.stack.config.prefect_api_url,
+            # Where the `regjobs` CLI on this machine finds Prefect's auth string (the
+            # path, never the string).
+            "prefect_auth_file": self.prefect_auth_file,
             "children": {
                 name: child.process.pid
                 for name, child in self.stack.children.items()
                 if child.process.poll() is None
             },
         }
-        path = self.stack.config.state_dir / "launcher.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(status))
-        tmp.replace(path)
+        write_private(self.stack.config.state_dir / "launcher.json", json.dumps(status).encode())
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before anything is created: everything this and its children make is 0600 / 0700.
+    restrict_umask()
     parser = argparse.ArgumentParser(prog="python -m deployments.launcher")
     parser.add_argument(
         "--production",
@@ -155,12 +168,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     default_state = PROJECT_DIR / (".state-production" if args.production else ".state")
     state_dir = Path(os.environ.get("REGJOBS_STATE_DIR", default_state)).resolve()
+    auth_file = None
+    if args.production:
+        try:
+            auth_file = prefect_server.auth_string_for(os.environ, state_dir)[1]
+            prefect_server.check_host(os.environ.get(prefect_server.HOST, "127.0.0.1"))
+        except prefect_server.Refused as refused:
+            print(f"refusing to start: {refused}", file=sys.stderr)
+            return 2
     config = StackConfig(
         state_dir=state_dir,
         api_port=int(os.environ.get("REGJOBS_API_PORT", "8000")),
         prefect_port=int(os.environ.get("REGJOBS_PREFECT_PORT", "4200")),
         standin_port=int(os.environ.get("REGJOBS_STANDIN_PORT", "8100")),
-        production=production_from_env(os.environ) if args.production else None,
+        # The development shape is on loopback whatever the environment says.
+        prefect_host=(
+            os.environ.get(prefect_server.HOST, "127.0.0.1") if args.production else "127.0.0.1"
+        ),
+        production=production_from_env(os.environ, state_dir) if args.production else None,
     )
     try:
         lock = lock_state_dir(state_dir)
@@ -168,7 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         print(busy, file=sys.stderr)
         return 1
     stack = Stack(config)
-    supervisor = Supervisor(stack, say=lambda line: print(line, flush=True))
+    supervisor = Supervisor(
+        stack,
+        say=lambda line: print(line, flush=True),
+        prefect_auth_file=str(auth_file) if auth_file else None,
+    )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -184,6 +213,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  stand-in    {config.standin_url}")
         print(f"  API key     {stack.dev_api_key()}  (organisation: demo-organisation)")
         print(f"  for the prefect CLI: export PREFECT_API_URL={config.prefect_api_url}")
+        if config.production:
+            # The auth string itself is never printed: this output may well be a log.
+            source = auth_file or "the PREFECT_API_AUTH_STRING this launcher was given"
+            print(f"  Prefect's auth string: {source} (the UI asks for it once)")
+            if auth_file:
+                print(f"    export PREFECT_API_AUTH_STRING=$(cat {auth_file})")
         if os.environ.get("REGJOBS_DEMO", "1") != "0":
             run_demo(config.api_url, stack.dev_api_key(), stop)
         print("serving; Ctrl-C stops everything", flush=True)

@@ -19,6 +19,8 @@ from prefect.automations import Automation
 from prefect.events.actions import ActionTypes, DoNothing, SendNotification
 from prefect.events.schemas.automations import EventTrigger, Posture
 
+from regjobs import release
+from regjobs.observe import WAITING_EVENT
 from regjobs.settings import PROJECT_DIR, Settings, get_settings
 
 PREFECT = [sys.executable, "-m", "prefect"]
@@ -53,6 +55,15 @@ def project_directory() -> dict[str, str]:
             f"{PROJECT_DIR_ENV} in the worker's environment to the project's folder on this "
             "machine (README, Production)"
         )
+    # The flow's code (read from the folder) and the code this process already imported
+    # (its environment: the ledger, the steps) must be one release, or a run could mix two.
+    there, here = release.version_in(directory), release.current().version
+    if there != here:
+        raise RuntimeError(
+            f"{PROJECT_DIR_ENV}={directory} holds release {there}, but this worker's "
+            f"environment runs release {here}: start each release's worker from its own "
+            "folder (python -m deployments.release worker; README, Production)"
+        )
     resolved = str(directory.resolve())
     os.chdir(resolved)
     return {"directory": resolved}
@@ -84,6 +95,7 @@ def set_up(settings: Settings) -> None:
         _run([*PREFECT, "gcl", "create", *limit])
     _run([*PREFECT, "--no-prompt", "deploy", "--all"])
     alert_automation(settings)
+    waiting_automation(settings)
 
 
 #: The example automation the set-up makes (README, "Operating it with Prefect").
@@ -114,6 +126,43 @@ def alert_automation(settings: Settings) -> None:
             Automation(
                 name=ALERT_AUTOMATION,
                 description=alert_automation.__doc__ or "",
+                trigger=trigger,
+                actions=actions,
+            )
+        )
+    )
+
+
+#: The automation telling someone a job waits for a person (README, "Waiting for a person").
+WAITING_AUTOMATION = "regjobs: a job waits for a person"
+
+
+def waiting_automation(settings: Settings) -> None:
+    """An automation on `regjobs.job.waiting-for-input` (a step needs a person's corrected
+    input; its payload names the step, the fields, the deadline and how to answer): a
+    notification through REGJOBS_ALERT_BLOCK_ID's block, or only a record that it fired."""
+    actions: list[ActionTypes] = [DoNothing()]
+    if settings.alert_block_id is not None:
+        actions = [
+            SendNotification(
+                block_document_id=settings.alert_block_id,
+                subject="registration job waits for a person",
+                body="Job {{ event.payload.job_id }}: {{ event.payload.step_id }} needs "
+                "{{ event.payload.fields | join(', ') }} by {{ event.payload.expires_at }}. "
+                "{{ event.payload.how }}",
+            )
+        ]
+    trigger = EventTrigger(
+        expect={WAITING_EVENT},
+        match={"prefect.resource.id": "regjobs.job.*"},
+        posture=Posture.Reactive,
+        threshold=1,
+    )
+    asyncio.run(
+        _apply(
+            Automation(
+                name=WAITING_AUTOMATION,
+                description=waiting_automation.__doc__ or "",
                 trigger=trigger,
                 actions=actions,
             )

@@ -13,24 +13,34 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import httpx
 
-from regjobs.settings import PROJECT_DIR, get_settings
+from deployments import prefect_server, warm
+from deployments.pids import MARKER, alive, marked_processes
+from deployments.stack_config import (
+    FLOW_RUN_NICE,
+    FLOW_RUN_POOL,
+    WORK_POOL,
+    StackConfig,
+)
+from regjobs import release
+from regjobs.private import UMASK, open_private, private_dir, write_private
+from regjobs.settings import PROJECT_DIR
 
 PYTHON = sys.executable
-#: The pool name in prefect.yaml.
-WORK_POOL = "registration-jobs"
 
 
 def free_port() -> int:
@@ -40,97 +50,6 @@ def free_port() -> int:
         return port
 
 
-#: The job-database pool of a flow-run process (and of its worker): 2 connections kept, up to
-#: 4 more while its steps run at once. A flow run holds what its pool keeps until it ends;
-#: at the API's size (10 kept) the flow runs of two workers, with the API processes and
-#: Prefect's server and services, took all of PostgreSQL's 100 connections in a burst of
-#: 200 jobs ("too many clients already").
-FLOW_RUN_POOL = {"REGJOBS_DB_POOL_SIZE": "2", "REGJOBS_DB_MAX_OVERFLOW": "4"}
-
-#: The CPU priority (`nice`) of workers and their flow-run processes: when the cores are
-#: busy, the API (a person waiting on every request) goes first and the flow runs (minutes
-#: long in the background) take what is left; an idle machine runs them at full speed. The
-#: systemd units say the same (`Nice=`). Measured: docs/figures.md.
-FLOW_RUN_NICE = 5
-
-
-@dataclass
-class Production:
-    """The production shape on one machine (docs/design.md, "The production shape"): the
-    Prefect server and the job tables on PostgreSQL, Redis (`prefect-redis`) for Prefect's
-    messaging, event ordering, cache and concurrency leases, the Prefect server's
-    background services as a process of their own beside a webserver started with
-    `--no-services`, and several workers. The API runs as `api_workers` processes behind one
-    port (its reconciler leader-elected through PostgreSQL, as always)."""
-
-    #: Prefect's database (`postgresql+asyncpg://...`).
-    prefect_database_url: str
-    #: The job database (`postgresql+psycopg2://...`).
-    database_url: str
-    #: Redis for prefect-redis (`redis://host:port/db`).
-    redis_url: str
-    #: Workers polling the work pool (each with its warm processes).
-    workers: int = 2
-    #: Prefect webserver processes (`prefect server start --workers`).
-    prefect_workers: int = 1
-
-    def env(self) -> dict[str, str]:
-        return {
-            "PREFECT_API_DATABASE_CONNECTION_URL": self.prefect_database_url,
-            "DATABASE_URL": self.database_url,
-            "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
-            "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
-            "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
-            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
-            "PREFECT_REDIS_MESSAGING_URL": self.redis_url,
-        }
-
-    @property
-    def worker_names(self) -> list[str]:
-        return ["worker", *(f"worker-{n}" for n in range(2, self.workers + 1))]
-
-
-@dataclass
-class StackConfig:
-    state_dir: Path
-    api_port: int = 8000
-    prefect_port: int = 4200
-    standin_port: int = 8100
-    #: Extra environment for every child (DATABASE_URL, REGJOBS_* settings...).
-    env: Mapping[str, str] = field(default_factory=dict)
-    #: Serve the Prefect UI (operators want it; tests do not need it).
-    prefect_ui: bool = True
-    #: How often the worker asks for runs; Prefect's default makes a job wait ~10 s.
-    poll_seconds: float = field(default_factory=lambda: get_settings().worker_poll_seconds)
-    #: API processes behind the API port (`api.serve`); they elect one reconciler.
-    api_workers: int = field(default_factory=lambda: get_settings().api_workers)
-    #: Flow runs one worker runs at once (`prefect worker start --limit`); 0: no limit.
-    #: Runs beyond it wait in the work pool as Scheduled, where any worker may take them.
-    worker_limit: int = field(default_factory=lambda: get_settings().worker_limit)
-    #: Warm flow-run processes kept beside each worker (`deployments.warm`); 0: every flow
-    #: run starts a new interpreter (cold).
-    warm_processes: int = field(default_factory=lambda: get_settings().warm_processes)
-    #: The production shape (PostgreSQL, Redis, services apart, several workers); None:
-    #: the embedded default (`make run`: SQLite, one worker, Prefect's server in one process).
-    production: Production | None = None
-
-    @property
-    def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
-
-    @property
-    def prefect_url(self) -> str:
-        return f"http://127.0.0.1:{self.prefect_port}"
-
-    @property
-    def prefect_api_url(self) -> str:
-        return f"{self.prefect_url}/api"
-
-    @property
-    def standin_url(self) -> str:
-        return f"http://127.0.0.1:{self.standin_port}"
-
-
 @dataclass
 class Child:
     name: str
@@ -138,8 +57,8 @@ class Child:
     log: IO[bytes]
 
 
-#: The environment variable that marks every process of one stack.
-MARKER = "REGJOBS_STACK_ID"
+#: The longest path of a Unix socket (sun_path holds 108 bytes, its NUL included).
+UNIX_PATH_MAX = 107
 
 
 class Stack:
@@ -151,6 +70,16 @@ class Stack:
         self.stack_id = uuid.uuid4().hex
         #: The environment each worker was started with (its warm processes share it).
         self._worker_env: dict[str, dict[str, str]] = {}
+        #: A private folder for the warm pools' sockets when the state folder's path is too
+        #: long for one (made on first use, removed by `stop`).
+        self._socket_dir: Path | None = None
+        #: Each API process started: its port, its environment over the stack's, and the
+        #: names of its group (stopped together).
+        self._api: dict[str, tuple[int, dict[str, str], list[str]]] = {}
+
+    def state_folder(self) -> Path:
+        """The state folder, 0700 (made so, or tightened)."""
+        return private_dir(self.config.state_dir)
 
     # ------------------------------------------------------------------ environment
 
@@ -161,7 +90,7 @@ class Stack:
             **os.environ,
             "PREFECT_HOME": str(prefect_home),
             "PREFECT_API_URL": c.prefect_api_url,
-            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_HOST": c.prefect_host,
             "PREFECT_SERVER_API_PORT": str(c.prefect_port),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_UI_ENABLED": "true" if c.prefect_ui else "false",
@@ -191,7 +120,7 @@ class Stack:
             "PYTHONUNBUFFERED": "1",
             # `python` is this environment's (the work pool's command runs `python -m ...`).
             "PATH": os.pathsep.join([str(Path(PYTHON).parent), os.environ.get("PATH", "")]),
-            "REGJOBS_WARM_PROCESSES": str(c.warm_processes),
+            warm.SIZE_ENV: str(c.warm_processes),
         }
         if c.production is not None:
             env.update(c.production.env())
@@ -212,10 +141,9 @@ class Stack:
 
             bundle = Path(certifi.where()).read_text()
             end = "-----END CERTIFICATE-----"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(
-                bundle[bundle.index("-----BEGIN CERTIFICATE-----") :].split(end)[0] + end + "\n"
-            )
+            self.state_folder()
+            first = bundle[bundle.index("-----BEGIN CERTIFICATE-----") :].split(end)[0]
+            write_private(path, (first + end + "\n").encode())
         return path
 
     # ------------------------------------------------------------------ processes
@@ -223,11 +151,12 @@ class Stack:
     def spawn(
         self, name: str, args: list[str], env: Mapping[str, str] | None = None, *, nice: int = 0
     ) -> Child:
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.state_folder()
+        private_dir(self.logs_dir)
         previous = self.children.pop(name, None)
         if previous is not None:  # it exited: this starts it again
             previous.log.close()
-        log = open(self.logs_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+        log = os.fdopen(open_private(self.logs_dir / f"{name}.log"), "ab")  # closed in stop()
         process = subprocess.Popen(
             args,
             cwd=PROJECT_DIR,
@@ -236,6 +165,8 @@ class Stack:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            # What it and its children create is theirs alone (regjobs.private).
+            umask=UMASK,
         )
         if nice:
             # Before it has started anything of its own (Popen returns once it has exec'd;
@@ -255,6 +186,7 @@ class Stack:
             text=True,
             timeout=timeout,
             check=False,
+            umask=UMASK,
         )
         if result.returncode != 0:
             raise RuntimeError(
@@ -269,8 +201,10 @@ class Stack:
         self, names: list[str], *, sig: int = signal.SIGTERM, timeout: float = 15
     ) -> None:
         """Signal each child's process group, wait for all, then kill what is left. A
-        worker goes with its warm processes."""
+        worker goes with its warm processes, an API's first process with its group's."""
+        groups = [self._api[n][2] for n in names if n in self._api and self._api[n][2][0] == n]
         names = [*names, *(f"{n}-warm" for n in names if n.startswith("worker"))]
+        names = list(dict.fromkeys([*names, *(n for group in groups for n in group)]))
         children = [self.children.pop(n) for n in names if n in self.children]
         for child in children:
             _signal_group(child.process, sig)
@@ -293,11 +227,14 @@ class Stack:
         no new work starts), then what they left in sessions of their own (flow-run
         processes, their browsers: SIGTERM, then SIGKILL after `grace` seconds), then the
         rest."""
-        workers = [n for n in self.children if n == "api" or n.startswith("worker")]
+        workers = [n for n in self.children if n in self._api or n.startswith("worker")]
         self.stop_children(workers, timeout=grace)
         self.stop_leftovers(grace=grace)
         self.stop_children(list(self.children), timeout=grace)
         self.stop_leftovers(grace=grace)
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
 
     def leftovers(self) -> list[int]:
         """Processes that carry this stack's marker and are not its children's leaders."""
@@ -338,31 +275,27 @@ class Stack:
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
+    def prefect_server_env(self) -> dict[str, str]:
+        """What Prefect's server and services add to the stack's environment: in the
+        production shape, the server's auth string."""
+        production = self.config.production
+        return {prefect_server.SERVER_AUTH: production.prefect_auth} if production else {}
+
     def start_prefect(self) -> None:
         """Prefect's server; in the production shape its webserver only (`--no-services`,
-        `prefect_workers` processes), its background services apart (`start_services`)."""
-        (self.config.state_dir / "prefect").mkdir(parents=True, exist_ok=True)
+        `prefect_workers` processes) through `deployments.prefect_server`, which refuses an
+        open API, and its background services apart (`start_services`)."""
+        self.state_folder()
+        private_dir(self.config.state_dir / "prefect")
         production = self.config.production
-        self.spawn(
-            "prefect",
-            [
-                PYTHON,
-                "-m",
-                "prefect",
-                "server",
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.config.prefect_port),
-                *(["--no-services"] if production else []),
-                *(
-                    ["--workers", str(production.prefect_workers)]
-                    if production and production.prefect_workers > 1
-                    else []
-                ),
-            ],
-        )
+        port = ["--port", str(self.config.prefect_port)]
+        if production is None:
+            command = ["-m", "prefect", "server", "start", "--host", self.config.prefect_host]
+        else:
+            command = ["-m", "deployments.prefect_server", "start", "--no-services"]
+            if production.prefect_workers > 1:
+                command += ["--workers", str(production.prefect_workers)]
+        self.spawn("prefect", [PYTHON, *command, *port], self.prefect_server_env())
         self.wait_until(
             "prefect", lambda: _ok(f"{self.config.prefect_api_url}/health"), timeout=120
         )
@@ -371,7 +304,11 @@ class Stack:
         """Prefect's background services (scheduler, event persister, triggers, lease
         repossessor, ...) as one process of their own (production shape)."""
         before = self.log_count("prefect-services", "Starting services")
-        self.spawn("prefect-services", [PYTHON, "-m", "prefect", "server", "services", "start"])
+        self.spawn(
+            "prefect-services",
+            [PYTHON, "-m", "deployments.prefect_server", "services"],
+            self.prefect_server_env(),
+        )
         self.wait_until(
             "prefect-services",
             lambda: self.log_count("prefect-services", "Starting services") > before,
@@ -388,8 +325,15 @@ class Stack:
         return {**pool, **(env or {})}
 
     def warm_socket(self, worker: str) -> str:
-        """The Unix socket of a worker's warm-process pool (short: at most 108 bytes)."""
-        return f"/tmp/regjobs-{self.stack_id[:12]}-{worker}.sock"
+        """The Unix socket of a worker's warm-process pool: in the state folder's `run/`
+        (0700), or, where that path is longer than a Unix socket's may be, in a private
+        folder of this stack's own (`mkdtemp`, 0700)."""
+        path = self.config.state_dir / "run" / f"warm-{worker}.sock"
+        if len(os.fsencode(path)) > UNIX_PATH_MAX:
+            if self._socket_dir is None:
+                self._socket_dir = Path(tempfile.mkdtemp(prefix="regjobs-"))
+            path = self._socket_dir / f"warm-{worker}.sock"
+        return str(path)
 
     def start_warm_pool(self, worker: str = "worker", env: Mapping[str, str] | None = None) -> None:
         """The warm flow-run processes of a worker (`deployments.warm`), started with the
@@ -397,10 +341,12 @@ class Stack:
         if env is not None:
             self._worker_env[worker] = dict(env)
         worker_env = self.flow_run_env(self._worker_env.get(worker))
+        self.state_folder()
+        private_dir(Path(self.warm_socket(worker)).parent)
         self.spawn(
             f"{worker}-warm",
-            [PYTHON, "-m", "deployments.warm", "pool"],
-            {**worker_env, "REGJOBS_WARM_SOCKET": self.warm_socket(worker)},
+            [PYTHON, *warm.POOL_COMMAND],
+            {**worker_env, warm.SOCKET_ENV: self.warm_socket(worker)},
             nice=FLOW_RUN_NICE,
         )
 
@@ -409,7 +355,7 @@ class Stack:
         overrides settings for it and its flow runs."""
         if self.config.warm_processes and f"{name}-warm" not in self.children:
             self.start_warm_pool(name, env or {})
-        env = {**self.flow_run_env(env), "REGJOBS_WARM_SOCKET": self.warm_socket(name)}
+        env = {**self.flow_run_env(env), warm.SOCKET_ENV: self.warm_socket(name)}
         before = self.log_count(name, "started!")
         child = self.spawn(
             name,
@@ -423,8 +369,12 @@ class Stack:
                 WORK_POOL,
                 "--type",
                 "process",
+                # The implicit release's queue (`make run`, the tests: `default`); a
+                # release's workers poll only their own (`deployments.release worker`).
+                "--work-queue",
+                release.current().queue,
                 "--name",
-                f"{name}-{os.getpid()}",
+                f"{name}-{os.getpid()}@{release.current().version}",
                 *(["--limit", str(self.config.worker_limit)] if self.config.worker_limit else []),
             ],
             env,
@@ -450,7 +400,7 @@ class Stack:
 
     def migrate(self) -> None:
         """The job database's schema, once, before any API process starts."""
-        self.run([PYTHON, "-m", "regjobs.db", "upgrade"])
+        self.run([PYTHON, "-m", "regjobs.commands", "upgrade"])
 
     def start_api(
         self,
@@ -461,27 +411,52 @@ class Stack:
         workers: int | None = None,
     ) -> Child:
         """The API (`name`, on `port`; the configured port by default) as `workers` processes
-        (the configured number by default); every API process takes part in electing the
-        one reconciler."""
+        (the configured number by default), each a child of this stack (`name`, `name-2`,
+        ...) listening on its own socket of the port (`api.serve`); every API process takes
+        part in electing the one reconciler. The port must be free: a server left on it (an
+        API included) is an error here, not a silent partner. The first process."""
         port = port or self.config.api_port
         workers = workers or self.config.api_workers
-        child = self.spawn(
+        try:  # bound alone: fails while anything else holds the port
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            raise RuntimeError(f"cannot listen on 127.0.0.1:{port}: {error.strerror}") from None
+        names = [name, *(f"{name}-{n}" for n in range(2, workers + 1))]
+        for process in names:
+            self._api[process] = (port, dict(env or {}), names)
+        # All at once (each imports the app for a second or two), then each waited for.
+        started = [self._spawn_api(process) for process in names]
+        for process, before in zip(names, started, strict=True):
+            self._wait_api(process, before)
+        return self.children[name]
+
+    def start_api_process(self, name: str) -> Child:
+        """One API process of a group `start_api` started (again, if it exited)."""
+        self._wait_api(name, self._spawn_api(name))
+        return self.children[name]
+
+    def _spawn_api(self, name: str) -> int:
+        """Start API process `name`; the count of its log's start-up lines before."""
+        port, env, _ = self._api[name]
+        before = self.log_count(name, "Application startup complete")
+        self.spawn(
             name,
-            [
-                PYTHON,
-                "-m",
-                "api.serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                str(workers),
-            ],
-            {"REGJOBS_AUTO_MIGRATE": "false", **(env or {})},
+            [PYTHON, "-m", "api.serve", "--host", "127.0.0.1", "--port", str(port)],
+            {"REGJOBS_AUTO_MIGRATE": "false", **env},
         )
+        return before
+
+    def _wait_api(self, name: str, before: int) -> None:
+        port = self._api[name][0]
+        self.wait_until(name, lambda: self.log_count(name, "Application startup complete") > before)
         self.wait_until(name, lambda: _ok(f"http://127.0.0.1:{port}/healthz"))
-        return child
+
+    @property
+    def api_names(self) -> list[str]:
+        """The API processes this stack started (and may start again)."""
+        return list(self._api)
 
     def log_count(self, name: str, text: str) -> int:
         path = self.logs_dir / f"{name}.log"
@@ -513,113 +488,6 @@ class Stack:
         if explicit:
             return explicit
         return (self.config.state_dir / "dev-api-key").read_text().strip()
-
-
-def postgres_database(admin_url: str, name: str) -> str:
-    """`name` on the PostgreSQL server of `admin_url`, created if it does not exist; its
-    URL, with `admin_url`'s driver."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            exists = connection.execute(
-                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
-            ).first()
-            if not exists:
-                connection.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        admin.dispose()
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-
-def production_from_env(env: Mapping[str, str]) -> Production:
-    """The production shape against this machine's PostgreSQL and Redis: the databases
-    named by PREFECT_API_DATABASE_CONNECTION_URL and DATABASE_URL when set, else
-    `regjobs_prefect` and `regjobs` on REGJOBS_PG_ADMIN_URL's server (created if missing);
-    Redis at REGJOBS_REDIS_URL (redis://127.0.0.1:6379/0)."""
-    from regjobs.db import LOCAL_POSTGRES_ADMIN_URL
-
-    admin = env.get("REGJOBS_PG_ADMIN_URL", LOCAL_POSTGRES_ADMIN_URL)
-    prefect_db = env.get("PREFECT_API_DATABASE_CONNECTION_URL") or postgres_database(
-        admin, "regjobs_prefect"
-    ).replace("+psycopg2", "+asyncpg")
-    jobs_db = env.get("DATABASE_URL") or postgres_database(admin, "regjobs")
-    return Production(
-        prefect_database_url=prefect_db,
-        database_url=jobs_db,
-        redis_url=env.get("REGJOBS_REDIS_URL", "redis://127.0.0.1:6379/0"),
-        workers=int(env.get("REGJOBS_WORKERS", "2")),
-    )
-
-
-def processes_with_env(name: str, value: str) -> list[int]:
-    """Processes whose environment (as they started) carries `name=value`."""
-    needle = f"{name}={value}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0"):
-            found.append(int(entry.name))
-    return found
-
-
-def marked_processes(stack_id: str) -> list[int]:
-    """Live processes whose environment carries `REGJOBS_STACK_ID=<stack_id>`."""
-    return [pid for pid in processes_with_env(MARKER, stack_id) if alive(pid)]
-
-
-def chromium_processes(pids: Iterable[int]) -> list[int]:
-    """Of `pids` (e.g. a system's `marked_processes`), Chromium's: browsers, their helpers
-    (zygotes, renderers, GPU) and crash reporters. Told by the executable, not the command
-    line: Chromium's helpers rewrite theirs."""
-    return [pid for pid in pids if "chrom" in _executable(pid)]
-
-
-def browser_processes(chromium: Iterable[int]) -> list[int]:
-    """Of Chromium's processes, the browsers: main processes (started by a Playwright
-    driver; every helper is started by a Chromium process, the crash reporter is another
-    program)."""
-    return [
-        pid
-        for pid in chromium
-        if _executable(pid) in CHROMIUM_EXECUTABLES
-        and _executable(_parent(pid)) not in CHROMIUM_EXECUTABLES
-    ]
-
-
-#: Chromium's own executable (not its crash reporter), as Debian and Playwright name it.
-CHROMIUM_EXECUTABLES = frozenset({"chromium", "chrome", "headless_shell"})
-
-
-def _executable(pid: int) -> str:
-    """The file name of the program a process runs ("" if it is gone)."""
-    try:
-        return Path(os.readlink(f"/proc/{pid}/exe")).name
-    except OSError:
-        return ""
-
-
-def _parent(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie is not: it waits only to be reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:

@@ -1,7 +1,9 @@
 """Make the screenshots in docs/: a failed job's run page in the Prefect UI (its summary
-artifact, then its graph) and what `regjobs jobs watch` shows of a running job.
+artifact, then its graph), what `regjobs jobs watch` shows of a running job, and the job
+status page (`/jobs/{id}?token=`) of a running job, a failed one and one waiting for input,
+1280 and 360 px wide.
 
-    .venv/bin/python docs/screenshots.py
+    .venv/bin/python docs/screenshots.py [--only prefect|page]
 
 Starts its own system (as `make run` does, Prefect UI on) on free ports in a temporary
 folder, runs two jobs in endpoints mode, takes the pictures with Chromium, stops it all.
@@ -9,6 +11,7 @@ folder, runs two jobs in endpoints mode, takes the pictures with Chromium, stops
 
 from __future__ import annotations
 
+import argparse
 import io
 import shutil
 import sys
@@ -26,7 +29,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from deployments.demo import DEMO_CONFIG  # noqa: E402
-from deployments.stack import Stack, StackConfig, free_port  # noqa: E402
+from deployments.stack import Stack, free_port  # noqa: E402
+from deployments.stack_config import StackConfig  # noqa: E402
 from regjobs.cli import _steps_table  # noqa: E402
 from regjobs.settings import get_settings  # noqa: E402
 
@@ -54,6 +58,9 @@ def job(api: httpx.Client, job_id: str) -> dict[str, Any]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", choices=["prefect", "page"], help="one set of pictures")
+    only = parser.parse_args().only
     tmp = Path(tempfile.mkdtemp(prefix="regjobs-shots-"))
     config = StackConfig(
         state_dir=tmp,
@@ -65,7 +72,10 @@ def main() -> None:
     stack = Stack(config)
     try:
         stack.start_all()
-        shoot(stack)
+        if only in (None, "prefect"):
+            shoot(stack)
+        if only in (None, "page"):
+            shoot_page(stack)
     finally:
         stack.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -133,6 +143,75 @@ def shoot(stack: Stack) -> None:
         browser.close()
     page_html.unlink()
     sys.stdout.write("wrote prefect-run-summary.png, prefect-run-graph.png, jobs-watch.png\n")
+
+
+#: The page's widths: a laptop, and a phone.
+WIDTHS = (1280, 360)
+
+
+def shoot_page(stack: Stack) -> None:
+    """The job status page of a running job (one step retried, option sets under way), of a
+    failed one, and of one waiting for the owner's password, at each width."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    api = httpx.Client(base_url=stack.config.api_url, headers=headers, timeout=30)
+    standin = httpx.Client(base_url=stack.config.standin_url, timeout=30)
+
+    def page_url(job_id: str) -> str:
+        made = api.post(f"/api/registration-jobs/{job_id}/view-token").json()
+        return str(made["url"])
+
+    standin.post("/_control/reset").raise_for_status()
+    for spec in (
+        {"step": "payment_configuration", "mode": "status", "status": 503, "times": 1},
+        {"step": "option_sets", "mode": "slow", "seconds": 30, "times": 1},
+    ):
+        standin.post("/_control/faults", json=spec).raise_for_status()
+    running = create(api, "rest-docs-page-running")
+    wait(lambda: job(api, running)["steps"][10]["status"] == "running")
+    option_sets_running = '[data-step="option_sets"][data-status="running"]'
+    pictures = [("page-running", page_url(running), option_sets_running)]
+
+    standin.post("/_control/reset").raise_for_status()
+    standin.post(
+        "/_control/faults", json={"step": "menu_import", "mode": "status", "status": 400}
+    ).raise_for_status()
+    failed = create(api, "rest-docs-page-failed")
+    wait(lambda: job(api, failed)["status"] == "failed")
+    pictures.append(("page-failed", page_url(failed), '#status[data-status="failed"]'))
+
+    # The owner's account exists already, and the job has its password mistyped.
+    standin.post("/_control/reset").raise_for_status()
+    email = "owner.docs@example.com"
+    standin.post(
+        "/_control/accounts", json={"email": email, "password": "the-right-one-2026"}
+    ).raise_for_status()
+    config = {**DEMO_CONFIG, "account": {**DEMO_CONFIG["account"], "email": email,
+                                          "password": "the-wrong-one-2026"}}  # fmt: skip
+    response = api.post(
+        "/api/registration-jobs",
+        json={"restaurant_id": "rest-docs-page-input", "execution_config": config},
+    )
+    response.raise_for_status()
+    waiting = str(response.json()["job_id"])
+    wait(lambda: job(api, waiting).get("action_required"))
+    pictures.append(("page-input", page_url(waiting), "#needs-you:not([hidden])"))
+
+    written = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=get_settings().chromium_path())
+        for name, url, ready in pictures:
+            for width in WIDTHS:
+                context = browser.new_context(viewport={"width": width, "height": 900})
+                page = context.new_page()
+                page.goto(url)
+                page.locator(ready).first.wait_for(timeout=30_000)
+                page.wait_for_timeout(500)  # the announcement and the bar settle
+                path = HERE / f"{name}-{width}.png"
+                page.screenshot(path=str(path), full_page=True)
+                written.append(path.name)
+                context.close()
+        browser.close()
+    sys.stdout.write("wrote " + ", ".join(written) + "\n")
 
 
 if __name__ == "__main__":

@@ -101,6 +101,9 @@ def authenticate(session: Session, key: str) -> Organisation | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from regjobs.private import restrict_umask
+
+    restrict_umask()
     parser = argparse.ArgumentParser(prog="python -m regjobs.auth", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     create = sub.add_parser("create", help="create an API key for an organisation")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
 
 class StepKind(StrEnum):
@@ -21,6 +21,8 @@ class StepStatus(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
     RETRYING = "retrying"
+    #: Waiting for a person's corrected input (SPEC "Waiting for a person"): not final.
+    ACTION_REQUIRED = "action_required"
     COMPLETED = "completed"
     FAILED = "failed"
     SKIPPED = "skipped"
@@ -65,6 +67,8 @@ class NextAction(StrEnum):
     RETRY = "retry"
     RETRY_FROM_STEP = "retry_from_step"
     FIX_CONFIG = "fix_config"
+    #: A step waits for a person's corrected input (`POST .../input`); the job is active.
+    PROVIDE_INPUT = "provide_input"
 
 
 #: The reason recorded on a step that is switched off in the execution config.
@@ -79,9 +83,17 @@ class Step:
     phase: str
     needs: tuple[str, ...]
     kind: StepKind
+    #: How long one attempt may take (Prefect's task timeout; settings may scale it).
     timeout_seconds: int
     #: Dotted path of the execution-config switch that turns the step off, if any.
     switch: str | None = None
+    #: The fields of the step's result, whichever implementation of its outside system
+    #: answered (`tasks.clients`); the later steps read their inputs from these.
+    gives: tuple[str, ...] = ()
+    #: Retries after the first attempt (SPEC: 3, so 4 attempts), decided by Prefect.
+    retries: int = 3
+    #: The first retry's delay; each further retry doubles it (Prefect adds jitter).
+    retry_delay_seconds: float = 2.0
 
 
 STEPS: Final[tuple[Step, ...]] = (
@@ -94,8 +106,18 @@ STEPS: Final[tuple[Step, ...]] = (
         StepKind.API,
         180,
         "account.register_new_user",
+        gives=("account_id", "email"),
     ),
-    Step(2, "code_generation", "Code generation", "phase1", (), StepKind.API, 120),
+    Step(
+        2,
+        "code_generation",
+        "Code generation",
+        "phase1",
+        (),
+        StepKind.API,
+        120,
+        gives=("head_injection", "body_injection"),
+    ),
     Step(
         3,
         "onboarding_user",
@@ -105,8 +127,19 @@ STEPS: Final[tuple[Step, ...]] = (
         StepKind.API,
         120,
         "onboarding.create_user",
+        gives=("user_id", "name", "email"),
     ),
-    Step(4, "image_upload", "Image upload", "phase1", (), StepKind.API, 600, "menu.upload_images"),
+    Step(
+        4,
+        "image_upload",
+        "Image upload",
+        "phase1",
+        (),
+        StepKind.API,
+        600,
+        "menu.upload_images",
+        gives=("menu_id", "uploaded"),
+    ),
     Step(
         5,
         "restaurant_registration",
@@ -115,6 +148,7 @@ STEPS: Final[tuple[Step, ...]] = (
         ("account_registration",),
         StepKind.BROWSER,
         180,
+        gives=("restaurant_id", "subdomain", "dashboard_url"),
     ),
     Step(
         6,
@@ -124,6 +158,7 @@ STEPS: Final[tuple[Step, ...]] = (
         ("restaurant_registration", "code_generation"),
         StepKind.BROWSER,
         180,
+        gives=("subdomain", "applied"),
     ),
     Step(
         7,
@@ -133,6 +168,7 @@ STEPS: Final[tuple[Step, ...]] = (
         ("restaurant_registration",),
         StepKind.BROWSER,
         180,
+        gives=("subdomain", "services"),
     ),
     Step(
         8,
@@ -142,6 +178,7 @@ STEPS: Final[tuple[Step, ...]] = (
         ("restaurant_registration",),
         StepKind.BROWSER,
         180,
+        gives=("subdomain", "stripe_connect_url"),
     ),
     Step(
         9,
@@ -152,6 +189,7 @@ STEPS: Final[tuple[Step, ...]] = (
         StepKind.API,
         120,
         "onboarding.sync_record",
+        gives=("record_id", "subdomain", "synced_at"),
     ),
     Step(
         10,
@@ -162,6 +200,7 @@ STEPS: Final[tuple[Step, ...]] = (
         StepKind.BROWSER,
         300,
         "menu.import",
+        gives=("menu_id", "items"),
     ),
     Step(
         11,
@@ -172,6 +211,7 @@ STEPS: Final[tuple[Step, ...]] = (
         StepKind.BROWSER,
         3600,
         "menu.add_option_sets",
+        gives=("menu_id", "option_sets"),
     ),
     Step(
         12,
@@ -182,6 +222,7 @@ STEPS: Final[tuple[Step, ...]] = (
         StepKind.BROWSER,
         600,
         "menu.add_item_tags",
+        gives=("menu_id", "tags"),
     ),
 )
 
@@ -210,6 +251,12 @@ class StepId(StrEnum):
 
 if tuple(StepId) != STEP_IDS:  # pragma: no cover - a catalogue edit that missed StepId
     raise RuntimeError("StepId must list the ids of STEPS, in order")
+
+
+def shaped(step_id: str, answer: Mapping[str, Any]) -> dict[str, Any]:
+    """A step's result: the fields it gives, as the outside system answered them (values
+    unchanged, other fields left out), so the result has one shape in either step mode."""
+    return {f: answer[f] for f in step(step_id).gives if f in answer}
 
 
 def step(step_id: str) -> Step:

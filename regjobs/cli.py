@@ -5,19 +5,25 @@
     regjobs jobs watch ID
     regjobs jobs retry ID [--from-step S]
     regjobs jobs cancel ID
+    regjobs jobs input ID
+    regjobs jobs upgrade ID [--to VERSION]
+    regjobs releases
     regjobs keys create --organisation O | revoke PREFIX | list
-    regjobs db upgrade
+    regjobs db upgrade | reencrypt
     regjobs doctor
 
 `jobs` talks to the API (`--api-url`, `REGJOBS_API_URL`; `--api-key`, `REGJOBS_API_KEY`,
-else the development key in the state folder); `keys` and `db` to the job database;
+else the development key in the state folder); `keys`, `db`, `jobs upgrade` and `releases`
+to the job database (`releases` to Prefect too);
 `doctor` to everything a job needs, and says what to fix. Where `REGJOBS_API_URL` or
 `PREFECT_API_URL` is not set and a `make run` is running on the state folder, its API and
-Prefect server are the ones meant (whatever their ports).
+Prefect server are the ones meant (whatever their ports), and where `PREFECT_API_AUTH_STRING`
+is not set, that launcher's (production shape: the state folder's `prefect-auth`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -25,6 +31,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -35,7 +42,9 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Column, Table
 
-from regjobs.catalogue import FINAL_JOB_STATUSES
+from regjobs import cli_releases
+from regjobs.catalogue import JobStatus, StepStatus
+from regjobs.config import secret_fields
 from regjobs.settings import get_settings
 
 app = typer.Typer(
@@ -52,15 +61,15 @@ app.add_typer(keys, name="keys")
 app.add_typer(db, name="db")
 
 console = Console(highlight=False)
-FINAL = {s.value for s in FINAL_JOB_STATUSES}
-MARKS = {
-    "pending": "[dim]·[/]",
-    "running": "[cyan]▶[/]",
-    "retrying": "[yellow]↻[/]",
-    "completed": "[green]✓[/]",
-    "failed": "[red]✗[/]",
-    "skipped": "[dim]-[/]",
-    "cancelled": "[magenta]■[/]",
+MARKS: dict[str, str] = {
+    StepStatus.PENDING: "[dim]·[/]",
+    StepStatus.RUNNING: "[cyan]▶[/]",
+    StepStatus.RETRYING: "[yellow]↻[/]",
+    StepStatus.ACTION_REQUIRED: "[bold yellow]?[/]",
+    StepStatus.COMPLETED: "[green]✓[/]",
+    StepStatus.FAILED: "[red]✗[/]",
+    StepStatus.SKIPPED: "[dim]-[/]",
+    StepStatus.CANCELLED: "[magenta]■[/]",
 }
 
 ApiUrl = Annotated[str, typer.Option("--api-url", envvar="REGJOBS_API_URL")]
@@ -131,6 +140,10 @@ def _point_at_running_stack() -> None:
     for name, key in (("REGJOBS_API_URL", "api_url"), ("PREFECT_API_URL", "prefect_api_url")):
         if not os.environ.get(name) and running.get(key):
             os.environ[name] = str(running[key])
+    auth_file = running.get("prefect_auth_file")
+    if auth_file and not os.environ.get("PREFECT_API_AUTH_STRING"):
+        with contextlib.suppress(OSError):
+            os.environ["PREFECT_API_AUTH_STRING"] = Path(auth_file).read_text().strip()
 
 
 # ---------------------------------------------------------------------------------- jobs
@@ -161,32 +174,63 @@ def jobs_ls(
         "%",
         "step",
         Column("restaurant", overflow="fold"),
-        *(["created", "next"] if wide else []),
+        *(["release", "created", "next"] if wide else []),
         box=box.SIMPLE_HEAD,
     )
     for job in page["jobs"]:
         table.add_row(
             job["id"],
-            job["status"],
+            job["status"] + (" [bold yellow](waiting)[/]" if job.get("action_required") else ""),
             str(job["progress_percent"]),
             str(job["current_step"]),
             job["restaurant_id"],
-            *([job["created_at"][:19].replace("T", " "), job["next_action"] or ""] if wide else []),
+            *(
+                [
+                    job.get("code_version") or "",
+                    job["created_at"][:19].replace("T", " "),
+                    _next(job),
+                ]
+                if wide
+                else []
+            ),
         )
     out.print(table)
+    waiting = [j for j in page["jobs"] if j.get("action_required")]
+    for job in waiting:
+        out.print(f"{job['id']} {_waiting(job['action_required'])}")
+
+
+def _at(value: str | None) -> str:
+    return value[:16].replace("T", " ") + " UTC" if value else "?"
+
+
+def _waiting(asks: dict[str, Any]) -> str:
+    """Who waits for what, since when: one line."""
+    return (
+        f"waits for a person since {_at(asks['since'])}: {asks['step_id']} needs "
+        f"{', '.join(asks['fields'])} (until {_at(asks['expires_at'])}; "
+        "`regjobs jobs input ID`)"
+    )
+
+
+def _next(job: dict[str, Any]) -> str:
+    asks = job.get("action_required")
+    if asks:
+        return f"provide_input since {_at(asks['since'])}"
+    return str(job["next_action"] or "")
 
 
 #: A step's bar: full once it ended (coloured by how), pulsing while it runs or waits.
-BAR_STYLES = {
-    "completed": "green",
-    "failed": "red",
-    "skipped": "grey50",
-    "cancelled": "magenta",
+BAR_STYLES: dict[str, str] = {
+    StepStatus.COMPLETED: "green",
+    StepStatus.FAILED: "red",
+    StepStatus.SKIPPED: "grey50",
+    StepStatus.CANCELLED: "magenta",
 }
 
 
 def _bar(status: str) -> ProgressBar:
-    if status in ("running", "retrying"):
+    if status in (StepStatus.RUNNING, StepStatus.RETRYING):
         return ProgressBar(total=None, width=12, pulse_style="cyan")
     style = BAR_STYLES.get(status)
     return ProgressBar(
@@ -219,9 +263,13 @@ def _steps_table(job: dict[str, Any]) -> Group:
 
 
 def _title(job: dict[str, Any]) -> str:
-    extra = job.get("pending_reason") or job.get("error_message") or ""
-    return f"{job['restaurant_name']} · {job['id']}: {job['status']} {job['progress_percent']}%" + (
-        f" ({extra})" if extra else ""
+    asks = job.get("action_required")
+    extra = _waiting(asks) if asks else job.get("pending_reason") or job.get("error_message") or ""
+    on = f" on release {job['code_version']}" if job.get("code_version") else ""
+    return (
+        f"{job['restaurant_name']} · {job['id']}: {job['status']} {job['progress_percent']}%"
+        + on
+        + (f" ({extra})" if extra else "")
     )
 
 
@@ -269,7 +317,7 @@ def jobs_watch(job_id: str, api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = Non
                 job.update(data)
             live.update(_steps_table(job))
     console.print(f"job {job['status']}")
-    raise typer.Exit(0 if job["status"] == "completed" else 1)
+    raise typer.Exit(0 if job["status"] == JobStatus.COMPLETED else 1)
 
 
 @jobs.command("retry")
@@ -287,6 +335,42 @@ def jobs_retry(
         "POST", f"/api/registration-jobs/{job_id}/retry", json=body
     )
     console.print(f"job {job_id}: {answer['status']}")
+
+
+@jobs.command("input")
+def jobs_input(job_id: str, api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None) -> None:
+    """Give a waiting job the values a person must correct: prompts for each field the step
+    asks for (a password without echo), then the job goes on in the same flow run."""
+    api = _api(api_url, api_key)
+    job = api.call("GET", f"/api/registration-jobs/{job_id}")
+    asks = job.get("action_required")
+    if not asks:
+        console.print(f"job {job_id} is {job['status']}: no step waits for input")
+        raise typer.Exit(1)
+    console.print(f"{job['restaurant_name']}: {asks['reason']}")
+    secret = secret_fields()
+    for _ in range(3):
+        partial: dict[str, Any] = {}
+        for field in asks["fields"]:
+            section, _dot, name = field.partition(".")
+            value = typer.prompt(field, hide_input=field in secret)
+            partial.setdefault(section, {})[name] = value
+        with api.client() as client:
+            answer = client.post(
+                f"/api/registration-jobs/{job_id}/input", json={"execution_config": partial}
+            )
+        if answer.status_code == 200:
+            console.print(f"job {job_id}: {answer.json()['status']}, going on")
+            return
+        detail = answer.json().get("detail")
+        if answer.status_code != 422:
+            console.print(f"[red]{answer.status_code}[/] {detail}")
+            raise typer.Exit(1)
+        for problem in detail if isinstance(detail, list) else [{"msg": detail}]:
+            where = ".".join(str(p) for p in problem.get("loc", [])[2:])
+            console.print(f"[red]{where or 'input'}:[/] {problem['msg']}")
+    console.print("the job still waits; run `regjobs jobs input` again")
+    raise typer.Exit(1)
 
 
 @jobs.command("cancel")
@@ -333,9 +417,18 @@ def keys_list() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Bring the job database's schema up to date (once, before starting API processes)."""
-    from regjobs.db import main
+    from regjobs.commands import main
 
     raise typer.Exit(main(["upgrade"]))
+
+
+@db.command("reencrypt")
+def db_reencrypt() -> None:
+    """Rewrite every stored config with the first key of REGJOBS_SECRET_KEY (key rotation:
+    put the new key first, run this, then drop the old keys)."""
+    from regjobs.commands import main
+
+    raise typer.Exit(main(["reencrypt"]))
 
 
 # -------------------------------------------------------------------------------- doctor
@@ -393,6 +486,16 @@ def _prefect(what: str) -> Callable[[], str]:
                 failure = client.api_healthcheck()
                 if failure is not None:
                     raise RuntimeError(str(failure))
+                # /health answers anyone; this call is the one that needs the auth string.
+                try:
+                    client.hello()
+                except httpx.HTTPStatusError as exc:
+                    if exc.response.status_code == 401:
+                        raise RuntimeError(
+                            "Prefect refused this client (401): set PREFECT_API_AUTH_STRING "
+                            "to the server's PREFECT_SERVER_API_AUTH_STRING"
+                        ) from None
+                    raise
                 return str(client.api_url)
             if what == "pool":
                 return f"{client.read_work_pool(settings.work_pool).name}"
@@ -475,7 +578,14 @@ def doctor(api_url: ApiUrl = DEFAULT_URL) -> None:
     raise typer.Exit(1 if failed else 0)
 
 
+jobs.command("upgrade")(cli_releases.jobs_upgrade)
+app.command("releases")(cli_releases.releases_ls)
+
+
 def main() -> None:
+    from regjobs.private import restrict_umask
+
+    restrict_umask()
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     _point_at_running_stack()
     app()

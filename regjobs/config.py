@@ -14,6 +14,9 @@ in a FastAPI request), and its ``msg`` *starts with the dotted field name*
 (``"account.email is required: ..."``), so a client can show it without reading ``loc``.
 Their ``type`` is ``"config_required"`` or ``"config_conflict"``.
 
+Messages name the field and say what is wrong; they never repeat the value given (a
+password typed into the wrong field would go wherever the message goes).
+
 Bounds
 ------
 Every string has a maximum length and every list a maximum number of items (see the
@@ -29,8 +32,9 @@ Secrets
 ``str()``, ``repr()``, ``model_dump_json()`` and :meth:`ExecutionConfig.public_dict` show
 ``"**********"``. Only :meth:`ExecutionConfig.secret_dict` reveals them, for encryption at rest;
 :meth:`ExecutionConfig.from_secret_dict` reads that form back. A ``ValidationError``'s
-``input`` can hold the raw request (and so a password): report errors through
-:func:`public_errors`, which leaves ``input`` out.
+``input`` can hold the raw request (and so a password): its text never shows it (every model
+sets ``hide_input_in_errors``), and errors are reported through :func:`public_errors`, which
+leaves ``input`` out of the list too.
 """
 
 from __future__ import annotations
@@ -38,28 +42,45 @@ from __future__ import annotations
 import itertools
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import (
-    AnyHttpUrl,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     EmailStr,
     Field,
-    PlainSerializer,
     SecretStr,
-    SerializationInfo,
     StringConstraints,
-    TypeAdapter,
-    ValidationError,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
-from pydantic.functional_validators import AfterValidator
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import PydanticCustomError
+
+from regjobs.config_fields import (
+    _REVEAL_SECRETS,
+    _SUBDOMAIN_RE,
+    MAX_INTERVALS_PER_DAY,
+    MAX_SHORT_TEXT,
+    SECRET_MASK,
+    Colour,
+    HttpUrlStr,
+    Identifier,
+    Secret,
+    _Address,
+    _Name,
+    _none_to_blank,
+    _Path,
+    _PersonName,
+    _Phone,
+    _Problems,
+    _raise_at,
+    _ShortText,
+    _TimeOfDay,
+    no_nul,
+    public_errors,
+)
 
 __all__ = [
     "EXAMPLE_CONFIG",
@@ -82,21 +103,6 @@ __all__ = [
     "public_errors",
 ]
 
-#: What a secret looks like in every public rendering of the config.
-SECRET_MASK: Final = "**********"
-
-#: Bounds of every string and list of the config (characters, items).
-MAX_NAME: Final = 200
-MAX_SHORT_TEXT: Final = 100
-MAX_PHONE: Final = 50
-MAX_ADDRESS: Final = 500
-MAX_PATH: Final = 1000
-MAX_URL: Final = 2000
-MAX_SECRET: Final = 256
-MAX_INTERVALS_PER_DAY: Final = 10
-#: An identifier that goes into the path of an outside system's URL: letters, digits, `_`,
-#: `.` and `-`, starting with a letter or digit, at most 100 characters, never `..`.
-IDENTIFIER_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
 #: Dotted paths of the optional-step switches, in step order (see ``regjobs.catalogue``).
 SWITCH_PATHS: Final[tuple[str, ...]] = (
@@ -116,240 +122,6 @@ RegistrationMode = Literal[
 ]
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
-# --------------------------------------------------------------------------------------------
-# Reusable field types
-# --------------------------------------------------------------------------------------------
-
-# Serialisation context key that makes secrets serialise in clear; private on purpose.
-_REVEAL_SECRETS: Final = object()
-
-
-def _serialise_secret(value: SecretStr, info: SerializationInfo) -> str:
-    context = info.context
-    if isinstance(context, dict) and context.get(_REVEAL_SECRETS) is True:
-        return value.get_secret_value()
-    return SECRET_MASK
-
-
-def no_nul(value: str) -> str:
-    """`value`, unless it holds a NUL character (PostgreSQL cannot store one)."""
-    if "\x00" in value:
-        raise PydanticCustomError("nul_character", "must not contain a NUL character")
-    return value
-
-
-def _secret_no_nul(value: SecretStr) -> SecretStr:
-    no_nul(value.get_secret_value())
-    return value
-
-
-#: A password: masked everywhere except in :meth:`ExecutionConfig.secret_dict`.
-Secret = Annotated[
-    SecretStr,
-    Field(max_length=MAX_SECRET),
-    AfterValidator(_secret_no_nul),
-    PlainSerializer(_serialise_secret, return_type=str, when_used="json"),
-]
-
-
-_NoNul = AfterValidator(no_nul)
-# Strings of at most so many characters, without NUL.
-_PersonName = Annotated[str, StringConstraints(max_length=MAX_NAME), _NoNul]
-_ShortText = Annotated[str, StringConstraints(max_length=MAX_SHORT_TEXT), _NoNul]
-_Phone = Annotated[str, StringConstraints(max_length=MAX_PHONE), _NoNul]
-_Address = Annotated[str, StringConstraints(max_length=MAX_ADDRESS), _NoNul]
-_Path = Annotated[str, StringConstraints(max_length=MAX_PATH), _NoNul]
-_IDENTIFIER_RE: Final = re.compile(IDENTIFIER_PATTERN)
-
-
-def _check_identifier(value: str) -> str:
-    # Blank counts as missing: the cross-field rules name it.
-    if value.strip() and (not _IDENTIFIER_RE.fullmatch(value) or ".." in value):
-        raise PydanticCustomError(
-            "identifier_format",
-            "must be 1 to 100 letters, digits, '_', '.' or '-', starting with a letter or "
-            "digit, without '..' (it goes into the path of a URL)",
-        )
-    return value
-
-
-#: An identifier an outside system's URL path is built from (see IDENTIFIER_PATTERN).
-Identifier = Annotated[
-    str,
-    StringConstraints(max_length=100),
-    AfterValidator(_check_identifier),
-    WithJsonSchema({"type": "string", "pattern": IDENTIFIER_PATTERN, "maxLength": 100}),
-]
-
-_COLOUR_RE: Final = re.compile(r"^#[0-9a-fA-F]{6}$")
-_TIME_RE: Final = re.compile(r"^(?:[01][0-9]|2[0-3]):[0-5][0-9]$")
-_SUBDOMAIN_RE: Final = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-_URL_ADAPTER: Final = TypeAdapter(AnyHttpUrl)
-
-
-def _check_colour(value: str) -> str:
-    if not _COLOUR_RE.fullmatch(value):
-        raise PydanticCustomError(
-            "colour_format", "must be a colour written #rrggbb, got '{value}'", {"value": value}
-        )
-    return value
-
-
-#: A colour ``#rrggbb`` (hex digits in either case, kept as given).
-Colour = Annotated[
-    str,
-    AfterValidator(_check_colour),
-    WithJsonSchema({"type": "string", "pattern": _COLOUR_RE.pattern, "maxLength": 7}),
-]
-
-
-def _check_url(value: str) -> str:
-    value = value.strip()
-    try:
-        _URL_ADAPTER.validate_python(value)
-    except ValidationError as exc:
-        reason = exc.errors()[0]["msg"]
-        raise PydanticCustomError(
-            "url_format", "must be an http(s) URL: {reason}", {"reason": reason}
-        ) from None
-    return value
-
-
-#: An http(s) URL, validated as :class:`pydantic.AnyHttpUrl` and kept as the (stripped) string
-#: given, so attributes and ``model_dump(mode="json")`` are plain strings.
-HttpUrlStr = Annotated[
-    str,
-    StringConstraints(max_length=MAX_URL),
-    AfterValidator(_check_url),
-    WithJsonSchema({"type": "string", "format": "uri", "minLength": 1, "maxLength": MAX_URL}),
-]
-
-
-def _check_time(value: str) -> str:
-    if not _TIME_RE.fullmatch(value):
-        raise PydanticCustomError(
-            "time_format",
-            "must be a time of day written HH:MM between 00:00 and 23:59, got '{value}'",
-            {"value": value},
-        )
-    return value
-
-
-_TimeOfDay = Annotated[
-    str,
-    AfterValidator(_check_time),
-    WithJsonSchema({"type": "string", "pattern": _TIME_RE.pattern, "maxLength": 5}),
-]
-
-_Name = Annotated[
-    str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME),
-    _NoNul,
-]
-
-
-def _none_to_blank(value: object) -> object:
-    return "" if value is None else value
-
-
-# --------------------------------------------------------------------------------------------
-# Errors
-# --------------------------------------------------------------------------------------------
-
-
-class _Problems:
-    """Collects rule violations, in the order found, and raises them as one
-    ``ValidationError``."""
-
-    def __init__(self, title: str) -> None:
-        self._title = title
-        # Each entry: (loc, error type, message, input); "required" ones merge their reasons.
-        self._errors: list[tuple[tuple[str, ...], str, str, object]] = []
-        self._reasons: dict[tuple[str, ...], list[str]] = {}
-
-    def require(self, path: str, reason: str) -> None:
-        """``path`` is missing although ``reason`` needs it (reasons per path are merged)."""
-        loc = tuple(path.split("."))
-        if loc not in self._reasons:
-            self._reasons[loc] = []
-            self._errors.append((loc, "config_required", "", None))
-        self._reasons[loc].append(reason)
-
-    def add(self, path: str, error_type: str, message: str, input_value: object = None) -> None:
-        """Any other error; ``message`` must start with ``path``."""
-        if not message.startswith(path):
-            raise AssertionError(f"message must start with {path!r}: {message!r}")
-        self._errors.append((tuple(path.split(".")), error_type, message, input_value))
-
-    def raise_if_any(self, strip_prefix: int = 0) -> None:
-        """Raise the collected errors; ``strip_prefix`` drops leading loc parts (for sections,
-        whose errors pydantic prefixes with the section name itself)."""
-        if not self._errors:
-            return
-        details: list[InitErrorDetails] = []
-        for loc, error_type, message, input_value in self._errors:
-            if not message:
-                message = f"{'.'.join(loc)} is required when " + " and when ".join(
-                    self._reasons[loc]
-                )
-            details.append(
-                InitErrorDetails(
-                    type=PydanticCustomError(error_type, message),
-                    loc=loc[strip_prefix:],
-                    input=input_value,
-                )
-            )
-        raise ValidationError.from_exception_data(self._title, details)
-
-
-def _raise_at(
-    title: str,
-    loc: tuple[str | int, ...],
-    error_type: str,
-    message: str,
-    ctx: dict[str, Any],
-    input_value: object,
-) -> None:
-    """Raise a one-error ``ValidationError`` at ``loc`` (relative to the model validated)."""
-    raise ValidationError.from_exception_data(
-        title,
-        [
-            InitErrorDetails(
-                type=PydanticCustomError(error_type, message, ctx), loc=loc, input=input_value
-            )
-        ],
-    )
-
-
-def public_errors(exc: ValidationError | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The errors of ``exc`` (or a list of error dicts) safe to put in a response or a log line.
-
-    Leaves out ``input`` (which can hold the raw config, passwords included) and the
-    documentation URL, and turns context values into JSON-able ones.
-    """
-    result: list[dict[str, Any]] = []
-    errors = (
-        exc.errors(include_url=False, include_input=False)
-        if isinstance(exc, ValidationError)
-        else exc
-    )
-    for error in errors:
-        item: dict[str, Any] = {
-            "type": error["type"],
-            "loc": list(error["loc"]),
-            "msg": error["msg"],
-        }
-        ctx = error.get("ctx")
-        if ctx:
-            item["ctx"] = {
-                key: value
-                if isinstance(value, str | int | float | bool) or value is None
-                else str(value)
-                for key, value in ctx.items()
-            }
-        result.append(item)
-    return result
-
 
 # --------------------------------------------------------------------------------------------
 # Sections
@@ -357,7 +129,9 @@ def public_errors(exc: ValidationError | Sequence[Mapping[str, Any]]) -> list[di
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", serialize_by_alias=True)
+    # A ValidationError's text never shows the values it was given: a password (or a
+    # password typed into the wrong field) would go wherever the error goes.
+    model_config = ConfigDict(extra="forbid", serialize_by_alias=True, hide_input_in_errors=True)
 
 
 class AccountConfig(_Section):
@@ -440,8 +214,7 @@ class RestaurantConfig(_Section):
         if value and not _SUBDOMAIN_RE.fullmatch(value):
             raise PydanticCustomError(
                 "subdomain_format",
-                "must be letters, digits and inner hyphens, at most 63 characters, got '{value}'",
-                {"value": value},
+                "must be letters, digits and inner hyphens, at most 63 characters",
             )
         return value
 
@@ -571,7 +344,9 @@ class ExecutionConfig(_Section):
     - ``menu.upload_images`` on needs ``menu.menu_id`` (images go to a stored menu).
     - ``onboarding.create_user`` on needs ``onboarding.user_name``, ``onboarding.user_email``
       and ``onboarding.user_password``.
-    - ``onboarding.sync_record`` on needs ``onboarding.user_email`` (the record links the user).
+    - ``onboarding.sync_record`` on needs ``onboarding.user_email`` (the record links the user),
+      and with ``onboarding.create_user`` off ``onboarding.user_password`` too (the link to an
+      existing user is made only once its password opens it).
 
     Blank strings count as missing.
     """
@@ -671,6 +446,16 @@ class ExecutionConfig(_Section):
                     problems.require(f"onboarding.{name}", "onboarding.create_user is on")
         if onboarding.sync_record and _blank(onboarding.user_email):
             problems.require("onboarding.user_email", "onboarding.sync_record is on")
+        if (
+            onboarding.sync_record
+            and not onboarding.create_user
+            and _blank(onboarding.user_password)
+        ):
+            # The record is linked to an existing user only once its password opens it.
+            problems.require(
+                "onboarding.user_password",
+                "onboarding.sync_record links an existing user (onboarding.create_user is off)",
+            )
 
         problems.raise_if_any()
         return self
@@ -712,6 +497,30 @@ class ExecutionConfig(_Section):
             if secret is not None and secret.get_secret_value()
         ]
 
+    def public_values(self) -> list[str]:
+        """Every non-empty string of the config but its secrets (the name, the derived or
+        given subdomain, the address, the emails, the menu id, ...): what the job shows to
+        anyone who can read it, so never masked as part of a secret (`regjobs.secrets`)."""
+        found: list[str] = []
+
+        def walk(value: object) -> None:
+            if isinstance(value, str):
+                if value.strip():
+                    found.append(value)
+            elif isinstance(value, Mapping):
+                for item in value.values():
+                    walk(item)
+            elif isinstance(value, list):
+                for item in value:
+                    walk(item)
+
+        walk(
+            self.model_dump(
+                mode="json", exclude={"account": {"password"}, "onboarding": {"user_password"}}
+            )
+        )
+        return list(dict.fromkeys(found))
+
 
 #: A minimal, realistic valid config, for docs and tests (copy it before changing it).
 EXAMPLE_CONFIG: Final[dict[str, object]] = {
@@ -736,3 +545,44 @@ EXAMPLE_CONFIG: Final[dict[str, object]] = {
     "menu": {"menu_id": "menu-demo"},
     "website": {"theme": "light", "primary_color": "#c0392b"},
 }
+
+
+def merged(stored: Mapping[str, Any], partial: Mapping[str, Any]) -> dict[str, Any]:
+    """A person's partial config (`POST .../input`) over the stored one: each section
+    merged field by field (a value given replaces the stored one; opening hours and other
+    nested values are replaced whole), the flat form's fields put in their sections first.
+    Not validated: the caller validates the result as a create would."""
+    given = dict(partial)
+    for flat_key, (section, name) in _FLAT_FIELDS.items():
+        if flat_key in given and isinstance(given.get(section, {}), Mapping):
+            given[section] = {**given.get(section, {}), name: given.pop(flat_key)}
+    result = {
+        key: dict(value) if isinstance(value, Mapping) else value for key, value in stored.items()
+    }
+    for key, value in given.items():
+        if isinstance(value, Mapping) and isinstance(result.get(key), dict):
+            result[key] = {**result[key], **value}
+        else:
+            result[key] = value
+    return result
+
+
+def field_value(config: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted path (`account.password`) of a config dict; None if absent."""
+    value: Any = config
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
+
+
+def secret_fields() -> frozenset[str]:
+    """The dotted paths of the config's secrets (`account.password`, ...): what a form or
+    a prompt never shows or echoes."""
+    found: set[str] = set()
+    for section, info in ExecutionConfig.model_fields.items():
+        model = info.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            for name, field in model.model_fields.items():
+                if "Secret" in str(field.annotation):
+                    found.add(f"{section}.{name}")
+    return frozenset(found)

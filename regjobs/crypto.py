@@ -3,7 +3,7 @@
 `REGJOBS_SECRET_KEY` may list several Fernet keys (comma-separated): the first encrypts,
 every one decrypts (cryptography's MultiFernet). To rotate, put a new key first, run
 
-    python -m regjobs.crypto reencrypt
+    regjobs db reencrypt    # or: python -m regjobs.commands reencrypt
 
 which rewrites every stored config with the first key (one transaction per job), and then
 drop the old key. Other uses of the secret key get a key derived for them alone
@@ -12,12 +12,10 @@ drop the old key. Other uses of the secret key get a key derived for them alone
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import hmac
 import json
 import secrets
-import sys
 from functools import lru_cache
 from typing import Any
 
@@ -79,31 +77,3 @@ def new_api_key() -> str:
 def hash_api_key(key: str) -> str:
     # Keys are long random strings, so a fast hash is enough (no dictionary to attack).
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m regjobs.crypto",
-        description="Secrets at rest. `reencrypt`: rewrite every stored config with the "
-        "first key of REGJOBS_SECRET_KEY (run after putting a new key first; then the old "
-        "keys can be dropped).",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("reencrypt", help="rewrite every stored config with the first secret key")
-    parser.parse_args(argv)
-
-    from regjobs import ledger
-    from regjobs.db import migrate, read_session, transaction
-
-    migrate()
-    with read_session() as session:
-        job_ids = ledger.encrypted_job_ids(session=session)
-    changed = 0
-    for job_id in job_ids:
-        changed += transaction(ledger.reencrypt_config, job_id=job_id)
-    sys.stdout.write(f"re-encrypted {changed} of {len(job_ids)} stored config(s)\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import io
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,7 +46,7 @@ def _engine(url: str, read_only: bool) -> Engine:
     if url.startswith("sqlite"):
         db_path = url.split("///", 1)[-1]
         if db_path and db_path != ":memory:":
-            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(db_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Several processes (API, flow runs) share the file: wait for locks, don't fail.
         engine = create_engine(
             url, connect_args={"timeout": 30, "check_same_thread": False}, **pool
@@ -169,24 +166,16 @@ DISCONNECT_RETRIES = 6
 
 
 def migrate(url: str | None = None) -> None:
-    """Create or upgrade the schema to the newest migration."""
+    """Create or upgrade the schema to the newest migration (the schema alone: the
+    operator's command, `regjobs.commands.upgrade`, also backfills what lives above it)."""
     from alembic import command
     from alembic.config import Config
-
-    from regjobs import ledger
 
     url = url or get_settings().sqlalchemy_url
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["url"] = url
     command.upgrade(config, "head")
-    # Jobs made before the materialised view existed get theirs now.
-    session = _session_factory(url)()
-    try:
-        if ledger.publish_missing_views(session=session):
-            session.commit()
-    finally:
-        session.close()
 
 
 #: The PostgreSQL server of this kind of machine (trust auth), where the test fixtures and
@@ -218,83 +207,9 @@ def scratch_postgres_database(admin_url: str, prefix: str) -> Iterator[str]:
         admin.dispose()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m regjobs.db upgrade`: bring the job database's schema up to date (run it
-    once before starting several API processes)."""
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m regjobs.db")
-    parser.add_argument("command", choices=["upgrade"])
-    parser.parse_args(argv)
-    migrate()
-    sys.stdout.write("the job database is up to date\n")
-    return 0
-
-
 def bulk_insert(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
-    """Insert many rows of one table: `COPY` on PostgreSQL (a burst of creates writes
-    thousands of step and event rows; measured: docs/figures.md), a plain executemany
-    elsewhere. Columns the rows leave out take their Python-side default, as an INSERT
-    would give them."""
-    if not rows:
-        return
-    connection = session.connection()
-    if connection.dialect.name != "postgresql":
+    """Insert many rows of one table: one executemany, which SQLAlchemy sends as multi-row
+    INSERTs on PostgreSQL (its "insertmanyvalues"). Columns the rows leave out take their
+    Python-side default."""
+    if rows:
         session.execute(insert(table), rows)
-        return
-    given = [c.name for c in table.columns if c.name in rows[0]]
-    defaults = [(c.name, d) for c in table.columns if c.name not in rows[0] and (d := _default(c))]
-    buffer = io.StringIO()
-    for row in rows:
-        values = [row[name] for name in given] + [make() for _, make in defaults]
-        buffer.write("\t".join([_copy_text(value) for value in values]))
-        buffer.write("\n")
-    buffer.seek(0)
-    names = ", ".join(f'"{name}"' for name in [*given, *(name for name, _ in defaults)])
-    statement = f'COPY "{table.name}" ({names}) FROM STDIN'
-    dbapi = connection.dialect.loaded_dbapi
-    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.copy_expert(statement, buffer)
-    except dbapi.Error as exc:
-        # As SQLAlchemy raises it for an INSERT (a unique index's refusal: IntegrityError),
-        # so callers catch one kind whichever way the rows went in.
-        raise DBAPIError.instance(
-            statement, None, exc, dbapi.Error, dialect=connection.dialect
-        ) from exc
-    finally:
-        cursor.close()
-
-
-def _default(column: Any) -> Callable[[], Any] | None:
-    """A column's Python-side default as a function, if it has one (an autoincrementing
-    key is the database's to give)."""
-    default = column.default
-    if default is None or (column.primary_key and column.autoincrement is True):
-        return None
-    if default.is_callable:
-        return lambda: default.arg(None)
-    return lambda: default.arg
-
-
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _copy_text(value: Any) -> str:
-    """A value in COPY's text format."""
-    if type(value) is str:
-        return value.translate(_COPY_ESCAPES)
-    if value is None:
-        return "\\N"
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value).translate(_COPY_ESCAPES)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value).translate(_COPY_ESCAPES)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

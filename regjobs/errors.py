@@ -6,7 +6,7 @@ import asyncio
 import email.utils
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Final
@@ -23,6 +23,8 @@ MESSAGE_LIMIT: Final = 300
 class ErrorClass(StrEnum):
     RETRYABLE = "retryable"
     NON_RETRYABLE = "non_retryable"
+    #: SPEC's "needs a person": only a corrected config can help (never retried).
+    NEEDS_PERSON = "needs_person"
 
 
 class StepError(Exception):
@@ -31,6 +33,8 @@ class StepError(Exception):
     error_class: ErrorClass = ErrorClass.NON_RETRYABLE
     #: What a person can do once the step has failed for good because of it.
     next_action: NextAction = NextAction.FIX_CONFIG
+    #: The config fields a person can correct to get past it (`account.password`, ...).
+    fields: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -53,6 +57,56 @@ class RetryableStepError(StepError):
 
 class NonRetryableStepError(StepError):
     error_class = ErrorClass.NON_RETRYABLE
+
+
+class NeedsPerson(StepError):
+    """SPEC's "needs a person": an outside system refused what the job's config says (the
+    account's password, say) and only a person correcting `fields` can get past it. Never
+    retried; the job's next action is `fix_config`. Its message names the fields."""
+
+    error_class = ErrorClass.NEEDS_PERSON
+    next_action = NextAction.FIX_CONFIG
+
+    def __init__(self, reason: str, *, fields: Sequence[str]) -> None:
+        if not fields:
+            raise ValueError("a step that needs a person names the fields they can correct")
+        self.reason = reason
+        self.fields = tuple(fields)
+        super().__init__(f"{reason}; a person must correct {' or '.join(self.fields)}")
+
+
+#: The config fields of each login a job makes: what a person corrects when it is refused.
+ACCOUNT_LOGIN: Final = ("account.email", "account.password")
+ONBOARDING_LOGIN: Final = ("onboarding.user_email", "onboarding.user_password")
+#: What a person corrects when the restaurant of that name is not the job's account's.
+RESTAURANT_IDENTITY: Final = ("restaurant.name", "restaurant.subdomain")
+#: The config field behind each form field a person typed, by the step whose form it is:
+#: a value the outside system rejects there (a phone number, an address, a subdomain
+#: taken) needs a person (SPEC "Errors"), naming that config field.
+TYPED_FIELDS: Final[Mapping[str, Mapping[str, str]]] = {
+    "restaurant_registration": {
+        f: f"restaurant.{f}" for f in ("name", "address", "city", "phone", "cuisine", "subdomain")
+    },
+}
+
+
+def value_rejected(step_id: str, message: str, form_fields: Sequence[str]) -> NeedsPerson | None:
+    """The needs-a-person error of an outside system rejecting values a person typed in
+    `step_id`'s form; None unless every rejected field is one a person typed."""
+    typed = TYPED_FIELDS.get(step_id, {})
+    fields = [typed.get(f) for f in form_fields]
+    if not fields or any(f is None for f in fields):
+        return None
+    return NeedsPerson(message, fields=[f for f in fields if f is not None])
+
+
+class LoginRefused(NeedsPerson):
+    """An outside system refused the job's credentials (a login, or a request that logs
+    in). `email` is the login's, for the refused-login limit; it is in no message."""
+
+    def __init__(self, reason: str, *, fields: Sequence[str], email: str) -> None:
+        super().__init__(reason, fields=fields)
+        self.email = email
 
 
 class ConfigError(NonRetryableStepError):
@@ -80,10 +134,13 @@ class OutsideSystemError(StepError):
         status_code: int,
         retry_after: float | None = None,
         code: str | None = None,
+        field: str | None = None,
     ) -> None:
         super().__init__(message, retry_after=retry_after)
         self.status_code = status_code
         self.code = code
+        #: The request field the system named as wrong, if it named one.
+        self.field = field
         retryable = status_code == 429 or status_code >= 500
         self.error_class = ErrorClass.RETRYABLE if retryable else ErrorClass.NON_RETRYABLE
         if retryable:
@@ -109,6 +166,8 @@ class Classified:
     retry_after: float | None = None
     #: What a person can do if this ends the step for good.
     next_action: NextAction = NextAction.RETRY
+    #: The config fields a person can correct (a step that needs a person).
+    fields: tuple[str, ...] = ()
 
     @property
     def retryable(self) -> bool:
@@ -145,9 +204,11 @@ class StepAttemptFailed(StepError):
         error_class: ErrorClass = ErrorClass.NON_RETRYABLE,
         retry_after: float | None = None,
         next_action: NextAction | None = None,
+        fields: Sequence[str] = (),
     ) -> None:
         super().__init__(message, retry_after=retry_after, next_action=next_action)
         self.error_class = error_class
+        self.fields = tuple(fields)
 
     @classmethod
     def of(cls, error: Classified) -> StepAttemptFailed:
@@ -156,6 +217,7 @@ class StepAttemptFailed(StepError):
             error_class=error.error_class,
             retry_after=error.retry_after,
             next_action=error.next_action,
+            fields=error.fields,
         )
 
 
@@ -181,7 +243,9 @@ def classify(exc: BaseException, secrets: Iterable[str] | Scrubber = ()) -> Clas
 
 def _classify(exc: BaseException) -> Classified:
     if isinstance(exc, StepError):
-        return Classified(exc.error_class, exc.message, exc.retry_after, exc.next_action)
+        return Classified(
+            exc.error_class, exc.message, exc.retry_after, exc.next_action, exc.fields
+        )
     if isinstance(exc, httpx.TimeoutException):
         return Classified(ErrorClass.RETRYABLE, f"timed out: {_request_of(exc)}")
     if isinstance(exc, httpx.TransportError):

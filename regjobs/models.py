@@ -121,6 +121,9 @@ class RegistrationJob(Base):
     run_generation: Mapped[int] = mapped_column(Integer, default=0)
     #: Why a job that should run has not started ("waiting for Prefect", "queued").
     pending_reason: Mapped[str | None] = mapped_column(Text)
+    #: The release (`regjobs.release`) the job's first run began on; every later run is
+    #: made on that release's work queue, until an operator moves it (`regjobs jobs upgrade`).
+    code_version: Mapped[str | None] = mapped_column(String(64), index=True)
     #: The state of the current flow run as Prefect last showed it (the reconciler's view).
     flow_run_state: Mapped[str | None] = mapped_column(String(50))
     #: Since when the job has waited for its flow run to start past the limit (no worker?).
@@ -130,6 +133,10 @@ class RegistrationJob(Base):
     view: Mapped[str | None] = mapped_column(Text)
     progress_view: Mapped[str | None] = mapped_column(Text)
     summary_view: Mapped[str | None] = mapped_column(Text)
+    #: The number of the stored config's version: 1 at create, one more for every
+    #: corrected input a person gave (`POST .../input`). A suspended flow run is resumed
+    #: with this number only (Prefect keeps run inputs in plain text).
+    config_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     steps: Mapped[list[RegistrationJobStep]] = relationship(
         back_populates="job", order_by="RegistrationJobStep.step_number"
@@ -171,6 +178,13 @@ class RegistrationJobStep(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     #: What a person can do about the step's failure (`NextAction`), when it failed.
     next_action: Mapped[str | None] = mapped_column(String(20))
+    #: The config fields a person can correct, when the step failed needing a person
+    #: (`["account.email", "account.password"]`).
+    action_fields: Mapped[list[str] | None] = mapped_column(JSON)
+    #: Since when the step waits for a person (`action_required`), and until when it may
+    #: (REGJOBS_INPUT_TIMEOUT from then): past it the job fails with `fix_config`.
+    action_since: Mapped[datetime | None]
+    action_expires_at: Mapped[datetime | None]
     warning: Mapped[str | None] = mapped_column(Text)
     #: Why a skipped step did not run ("disabled", or the dependency that failed).
     skip_reason: Mapped[str | None] = mapped_column(Text)
@@ -179,6 +193,10 @@ class RegistrationJobStep(Base):
     #: Since when the step holds a browser slot (set once Prefect granted it, cleared once
     #: it was given back): the reconciler's count of the slots live holders have.
     slot_since: Mapped[datetime | None]
+    #: Prefect's lease of that slot (its id): only the holder of this lease may say it gave
+    #: the slot back. Kept, with `slot_since` cleared, when the reconciler found the
+    #: holder's run ended: a lease the reconciler frees by its id (`ledger.leases_to_free`).
+    slot_lease: Mapped[str | None] = mapped_column(String(36))
     #: Since when the step has been running (or waiting) past its own limit, as the
     #: reconciler saw it; cleared by the step's next change.
     stalled_since: Mapped[datetime | None]
@@ -256,6 +274,9 @@ class JobRun(Base):
     flow_run_id: Mapped[str | None] = mapped_column(String(36), index=True)
     requested_at: Mapped[datetime] = mapped_column(default=utcnow)
     dispatched_at: Mapped[datetime | None]
+    #: The start time the run was given in Prefect (its place in the work pool's queue,
+    #: which Prefect orders by it): `ledger.runs_to_dispatch` says why.
+    scheduled_at: Mapped[datetime | None]
     dispatch_attempts: Mapped[int] = mapped_column(Integer, default=0)
     dispatch_error: Mapped[str | None] = mapped_column(Text)
     #: The run must not start (cancelled, superseded or recorded dead) unless an operator
@@ -266,8 +287,19 @@ class JobRun(Base):
     crash_message: Mapped[str | None] = mapped_column(Text)
     crash_delivered_at: Mapped[datetime | None]
     began_at: Mapped[datetime | None]
+    #: The Prefect work queue its flow run was made on (its release's: `regjobs.release`).
+    work_queue: Mapped[str | None] = mapped_column(String(100))
     #: Prefect's run count when this flow run last began the job.
     begin_run_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: Since when the flow run is suspended waiting for a person (it gave back its
+    #: process, worker slot, browser and browser slot); cleared when it begins again
+    #: (Prefect resumes it with the same id and run count: `begin_run` knows it by this).
+    suspended_at: Mapped[datetime | None]
+    #: The resume Prefect must still be told (the outbox): the config version a person's
+    #: input stored, and when it was delivered.
+    resume_version: Mapped[int | None] = mapped_column(Integer)
+    resume_requested_at: Mapped[datetime | None]
+    resume_delivered_at: Mapped[datetime | None]
 
     #: (So the job row is inserted first when both are new.)
     job: Mapped[RegistrationJob] = relationship()
@@ -293,6 +325,20 @@ class JobEvent(Base):
     __table_args__ = (UniqueConstraint("job_id", "seq", name="uq_job_events_seq"),)
 
 
+class LoginRefusal(Base):
+    """A login an outside system refused, for the per-email limit (`regjobs.refusals`):
+    the email only as a keyed hash, never the address itself."""
+
+    __tablename__ = "login_refusals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    #: HMAC-SHA256 (hex) of the normalised email, keyed with a key derived for this alone.
+    email_key: Mapped[str] = mapped_column(String(64))
+    refused_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_login_refusals_key_at", "email_key", "refused_at"),)
+
+
 class ControlLease(Base):
     """A role one process holds at a time (the reconciler): who, until when, and what it
     last saw. On PostgreSQL the holder also keeps an advisory lock; the row is its report."""
@@ -306,3 +352,20 @@ class ControlLease(Base):
     expires_at: Mapped[datetime | None]
     renewed_at: Mapped[datetime | None]
     status: Mapped[dict[str, Any] | None]
+
+
+class CodeRelease(Base):
+    """A release the job database knows (`regjobs db upgrade` run from its folder records
+    it): its work queue and each step's code, so a job can be moved to it and told which
+    steps' code changed (`ledger.releases`)."""
+
+    __tablename__ = "code_releases"
+
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    queue: Mapped[str] = mapped_column(String(100))
+    commit: Mapped[str | None] = mapped_column(String(64))
+    #: step id -> hash of its code (`regjobs.release.fingerprints`).
+    steps: Mapped[dict[str, Any]]
+    made_at: Mapped[str | None] = mapped_column(String(40))
+    #: When the job database first heard of it (the order `jobs upgrade` calls newer).
+    registered_at: Mapped[datetime] = mapped_column(default=utcnow)

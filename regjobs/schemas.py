@@ -45,6 +45,19 @@ class StepPublic(BaseModel):
     stalled_since: datetime | None = None
 
 
+class ActionRequired(BaseModel):
+    """What a job waiting for a person asks for (SPEC "Waiting for a person")."""
+
+    step_id: str
+    #: Why the step cannot go on (what the outside system refused), without any value.
+    reason: str
+    #: The config fields a person can correct (`account.password`, `restaurant.phone`).
+    fields: list[str]
+    since: datetime | None
+    #: Past this the job fails with `next_action: fix_config` (REGJOBS_INPUT_TIMEOUT).
+    expires_at: datetime | None
+
+
 class JobSummary(BaseModel):
     """A job without its steps: a list entry, and the data of a `job` event."""
 
@@ -63,8 +76,14 @@ class JobSummary(BaseModel):
     failed_step: str | None = None
     #: What a person can do about a failed or cancelled job.
     next_action: NextAction | None = None
-    #: Why a job that should run has not started yet (Prefect unavailable, queued...).
+    #: What a step waiting for a person asks for; null otherwise.
+    action_required: ActionRequired | None = None
+    #: Why a job that should run has not started yet (Prefect unavailable, queued, its
+    #: release has no live worker...).
     pending_reason: str | None = None
+    #: The release the job runs on (`regjobs.release`), set when its first run begins;
+    #: every later run of the job runs on it too, until an operator moves the job.
+    code_version: str | None = None
     #: Since when the job (waiting to start) or one of its steps has been stuck past its
     #: limit; null while all is well.
     stalled_since: datetime | None = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from enum import StrEnum
@@ -48,13 +47,21 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(default=10, ge=0)
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
     #: Fernet keys for secrets at rest, comma-separated: the first encrypts, every one
-    #: decrypts (rotation: put the new key first, run `python -m regjobs.crypto reencrypt`,
+    #: decrypts (rotation: put the new key first, run `regjobs db reencrypt`,
     #: then drop the old one). In development a key is generated into the state folder.
     secret_key: SecretStr | None = None
     #: How long a signed link to a screenshot opens it (the link names its expiry).
     evidence_link_ttl_seconds: float = Field(default=24 * 3600.0, gt=0)
+    #: How long a job view token (`regjobs.viewtokens`) opens its job when the request for
+    #: it does not say.
+    view_token_ttl_seconds: int = Field(default=24 * 3600, ge=60, le=7 * 24 * 3600)
     #: The largest request body the API reads; a longer one is answered 413 unread.
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    #: Refused logins per email (from every organisation's jobs) within the window, past
+    #: which a create whose config carries that email answers 429 with Retry-After: each
+    #: refusal counts for `login_refusal_window_seconds` (5 in 15 minutes by default).
+    login_refusal_limit: int = Field(default=5, ge=1)
+    login_refusal_window_seconds: float = Field(default=900.0, gt=0)
 
     step_mode: StepMode = StepMode.DIRECT
     #: Outside systems. Every one defaults to the stand-in on loopback.
@@ -71,10 +78,12 @@ class Settings(BaseSettings):
 
     #: Seconds one HTTP request to an outside system may take before it counts as a timeout.
     http_timeout_seconds: float = 30.0
-    #: Retries after the first attempt (SPEC: 3 retries, 4 attempts).
-    step_retries: int = Field(default=3, ge=0, le=10)
-    #: First retry delay; each further retry doubles it, with jitter.
-    retry_base_seconds: float = Field(default=2.0, ge=0)
+    #: Retries after the first attempt, for every step, in place of the catalogue's own
+    #: (3 each: SPEC's 4 attempts); unset, each step keeps its catalogue value.
+    step_retries: int | None = Field(default=None, ge=0, le=10)
+    #: First retry delay for every step, in place of the catalogue's; each further retry
+    #: doubles it, with jitter.
+    retry_base_seconds: float | None = Field(default=None, ge=0)
     retry_jitter_factor: float = Field(default=0.5, ge=0)
     #: How often the image-upload step polls the CDN batch.
     cdn_poll_seconds: float = Field(default=1.0, gt=0)
@@ -92,11 +101,18 @@ class Settings(BaseSettings):
     #: step never waits for ever (REGJOBS_SLOT_WAIT_LIMIT; 15 min).
     slot_wait_limit: float = Field(default=900.0, gt=0)
     #: How long Prefect may count more browser slots taken than live holders hold before
-    #: the reconciler gives the difference back (longer than a slot's lease, 60 s, so a dead
-    #: holder's lease has been freed by Prefect itself by then, where it was kept).
+    #: the reconciler reports it (longer than a slot's lease, 60 s, so a dead holder's lease
+    #: has been freed by Prefect itself by then); nothing is freed by count.
     slot_leak_seconds: float = Field(default=90.0, gt=0)
     #: A job waiting this long for its flow run to start is marked stalled (no worker?).
     queue_stall_seconds: float = Field(default=600.0, gt=0)
+    #: How long a job waits for a person's corrected input (a step `action_required`, its
+    #: flow run Suspended in Prefect) before it fails with `next_action: fix_config`
+    #: (REGJOBS_INPUT_TIMEOUT, seconds; 7 days by default).
+    input_timeout: float = Field(default=7 * 24 * 3600.0, gt=0)
+    #: A release's work queue no worker has polled for this long has no live worker: the
+    #: jobs waiting on it say so, naming the release and the way out (`regjobs.release`).
+    release_worker_gone_seconds: float = Field(default=30.0, gt=0)
     #: Waiting for one element or one navigation in the portal.
     browser_action_timeout_seconds: float = Field(default=15.0, gt=0)
     #: Where operators reach the API (links to evidence in Prefect artifacts).
@@ -112,6 +128,11 @@ class Settings(BaseSettings):
     #: A cancelled flow run that began is given this long to see the cancel in the ledger
     #: and stop itself before Prefect is asked to stop its process.
     cancel_grace_seconds: float = Field(default=15.0, ge=0)
+    #: The job's summary and progress artifacts are written at most this often while the
+    #: job runs (always at its end): each write is a Prefect API call and a database row,
+    #: a third of what a short job added over bare Prefect (docs/figures.md, "Against
+    #: Prefect itself"). 0: after every batch of step ends.
+    artifact_seconds: float = Field(default=2.0, ge=0)
 
     #: Flow runs a worker started by `make run` (or the tests) runs at once; beyond it they
     #: wait in the work pool, Scheduled. Each holds a Chromium while it has browser steps
@@ -134,16 +155,36 @@ class Settings(BaseSettings):
     dispatch_settle_seconds: float = Field(default=0.25, ge=0)
     #: Run requests handed to Prefect per cycle.
     dispatch_batch: int = Field(default=50, ge=1)
+    #: Flow runs of one organisation in Prefect at once (handed over, waiting in the work
+    #: pool or running); the rest of its backlog waits in the job database, where dispatch
+    #: is round robin between organisations. Unset: the worker's limit less one, so that
+    #: one organisation's backlog always leaves a worker slot for another's job (with
+    #: several workers, set it to their slots in all less the ones kept for others).
+    org_flow_runs: int | None = Field(default=None, ge=1)
+    #: Active (pending or in progress) jobs one organisation may have at once; a create or
+    #: retry beyond it is answered 429 with Retry-After. 1,000: a chain onboarding every
+    #: restaurant it has at once stays under it; a runaway client does not queue without end.
+    org_active_job_limit: int = Field(default=1000, ge=1)
 
     #: Server-Sent Events: a comment line this often keeps proxies from closing an idle
     #: stream; new events are looked for this often.
     sse_keepalive_seconds: float = Field(default=15.0, gt=0)
     sse_poll_seconds: float = Field(default=0.1, gt=0)
+    #: Event streams one API key may hold open at once in one API process; one more is 429
+    #: (a tab needs one stream; a backend watching its organisation's jobs, one per job).
+    sse_streams_per_key: int = Field(default=100, ge=1)
+    #: Connections one API process serves at once (uvicorn's `limit_concurrency`): a request
+    #: beyond it is answered 503 at once. Kept below the process's open-file limit (raised
+    #: to its hard limit at start) less a reserve for the database and logs.
+    api_max_connections: int = Field(default=2000, ge=1)
+    #: A connection that has not sent a whole request head (line and headers) this long
+    #: after it opened, or after the first byte of its next request, is closed.
+    api_header_timeout_seconds: float = Field(default=10.0, gt=0)
     #: Browser origins allowed to call the API (CORS), e.g. `https://app.example.com`;
     #: comma-separated or a JSON list. None by default.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: Upgrade the job database's schema when the API starts (development). With several
-    #: API processes, run `python -m regjobs.db upgrade` once instead and set this false.
+    #: API processes, run `regjobs db upgrade` once instead and set this false.
     auto_migrate: bool = True
 
     #: Warm flow-run processes each worker keeps waiting (`deployments.warm`): a flow run
@@ -247,6 +288,14 @@ class Settings(BaseSettings):
         return None
 
     @property
+    def org_flow_run_share(self) -> int | None:
+        """`org_flow_runs`, or the worker's limit less one (None: workers without a limit,
+        whose every run handed over runs at once)."""
+        if self.org_flow_runs is not None:
+            return self.org_flow_runs
+        return max(1, self.worker_limit - 1) if self.worker_limit else None
+
+    @property
     def sqlalchemy_url(self) -> str:
         if self.database_url:
             # Heroku-style URLs name the scheme "postgres://"; SQLAlchemy wants the dialect.
@@ -272,16 +321,13 @@ def _generated_key(state_dir: Path) -> bytes:
     read once per process (it never changes once written)."""
     from cryptography.fernet import Fernet
 
+    from regjobs.private import private_dir, publish_private
+
     path = state_dir / "secret.key"
     if not path.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(Fernet.generate_key())
-        tmp.chmod(0o600)
-        # Another process may have won the race; keep whichever landed first.
-        with contextlib.suppress(FileExistsError):
-            path.hardlink_to(tmp)
-        tmp.unlink()
+        # 0600 from its creation and whole before it takes the name; another process may
+        # have won the race, and then its key is the one kept.
+        publish_private(private_dir(state_dir) / "secret.key", Fernet.generate_key())
     return path.read_bytes().strip()
 
 

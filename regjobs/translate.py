@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import State, StateType
 
 from regjobs import catalogue
 from regjobs.catalogue import (
@@ -30,6 +30,7 @@ from regjobs.catalogue import (
 )
 from regjobs.models import RegistrationJob, RegistrationJobStep
 from regjobs.schemas import (
+    ActionRequired,
     EvidencePublic,
     JobPublic,
     JobSummary,
@@ -54,6 +55,8 @@ WORKER_LOST = "the worker was lost: the flow-run process ended while this step w
 #: Prefect database reset): its job can never end by itself.
 DISAPPEARED = "Disappeared"
 DISAPPEARED_MESSAGE = "the flow run disappeared from Prefect (deleted, or Prefect was reset)"
+#: How the error of a job whose stored config no longer validates begins (`fix_config`).
+CONFIG_INVALID = "the job's stored execution config is not valid"
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,46 @@ _RUNNING = {StepStatus.RUNNING, StepStatus.RETRYING}
 _LIVE_STEP = {StepStatus.PENDING, *_RUNNING}
 S = StepStatus
 J = JobStatus
+
+
+# ------------------------------------------------------------- the reconciler's questions
+
+
+def run_state(state: State | None) -> RunState:
+    """A flow run's state as Prefect gave it (none yet: Pending)."""
+    if state is None:
+        return RunState(StateType.PENDING, "Pending")
+    return RunState(
+        state.type, state.name or state.type.value.title(), state.message, state.timestamp
+    )
+
+
+def missing_run(flow_run_id: str, now: datetime) -> FlowRunSnapshot:
+    """A flow run Prefect no longer has (deleted, or Prefect was reset), as the reconciler
+    takes it: Crashed, named `DISAPPEARED`."""
+    state = RunState(StateType.CRASHED, DISAPPEARED, DISAPPEARED_MESSAGE, now)
+    return FlowRunSnapshot(flow_run_id, state, {})
+
+
+def is_live(state: RunState) -> bool:
+    """The flow run is yet to run or running: its job has no outcome to record."""
+    return state.type in _QUEUED or state.type in _ACTIVE
+
+
+def is_queued(state: RunState) -> bool:
+    """The flow run waits in Prefect for a worker (or for its process to start)."""
+    return state.type in _QUEUED
+
+
+def is_crash(state: RunState) -> bool:
+    """The flow run crashed while Prefect still has it (its process died, its worker was
+    lost): it may have ended before it began its job."""
+    return state.type is StateType.CRASHED and state.name != DISAPPEARED
+
+
+def is_cancelling(state_type: StateType | None) -> bool:
+    """The flow run is being (or was) cancelled in Prefect."""
+    return state_type in _CANCEL
 
 
 @dataclass(frozen=True)
@@ -209,7 +252,10 @@ def _percent(status: JobStatus, steps: Sequence[StepPublic]) -> int:
 
 
 def _stopped_by(
-    status: JobStatus, steps: Sequence[StepPublic], rows: Mapping[str, RegistrationJobStep]
+    status: JobStatus,
+    steps: Sequence[StepPublic],
+    rows: Mapping[str, RegistrationJobStep],
+    error: str | None = None,
 ) -> tuple[str | None, NextAction | None]:
     """Which step stopped a failed job, and what a person can do next (SPEC.md)."""
     if status is J.CANCELLED:
@@ -218,12 +264,34 @@ def _stopped_by(
         return None, None
     failed = [s for s in steps if s.status is S.FAILED]
     if not failed:
-        return None, NextAction.RETRY
+        config = error is not None and error.startswith(CONFIG_INVALID)
+        return None, NextAction.FIX_CONFIG if config else NextAction.RETRY
     first = min(failed, key=lambda s: s.step_number)
     row = rows.get(first.step_id)
     return first.step_id, NextAction(
         row.next_action
     ) if row and row.next_action else NextAction.RETRY
+
+
+def action_required(
+    status: JobStatus, steps: Sequence[StepPublic], rows: Mapping[str, RegistrationJobStep]
+) -> ActionRequired | None:
+    """What an active job waiting for a person asks for: the lowest-numbered waiting step,
+    and the fields every waiting step asks for (one form corrects them all)."""
+    if not status.is_active:
+        return None
+    waiting = [rows[s.step_id] for s in steps if s.status is S.ACTION_REQUIRED]
+    if not waiting:
+        return None
+    first = min(waiting, key=lambda r: r.step_number)
+    expiries = [r.action_expires_at for r in waiting if r.action_expires_at is not None]
+    return ActionRequired(
+        step_id=first.step_id,
+        reason=first.error_message or "a person must correct the job's config",
+        fields=list(dict.fromkeys(f for r in waiting for f in r.action_fields or ())),
+        since=first.action_since,
+        expires_at=min(expiries, default=None),
+    )
 
 
 def lease_expired(
@@ -296,7 +364,11 @@ def job_public(
         )
     status, error = job_status(job, steps, flow)
     current_step, current_phase = _current(steps)
-    failed_step, next_action = _stopped_by(status, steps, {r.step_id: r for r in rows})
+    by_id = {r.step_id: r for r in rows}
+    failed_step, next_action = _stopped_by(status, steps, by_id, error)
+    waiting = action_required(status, steps, by_id)
+    if waiting is not None:
+        next_action = NextAction.PROVIDE_INPUT
     flow_run_id = flow.id if flow else job.flow_run_id
     return JobPublic(
         id=job.id,
@@ -313,7 +385,9 @@ def job_public(
         error_message=error,
         failed_step=failed_step,
         next_action=next_action,
+        action_required=waiting,
         pending_reason=job.pending_reason if status.is_active else None,
+        code_version=job.code_version,
         stalled_since=(
             min(
                 (t for t in (job.stalled_since, *(s.stalled_since for s in steps)) if t),

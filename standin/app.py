@@ -74,6 +74,16 @@ async def reset(state: StateDep) -> JSON:
     return {"reset": True}
 
 
+@control.post("/accounts", status_code=201)
+async def seed_account(body: schemas.AccountSeed, state: StateDep) -> JSONResponse:
+    """An account that exists before the job (an owner's, from an earlier restaurant)."""
+    try:
+        reply = services.seed_account(state, body)
+    except services.ServiceError as exc:
+        reply = exc.reply
+    return JSONResponse(reply.body, status_code=reply.status)
+
+
 @control.get("/calls")
 async def calls(state: StateDep) -> list[JSON]:
     return [c.public() for c in state.calls]
@@ -142,6 +152,17 @@ async def onboarding_create_user(
     )
 
 
+@onboarding.post("/sessions", openapi_extra=serves("onboarding_user"))
+async def onboarding_log_in(
+    body: schemas.PortalLogin, request: Request, state: StateDep
+) -> JSONResponse:
+    """Log in as an onboarding user: the user, or 401. What proves a user that already
+    exists is the caller's."""
+    return serve(
+        state, "onboarding_user", request, lambda: services.log_in_onboarding_user(state, body)
+    )
+
+
 @onboarding.put("/records/{subdomain}", openapi_extra=serves("onboarding_sync"))
 async def onboarding_sync_record(
     subdomain: str, body: schemas.OnboardingRecordUpdate, request: Request, state: StateDep
@@ -189,6 +210,35 @@ async def register_account(
         "account_registration",
         request,
         lambda: as_endpoint(services.register_account_checked(state, body), "account_id", "email"),
+    )
+
+
+@endpoints.post("/verify-account", openapi_extra=serves("account_registration"))
+async def verify_account(
+    body: schemas.PortalLogin, request: Request, state: StateDep
+) -> JSONResponse:
+    """The app's check of an account's credentials (a platform login): the account, or
+    401. What proves an account or restaurant that already exists is the job's."""
+    return serve(
+        state,
+        "account_registration",
+        request,
+        lambda: as_endpoint(services.log_in_account(state, body), "account_id", "email"),
+    )
+
+
+@endpoints.post("/verify-onboarding-user", openapi_extra=serves("onboarding_user"))
+async def verify_onboarding_user(
+    body: schemas.PortalLogin, request: Request, state: StateDep
+) -> JSONResponse:
+    """The app's check of an onboarding user's credentials: the user, or 401."""
+    return serve(
+        state,
+        "onboarding_user",
+        request,
+        lambda: as_endpoint(
+            services.log_in_onboarding_user(state, body), "user_id", "name", "email"
+        ),
     )
 
 

@@ -11,8 +11,11 @@ Modes (`POST /_control/faults` `{"step", "mode", "times", ...}`; `times` absent:
 - `echo`: answer HTTP `status` with an error whose message repeats the request's body as
   received (passwords included), as a careless outside system does: `{"detail": {"code":
   "rejected", "message": "injected fault: rejected <body>"}}`, or an HTML page with it.
+- `echo_ok`: answer HTTP 200 with the request's body as received (passwords included) as
+  the result, `{"received": <body>}`: an outside system that puts what it was sent into a
+  successful answer (the step must then fail as a bug, storing nothing).
 
-The first five apply to every request that serves the step (the gate applies them). Two more
+The first six apply to every request that serves the step (the gate applies them). Two more
 apply to the admin portal's pages only (`standin.portal` applies them), and never use up a
 turn on a request they cannot apply to:
 
@@ -34,10 +37,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from regjobs.catalogue import STEP_IDS
 
-FaultMode = Literal["status", "timeout", "reset", "slow", "echo", "hide_element", "expire_session"]
+FaultMode = Literal[
+    "status", "timeout", "reset", "slow", "echo", "echo_ok", "hide_element", "expire_session"
+]
 
 #: The modes the gate applies to any request of a step.
-NETWORK_MODES: Final = frozenset({"status", "timeout", "reset", "slow", "echo"})
+NETWORK_MODES: Final = frozenset({"status", "timeout", "reset", "slow", "echo", "echo_ok"})
 #: The modes only the admin portal's pages apply.
 PORTAL_MODES: Final = frozenset({"hide_element", "expire_session"})
 

@@ -193,6 +193,13 @@ class StepGate:
             else:
                 detail = {"code": "rejected", "message": message}
                 await _send_json(send, fault.status, {"detail": detail})
+        elif fault.mode == "echo_ok":
+            body = await _read_body(receive)
+            try:
+                received: Any = json.loads(body)
+            except ValueError:
+                received = body.decode("utf-8", "replace")
+            await _send_json(send, 200, {"received": received})
         elif fault.mode == "timeout":
             try:
                 await asyncio.wait_for(_until_disconnect(receive), fault.delay)

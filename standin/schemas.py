@@ -80,6 +80,15 @@ class PortalLogin(Body):
     password: str = Field(min_length=1, repr=False)
 
 
+#: The restaurant form's fields the portal can reject a value of (`rejected_values`).
+RejectableField = Literal["name", "address", "city", "phone", "cuisine", "subdomain"]
+
+
+class AccountSeed(AccountCreate):
+    """Body of `POST /_control/accounts`: an account that exists before the test (an
+    owner's, from an earlier restaurant); no side effect is counted."""
+
+
 class RestaurantDetails(Body):
     """What registering a restaurant needs besides the login (the portal form's fields)."""
 
@@ -196,3 +205,5 @@ class ConfigUpdate(Body):
     menu_tags: int | None = Field(None, ge=0)
     invented_images: int | None = Field(None, ge=0)
     portal_password_disabled: bool | None = None
+    endpoints_check_credentials: bool | None = None
+    rejected_values: dict[RejectableField, list[str]] | None = None

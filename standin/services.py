@@ -128,13 +128,7 @@ def register_account(state: StandinState, body: schemas.AccountCreate) -> Reply:
             f"an account for {body.email} already exists",
             account=existing.public(),
         )
-    account = Account(
-        account_id=new_id("acct"),
-        email=body.email,
-        phone=body.phone,
-        secret=Secret.of(body.password),
-    )
-    state.accounts[account.email] = account
+    account = _add_account(state, body.email, body.phone, body.password)
     state.effect("account_registration")
     return Reply(
         201, {"account_id": account.account_id, "email": account.email, "phone": account.phone}
@@ -149,7 +143,8 @@ def register_account_checked(state: StandinState, body: schemas.AccountCreate) -
     """The app endpoint's account registration: like the platform's, but "already exists"
     only for the account's own credentials (the endpoint has them, so it checks them)."""
     existing = state.accounts.get(body.email)
-    if existing is not None and not existing.secret.matches(body.password):
+    checked = state.config.endpoints_check_credentials
+    if existing is not None and checked and not existing.secret.matches(body.password):
         raise ServiceError(401, "invalid_credentials", CREDENTIALS_MISMATCH)
     return register_account(state, body)
 
@@ -206,6 +201,14 @@ def create_onboarding_user(state: StandinState, body: schemas.OnboardingUserCrea
     state.onboarding_users[user.email] = user
     state.effect("onboarding_user")
     return Reply(201, {"user_id": user.user_id, "name": user.name, "email": user.email})
+
+
+def log_in_onboarding_user(state: StandinState, body: schemas.PortalLogin) -> Reply:
+    """The onboarding service's login: the user these credentials open, or 401."""
+    user = state.onboarding_users.get(body.email)
+    if user is None or not user.secret.matches(body.password):
+        raise invalid_credentials()
+    return Reply(200, user.public())
 
 
 def sync_onboarding_record(
@@ -322,13 +325,19 @@ def register_restaurant(
             f"no account for {body.email}: register the account before the restaurant"
         )
     if not account.secret.matches(body.password):
+        if state.config.endpoints_check_credentials:
+            raise invalid_credentials()
+        # A looser endpoint: "already registered" for the email alone, nothing else.
+        already_registered(state, account, body)
         raise invalid_credentials()
     return register_restaurant_as(state, account, body, base_url)
 
 
-def register_restaurant_as(
-    state: StandinState, account: Account, body: schemas.RestaurantDetails, base_url: str
-) -> Reply:
+def already_registered(
+    state: StandinState, account: Account, body: schemas.RestaurantDetails
+) -> list[Restaurant]:
+    """409 `restaurant_exists` if `account` has this restaurant (or any, for a first
+    restaurant); else the account's restaurants."""
     owned = [r for r in state.restaurants.values() if r.account_id == account.account_id]
     name = body.name.strip()
     same = next((r for r in owned if r.name.casefold() == name.casefold()), None)
@@ -346,6 +355,46 @@ def register_restaurant_as(
             f"{account.email} already has a restaurant",
             restaurant=owned[0].summary(),
         )
+    return owned
+
+
+#: What the portal says of a value it rejects (`Config.rejected_values`), by field.
+_REJECTED: Final[dict[str, str]] = {
+    "phone": "the phone number cannot be reached; enter a number the restaurant answers",
+    "address": "the address could not be found; check the street and number",
+}
+
+
+def rejected_value(state: StandinState, body: schemas.RestaurantDetails) -> None:
+    """422 `validation_failed` naming the field whose value the portal rejects."""
+    for name, values in state.config.rejected_values.items():
+        value = getattr(body, name, None)
+        if value is not None and value.strip() in {v.strip() for v in values}:
+            message = _REJECTED.get(name, f"the portal does not accept this {name}")
+            raise validation_failed(message, name)
+
+
+def _add_account(state: StandinState, email: str, phone: str | None, password: str) -> Account:
+    account = Account(
+        account_id=new_id("acct"), email=email, phone=phone, secret=Secret.of(password)
+    )
+    state.accounts[account.email] = account
+    return account
+
+
+def seed_account(state: StandinState, body: schemas.AccountSeed) -> Reply:
+    """An account that existed before (no side effect counted); 409 if the email has one."""
+    if body.email in state.accounts:
+        raise ServiceError(409, "account_exists", f"an account for {body.email} already exists")
+    return Reply(201, _add_account(state, body.email, body.phone, body.password).public())
+
+
+def register_restaurant_as(
+    state: StandinState, account: Account, body: schemas.RestaurantDetails, base_url: str
+) -> Reply:
+    already_registered(state, account, body)
+    rejected_value(state, body)
+    name = body.name.strip()
     subdomain = slugify(body.subdomain or name)
     if not subdomain:
         field = "subdomain" if body.subdomain else "name"

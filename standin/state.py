@@ -43,6 +43,14 @@ class Config:
     #: The portal's login page renders its password field disabled: a browser's fill()
     #: waits for it until it times out (a hostile page for the secrets audit).
     portal_password_disabled: bool = False
+    #: The app's account and restaurant endpoints check the credentials before they answer
+    #: "already exists". Off: they say so on the email alone, as a looser endpoint might
+    #: (the caller must then prove the record is its own with a login).
+    endpoints_check_credentials: bool = True
+    #: Values the portal's restaurant form (and the app's endpoint behind it) rejects, by
+    #: field (`{"phone": ["+64 9 000 0000"]}`): what a real portal does with a number it
+    #: cannot reach or an address it cannot place. A person must type another value.
+    rejected_values: dict[str, list[str]] = field(default_factory=dict)
 
     def public(self) -> JSON:
         return asdict(self)

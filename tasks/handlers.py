@@ -1,34 +1,21 @@
 """What each step does: build its request from the config and its inputs, call a client.
 
-One handler per step, each a thin adapter. In `endpoints` mode every step goes through the
-app's existing per-step endpoint; in `direct` mode the API steps talk to the platform API,
-the onboarding service and the CDN, and the browser steps drive the admin portal in
-Chromium (the page objects in `tasks.portal`).
+One handler per step, each a thin adapter over the interface of one outside system
+(`tasks.clients.interfaces`). A handler does not know the step mode: the run's clients were
+chosen when it started (`tasks.clients.choice`), and the step keeps the fields of the
+answer its catalogue entry gives, whichever client answered (`regjobs.catalogue.shaped`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from regjobs.catalogue import StepKind, step
+from regjobs.catalogue import step
 from regjobs.config import ExecutionConfig
-from regjobs.errors import AlreadyDone, ConfigError, OutsideSystemError
-from regjobs.settings import StepMode
-from tasks.browser import BrowserPool, masked_screenshot
-from tasks.clients.http import TRACE_HEADER
-from tasks.clients.systems import Clients, CredentialsMismatch, credentials_refused
-from tasks.portal.item_tags import ItemTagsPage
-from tasks.portal.menu_import import MenuImportPage
-from tasks.portal.option_sets import OptionSetsPage
-from tasks.portal.payments import PaymentsPage
-from tasks.portal.restaurant import RestaurantPage
-from tasks.portal.services import ServicesPage
-from tasks.portal.session import PortalSession
-from tasks.portal.website import WebsitePage
+from regjobs.errors import AlreadyDone, ConfigError, NeedsPerson
+from tasks.clients.interfaces import Call, Clients, Login
 
 Result = dict[str, Any]
 
@@ -43,11 +30,7 @@ class StepContext:
     #: Sent to outside systems so that a repeated request has no second effect.
     idempotency_key: str
     clients: Clients
-    mode: StepMode
     progress: Callable[[str], Awaitable[None]]
-    #: The flow run's browser (direct mode, browser steps) and the portal's base URL.
-    browser: BrowserPool | None = None
-    portal_url: str = ""
     #: An earlier attempt with the same idempotency key began and may have had its effect
     #: (where the outside system takes no key, the step looks before it acts).
     repeat: bool = False
@@ -55,34 +38,13 @@ class StepContext:
     evidence: list[bytes] = field(default_factory=list)
 
     @property
-    def direct(self) -> bool:
-        return self.mode is StepMode.DIRECT and step(self.step_id).kind is StepKind.API
-
-    @property
     def trace(self) -> str:
         """Which job and step a request belongs to, for the outside systems' logs."""
         return f"{self.job_id}:{self.step_id}"
 
     @property
-    def in_portal(self) -> bool:
-        return self.mode is StepMode.DIRECT and step(self.step_id).kind is StepKind.BROWSER
-
-    @contextlib.asynccontextmanager
-    async def portal(self) -> AsyncIterator[PortalSession]:
-        """A logged-in portal session in a fresh browser context; on failure a screenshot
-        with every password field masked is kept as evidence."""
-        if self.browser is None:
-            raise ConfigError("no browser is available to this step")
-        login = self.portal_login()
-        async with self.browser.page({TRACE_HEADER: self.trace}) as page:
-            try:
-                yield PortalSession(page, self.portal_url, login["email"], login["password"])
-            except AlreadyDone:
-                raise
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    self.evidence.append(await masked_screenshot(page))
-                raise
+    def call(self) -> Call:
+        return Call(self.trace, self.idempotency_key, self.progress, self.repeat, self.evidence)
 
     def need(self, step_id: str, field: str) -> Any:
         value = self.inputs.get(step_id, {}).get(field)
@@ -90,43 +52,49 @@ class StepContext:
             raise ConfigError(f"{step(step_id).label} gave no {field!r}, which this step needs")
         return value
 
-    def portal_login(self) -> dict[str, Any]:
+    def login(self) -> Login:
         account = self.config.account
         if account.email is None or account.password is None:
             raise ConfigError("account.email and account.password are needed to log in")
-        return {"email": str(account.email), "password": account.password.get_secret_value()}
+        return Login(str(account.email), account.password.get_secret_value())
 
     @property
     def subdomain(self) -> str:
         return str(self.need("restaurant_registration", "subdomain"))
 
-    async def endpoint(self, payload: Mapping[str, Any], **path_args: str) -> Result:
-        return await self.clients.endpoints.call(
-            self.step_id, payload, self.idempotency_key, **path_args
+    async def log_in_account(self) -> Result:
+        """The account the job's credentials open (LoginRefused if none)."""
+        login = self.login()
+        return await self.clients.platform.log_in(login.email, login.password, self.trace)
+
+    async def log_in_onboarding_user(self, email: str, password: str) -> Result:
+        """The onboarding user these credentials open (LoginRefused if none)."""
+        return await self.clients.onboarding.log_in(email, password, self.trace)
+
+
+def proven(done: AlreadyDone, record: Result, id_field: str, fields: tuple[str, ...]) -> Result:
+    """The record the job's own login opened, once it is the one an "already exists"
+    answer named (where that answer named one): the step's result, with the warning."""
+    named = done.existing.get(id_field)
+    if named is not None and named != record.get(id_field):
+        raise NeedsPerson(
+            f"{done.warning.split(';')[0]}, but not the one the job's credentials open",
+            fields=fields,
         )
+    return record
 
 
 async def account_registration(ctx: StepContext) -> Result:
     """Create the account; one that exists already is used only once the job's credentials
-    have logged in to it (the platform says "exists" to anyone who asks)."""
-    login = ctx.portal_login()
-    payload = {**login, "phone": ctx.config.account.phone}
-    if not ctx.direct:
-        # The app's endpoint has the credentials and answers "exists" only when they open
-        # the account; it refuses them otherwise.
-        try:
-            return await ctx.endpoint(payload)
-        except OutsideSystemError as exc:
-            if credentials_refused(exc):
-                raise CredentialsMismatch() from None
-            raise
+    have logged in to it (an "exists" answer is given to anyone who asks)."""
+    payload = {**ctx.login().body(), "phone": ctx.config.account.phone}
     try:
         return await ctx.clients.platform.create_account(payload, ctx.idempotency_key)
     except AlreadyDone as done:
-        warning = done.warning
-    # The platform's 409 names the account; only a login proves it is this job's to use.
-    account = await ctx.clients.platform.log_in(login["email"], login["password"], ctx.trace)
-    raise AlreadyDone(warning, account)
+        account = await ctx.log_in_account()
+        raise AlreadyDone(
+            done.warning, proven(done, account, "account_id", ("account.email",))
+        ) from None
 
 
 async def code_generation(ctx: StepContext) -> Result:
@@ -137,9 +105,7 @@ async def code_generation(ctx: StepContext) -> Result:
         "primary_color": website.primary_color,
         "secondary_color": website.secondary_color,
     }
-    if ctx.direct:
-        return await ctx.clients.platform.generate_code(payload, ctx.idempotency_key)
-    return await ctx.endpoint(payload)
+    return await ctx.clients.platform.generate_code(payload, ctx.idempotency_key)
 
 
 async def onboarding_user(ctx: StepContext) -> Result:
@@ -151,18 +117,23 @@ async def onboarding_user(ctx: StepContext) -> Result:
         "email": str(onboarding.user_email),
         "password": onboarding.user_password.get_secret_value(),
     }
-    if ctx.direct:
+    try:
         return await ctx.clients.onboarding.create_user(payload, ctx.idempotency_key)
-    return await ctx.endpoint(payload)
+    except AlreadyDone as done:
+        # Only a login with the job's own password proves the user is this job's: without
+        # it, another organisation's job naming the email would take the user over (and
+        # the onboarding sync would link its restaurant to it).
+        user = await ctx.log_in_onboarding_user(payload["email"], payload["password"])
+        raise AlreadyDone(
+            done.warning, proven(done, user, "user_id", ("onboarding.user_email",))
+        ) from None
 
 
 async def image_upload(ctx: StepContext) -> Result:
     menu_id = ctx.config.menu.menu_id
     if not menu_id:
         raise ConfigError("menu.menu_id is required to upload images")
-    if ctx.direct:
-        return await ctx.clients.cdn.upload(menu_id, ctx.idempotency_key, ctx.progress)
-    return await ctx.endpoint({}, menu_id=menu_id)
+    return await ctx.clients.images.upload(menu_id, ctx.idempotency_key, ctx.progress)
 
 
 async def restaurant_registration(ctx: StepContext) -> Result:
@@ -179,136 +150,68 @@ async def restaurant_registration(ctx: StepContext) -> Result:
         "cuisine": r.cuisine,
         "subdomain": r.subdomain,
     }
-    if ctx.in_portal:
-        async with ctx.portal() as portal:
-            page = RestaurantPage(portal.page, ctx.portal_url)
-            return await portal.run(lambda: page.register(values, r.registration_mode, hours))
-    return await ctx.endpoint(
-        {
-            **ctx.portal_login(),
-            "registration_mode": r.registration_mode,
-            **values,
-            "opening_hours": hours,
-        }
+    return await ctx.clients.portal.register_restaurant(
+        ctx.call, ctx.login(), values, r.registration_mode, hours
     )
 
 
 async def website_configuration(ctx: StepContext) -> Result:
-    head = ctx.need("code_generation", "head_injection")
-    body = ctx.need("code_generation", "body_injection")
+    code = (
+        str(ctx.need("code_generation", "head_injection")),
+        str(ctx.need("code_generation", "body_injection")),
+    )
     settings = ctx.config.website.model_dump(mode="json")
-    if ctx.in_portal:
-        async with ctx.portal() as portal:
-            page = WebsitePage(portal.page, ctx.portal_url)
-            await portal.run(lambda: page.apply(ctx.subdomain, head, body, settings))
-        return {"subdomain": ctx.subdomain, "applied": settings}
-    return await ctx.endpoint(
-        {
-            **ctx.portal_login(),
-            "subdomain": ctx.subdomain,
-            "head_injection": head,
-            "body_injection": body,
-            "website": settings,
-        }
+    return await ctx.clients.portal.configure_website(
+        ctx.call, ctx.login(), ctx.subdomain, code, settings
     )
 
 
 async def services_configuration(ctx: StepContext) -> Result:
-    if ctx.in_portal:
-        async with ctx.portal() as portal:
-            page = ServicesPage(portal.page, ctx.portal_url)
-            await portal.run(lambda: page.apply(ctx.subdomain))
-        return {"subdomain": ctx.subdomain, "services": ["pickup", "delivery"]}
-    return await ctx.endpoint({**ctx.portal_login(), "subdomain": ctx.subdomain})
+    return await ctx.clients.portal.configure_services(ctx.call, ctx.login(), ctx.subdomain)
 
 
 async def payment_configuration(ctx: StepContext) -> Result:
     stripe = ctx.config.payment.include_stripe_link
-    if ctx.in_portal:
-        async with ctx.portal() as portal:
-            page = PaymentsPage(portal.page, ctx.portal_url)
-            url = await portal.run(lambda: page.apply(ctx.subdomain, stripe))
-        return {"subdomain": ctx.subdomain, "stripe_connect_url": url}
-    return await ctx.endpoint(
-        {
-            **ctx.portal_login(),
-            "subdomain": ctx.subdomain,
-            "include_stripe_link": stripe,
-        }
-    )
+    return await ctx.clients.portal.configure_payment(ctx.call, ctx.login(), ctx.subdomain, stripe)
 
 
 async def onboarding_sync(ctx: StepContext) -> Result:
+    """Link the restaurant's onboarding record to its user: the one this job's
+    `onboarding_user` step made or proved, else an existing one, once the job's own
+    credentials have logged in to it (naming an email is not owning it)."""
     onboarding = ctx.config.onboarding
-    user_email = ctx.inputs.get("onboarding_user", {}).get("email") or onboarding.user_email
+    user_email = ctx.inputs.get("onboarding_user", {}).get("email")
+    if user_email is None and onboarding.user_email is not None:
+        if onboarding.user_password is None:
+            raise ConfigError("onboarding.user_password is needed to link an existing user")
+        user = await ctx.log_in_onboarding_user(
+            str(onboarding.user_email), onboarding.user_password.get_secret_value()
+        )
+        user_email = user.get("email") or onboarding.user_email
     record = {
         "restaurant_name": ctx.config.restaurant.name,
         "dashboard_url": ctx.need("restaurant_registration", "dashboard_url"),
         "stripe_connect_url": ctx.inputs.get("payment_configuration", {}).get("stripe_connect_url"),
         "user_email": str(user_email) if user_email else None,
     }
-    if ctx.direct:
-        return await ctx.clients.onboarding.sync_record(ctx.subdomain, record, ctx.idempotency_key)
-    return await ctx.endpoint({"subdomain": ctx.subdomain, **record})
+    return await ctx.clients.onboarding.sync_record(ctx.subdomain, record, ctx.idempotency_key)
 
 
 async def menu_import(ctx: StepContext) -> Result:
     menu = ctx.config.menu
-    if ctx.in_portal:
-        async with ctx.portal() as portal:
-            page = MenuImportPage(portal.page, ctx.portal_url)
-            return await portal.run(
-                lambda: page.import_menu(
-                    ctx.subdomain, menu.menu_id, menu.csv_path, look=ctx.repeat
-                )
-            )
-    return await ctx.endpoint(
-        {
-            **ctx.portal_login(),
-            "subdomain": ctx.subdomain,
-            "menu_id": menu.menu_id,
-            "csv_path": menu.csv_path,
-        }
+    return await ctx.clients.portal.import_menu(
+        ctx.call, ctx.login(), ctx.subdomain, menu.menu_id, menu.csv_path
     )
 
 
 async def option_sets(ctx: StepContext) -> Result:
     menu_id = str(ctx.need("menu_import", "menu_id"))
-    if not ctx.in_portal:
-        return await ctx.endpoint(
-            {
-                **ctx.portal_login(),
-                "subdomain": ctx.subdomain,
-                "menu_id": menu_id,
-            }
-        )
-    async with ctx.portal() as portal:
-        page = OptionSetsPage(portal.page, ctx.portal_url)
-        missing, total = await portal.run(lambda: page.missing(ctx.subdomain, menu_id))
-        done = total - len(missing)
-        # One form per option set; each is safe to repeat (the portal keys them by name),
-        # so an expired session only costs a login and the set in hand.
-        for name in missing:
-            await ctx.progress(f"option set {done + 1} of {total}")
-            await portal.run(functools.partial(page.create, ctx.subdomain, menu_id, name))
-            done += 1
-    return {"menu_id": menu_id, "option_sets": total, "created": len(missing)}
+    return await ctx.clients.portal.add_option_sets(ctx.call, ctx.login(), ctx.subdomain, menu_id)
 
 
 async def item_tags(ctx: StepContext) -> Result:
     menu_id = str(ctx.need("menu_import", "menu_id"))
-    if ctx.in_portal:
-        async with ctx.portal() as portal:
-            page = ItemTagsPage(portal.page, ctx.portal_url)
-            tags = await portal.run(lambda: page.apply(ctx.subdomain, menu_id))
-        return {"menu_id": menu_id, "tags": tags}
-    return await ctx.endpoint(
-        {
-            **ctx.portal_login(),
-            "subdomain": ctx.subdomain,
-            "menu_id": menu_id,
-        }
-    )
+    return await ctx.clients.portal.add_item_tags(ctx.call, ctx.login(), ctx.subdomain, menu_id)
 
 
 HANDLERS: Final[Mapping[str, Callable[[StepContext], Awaitable[Result]]]] = {

@@ -6,6 +6,7 @@ never lets a failure to report fail the job.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import Any
@@ -23,6 +24,7 @@ from prefect.logging import get_run_logger
 
 from regjobs import catalogue, ledger, observe
 from regjobs.evidence import evidence_url
+from regjobs.secrets import Scrubber
 from regjobs.settings import Settings
 from tasks.ledger_io import ledger_read
 
@@ -103,12 +105,26 @@ class Report:
     """The job's summary artifact (markdown, key `job-<id>`: one collection per job, a new
     version as each step ends) and its progress artifact (percent)."""
 
-    def __init__(self, job_id: str, organisation_id: str, settings: Settings) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        organisation_id: str,
+        settings: Settings,
+        scrubber: Scrubber | None = None,
+    ) -> None:
         self.job_id = job_id
         self.organisation_id = organisation_id
         self.settings = settings
+        #: The artifacts are text for people: the job's secrets are masked in them (the
+        #: steps' results they quote are data, never masked where they are stored).
+        self.scrubber = Scrubber([]) if scrubber is None else scrubber
         self.progress_id: UUID | None = None
         self.shown: tuple[int, str] | None = None
+        #: When the artifacts were last written (the loop's clock), and the write put off
+        #: until `artifact_seconds` after it.
+        self._written: float | None = None
+        self._later: asyncio.Task[None] | None = None
+        self._writing = False
 
     @property
     def key(self) -> str:
@@ -120,23 +136,73 @@ class Report:
     def _evidence(self, evidence_id: int) -> str:
         return evidence_url(self.settings, self.job_id, evidence_id, self.organisation_id)
 
-    async def update(self) -> None:
-        """Write both artifacts again from the job's view, if it changed since."""
+    async def update(self, *, final: bool = False) -> None:
+        """Write both artifacts again from the job's view, if it changed since. The last
+        (`final`) is written before this returns, after any write under way; the others in
+        the background, never holding up the steps (the first at once, then at most every
+        `artifact_seconds`: a write asked for sooner is made when that much time has
+        passed)."""
+        if final:
+            later, self._later = self._later, None
+            if later is not None and self._writing:
+                with contextlib.suppress(Exception):
+                    await later  # (a write cut off half-way could land after the last)
+            elif later is not None:
+                later.cancel()
+            self._written = asyncio.get_running_loop().time()
+            await self._write()
+            return
+        if self._later is None:
+            wait = (
+                0.0
+                if self._written is None
+                else self._written
+                + self.settings.artifact_seconds
+                - asyncio.get_running_loop().time()
+            )
+            self._later = asyncio.ensure_future(self._write_after(max(0.0, wait)))
+
+    async def _write_after(self, wait: float) -> None:
+        await asyncio.sleep(wait)
+        self._written = asyncio.get_running_loop().time()
+        self._writing = True
+        try:
+            await self._write()
+        finally:
+            self._writing = False
+            if self._later is asyncio.current_task():
+                self._later = None
+
+    def close(self) -> None:
+        """Drop a write put off for later (the run ends without a last write)."""
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
+
+    async def _write(self) -> None:
         try:
             job = await ledger_read(ledger.public_view, job_id=self.job_id)
-            markdown = observe.summary_markdown(job, self.job_url(), self._evidence)
+            markdown = self.scrubber.text(
+                observe.summary_markdown(job, self.job_url(), self._evidence)
+            )
             if self.shown == (job.progress_percent, markdown):
                 return
             await acreate_markdown_artifact(
                 markdown=markdown,
                 key=self.key,
-                description=f"{job.restaurant_name}: the job's steps ({job.status.value})",
+                description=(
+                    f"{observe.markdown_text(job.restaurant_name)}: the job's steps "
+                    f"({job.status.value})"
+                ),
             )
             if self.progress_id is None:
                 self.progress_id = await acreate_progress_artifact(
                     progress=float(job.progress_percent),
                     key=f"{self.key}-progress",
-                    description=f"{job.restaurant_name}: percent of the job's steps done",
+                    description=(
+                        f"{observe.markdown_text(job.restaurant_name)}: percent of the job's "
+                        "steps done"
+                    ),
                 )
             elif self.shown is None or self.shown[0] != job.progress_percent:
                 await aupdate_progress_artifact(self.progress_id, float(job.progress_percent))

@@ -15,12 +15,26 @@ import httpx
 import pytest
 from sqlalchemy import Engine, create_engine
 
-from deployments.stack import Stack, StackConfig, free_port
+from deployments.stack import Stack, free_port
+from deployments.stack_config import StackConfig
 from regjobs.db import LOCAL_POSTGRES_ADMIN_URL
-from tests.helpers import end_leftover_jobs
+from tests.helpers import StepModes, end_leftover_jobs, new_key
 
 PG_ADMIN_URL = os.environ.get("REGJOBS_TEST_PG_ADMIN_URL", LOCAL_POSTGRES_ADMIN_URL)
 DEV_KEY = "rj_test_" + uuid.uuid4().hex
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> str:
+    """The PostgreSQL server's admin URL the tests make scratch databases with
+    (REGJOBS_TEST_PG_ADMIN_URL, else the local one)."""
+    return PG_ADMIN_URL
+
+
+@pytest.fixture(scope="session")
+def dev_key() -> str:
+    """The test system's development API key (the `api` client's)."""
+    return DEV_KEY
 
 
 @pytest.fixture(scope="session")
@@ -71,6 +85,9 @@ def stack_env(database_url: str, state_dir: Path) -> dict[str, str]:
         # through the app's endpoints, which is quicker than Chromium. The tests of the
         # browser steps switch the worker to direct mode (the `direct_mode` fixture).
         "REGJOBS_STEP_MODE": "endpoints",
+        # A release's queue unpolled this long has no live worker (test_redeploy waits for
+        # a job to say so after it stops a release's worker).
+        "REGJOBS_RELEASE_WORKER_GONE_SECONDS": "5",
     }
     for key, value in env.items():
         os.environ[key] = value
@@ -127,14 +144,29 @@ def restaurant_id() -> str:
     return f"rest-{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture(scope="session")
+def step_modes(stack: Stack) -> StepModes:
+    """Switches the test system's worker between step modes (restarting it only on a
+    change)."""
+    return StepModes(stack)
+
+
 @pytest.fixture(scope="module")
-def direct_mode(stack: Stack) -> Iterator[None]:
+def direct_mode(step_modes: StepModes) -> Iterator[None]:
     """The worker (and its flow runs) in direct mode for this module: the API steps call
     the platform API, onboarding service and CDN; the browser steps drive the portal."""
-    stack.stop_child("worker")
-    stack.start_worker(env={"REGJOBS_STEP_MODE": "direct"})
+    step_modes.use("direct")
     try:
         yield
     finally:
-        stack.stop_child("worker")
-        stack.start_worker()
+        step_modes.use("endpoints")
+
+
+@pytest.fixture(scope="module")
+def other_org(stack: Stack) -> Iterator[httpx.Client]:
+    """An API client of another organisation than `api`'s."""
+    key = new_key(stack, f"other-{uuid.uuid4().hex[:6]}")
+    with httpx.Client(
+        base_url=stack.config.api_url, timeout=30, headers={"Authorization": f"Bearer {key}"}
+    ) as client:
+        yield client

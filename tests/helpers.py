@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,8 +19,12 @@ import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 
-from deployments.stack import alive, processes_with_env
-from regjobs.catalogue import STEP_IDS
+from deployments.pids import alive, processes_with_env
+from regjobs.catalogue import STEP_IDS, STEPS
+
+# The stand-in's control calls, for the tests that import them from here.
+from standin.client import effects as effects
+from standin.client import fault as fault
 
 if TYPE_CHECKING:
     from deployments.stack import Stack
@@ -36,6 +41,16 @@ class JobWatch:
 
     def saw(self, step_id: str, status: str) -> bool:
         return status in self.seen.get(step_id, set())
+
+
+#: Set (as `.ci/run` does) to run the soaks in their bounded form: fewer rounds of the same
+#: trial, so CI stays within its time; unset, they run in full.
+BOUNDED = os.environ.get("REGJOBS_TEST_BOUNDED", "") not in ("", "0")
+
+
+def soak(full: int, bounded: int) -> int:
+    """How many trials a soak runs: `full`, or `bounded` in CI's bounded form."""
+    return bounded if BOUNDED else full
 
 
 def wait_for(
@@ -163,10 +178,6 @@ def create(api: httpx.Client, restaurant_id: str, **sections: Any) -> str:
     return str(body["job_id"])
 
 
-def fault(standin: httpx.Client, **spec: Any) -> None:
-    standin.post("/_control/faults", json=spec).raise_for_status()
-
-
 def calls_of(standin: httpx.Client, step: str) -> list[dict[str, Any]]:
     return [c for c in standin.get("/_control/calls").json() if c["step"] == step]
 
@@ -200,10 +211,6 @@ def hold_step(
     job_id = create(api, restaurant_id)
     wait_step(api, job_id, step, "running")
     return job_id
-
-
-def effects(standin: httpx.Client) -> dict[str, int]:
-    return dict(standin.get("/_control/effects").json())
 
 
 def end_leftover_jobs(*, timeout: float = 90) -> list[str]:
@@ -322,6 +329,28 @@ def serve_in_thread(app: Any) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+@contextmanager
+def api_in_thread(**env: str) -> Iterator[str]:
+    """The API app served in this process with these settings and its reconciler off (no
+    Prefect here); its URL. The settings are as before once it ends."""
+    import pytest
+
+    from regjobs.settings import get_settings
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REGJOBS_RECONCILER", "false")
+        for name, value in env.items():
+            patch.setenv(name, value)
+        get_settings.cache_clear()
+        from api.main import create_app
+
+        try:
+            with serve_in_thread(create_app()) as base:
+                yield base
+        finally:
+            get_settings.cache_clear()
+
+
 @dataclass
 class BigUpload:
     """How a large upload over a raw socket went."""
@@ -405,6 +434,43 @@ def upload(
     return BigUpload(status, answer, sent, closed)
 
 
+@dataclass
+class RawAnswer:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def send_raw(
+    base_url: str,
+    method: str,
+    path: str,
+    headers: list[tuple[str, str]],
+    body: bytes = b"",
+) -> RawAnswer:
+    """One request over its own socket with its headers exactly as listed, a header given
+    twice sent on two lines (as no ordinary client sends it), and its answer."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base_url)
+    connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
+    try:
+        connection.putrequest(method, path, skip_accept_encoding=True)
+        for name, value in headers:
+            connection.putheader(name, value.encode("latin-1"))
+        if body or method in ("POST", "PUT"):
+            connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body or None)
+        response = connection.getresponse()
+        return RawAnswer(response.status, response.getheaders(), response.read())
+    finally:
+        connection.close()
+
+
 # ------------------------------------------------ secrets audits
 
 
@@ -464,9 +530,9 @@ def secrets_haystacks(
     api: httpx.Client, stack: Stack, db: Any, job_id: str, *extra_responses: httpx.Response
 ) -> dict[str, bytes]:
     """Everywhere a secret of a job could end up, by name: every API answer about the job
-    (its screenshots included), every column of every table of the job database, Prefect's
-    view (flow and task runs, their states and state history, logs, artifacts) and every
-    file of its database, and every process log."""
+    (its screenshots and its status page included), every column of every table of the job
+    database, Prefect's view (flow and task runs, their states and state history, logs,
+    artifacts, run inputs) and every file of its database, and every process log."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         ArtifactFilter,
@@ -486,6 +552,15 @@ def secrets_haystacks(
     ):
         haystacks[f"GET {path}"] = api.get(path).content
     haystacks["events"] = json.dumps(read_events(api, job_id).events).encode()
+    # The job status page a view token opens, its script and its style sheet.
+    made = api.post(f"/api/registration-jobs/{job_id}/view-token")
+    assert made.status_code == 200, made.text
+    page = f"{stack.config.api_url}/jobs/{made.json()['url'].split('/jobs/', 1)[1]}"
+    haystacks["status page"] = httpx.get(page).content
+    for asset in ("job.js", "job.css"):
+        haystacks[f"status page {asset}"] = httpx.get(
+            f"{stack.config.api_url}/jobs/assets/{asset}"
+        ).content
     for step in job["steps"]:
         for shot in step.get("evidence") or ():
             haystacks[f"screenshot {shot['evidence_id']}"] = httpx.get(shot["url"]).content
@@ -520,6 +595,14 @@ def secrets_haystacks(
             artifacts = client.read_artifacts(
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
             )
+            # Run inputs (a suspended run's schema, description and the input it was
+            # resumed with): Prefect keeps them in plain text, in `flow_run_input`.
+            inputs = client.filter_flow_run_input(
+                flow_run_id=run_id, key_prefix="", limit=1000, exclude_keys=set()
+            )
+            haystacks[f"flow run inputs {run_id}"] = "\n".join(
+                f"{i.key}={i.value}" for i in inputs
+            ).encode()
             haystacks[f"artifacts {run_id}"] = repr(
                 [(a.key, a.data, a.description) for a in artifacts]
             ).encode()
@@ -533,14 +616,145 @@ def secrets_haystacks(
     return haystacks
 
 
-def occurrences(secret: str, haystacks: dict[str, bytes]) -> dict[str, int]:
-    """Where `secret` appears in the clear (as given, JSON- or URL-escaped), and how often."""
-    from urllib.parse import quote
+def _forms(value: str) -> set[bytes]:
+    """`value` as given and JSON-, HTML- and URL-escaped (`regjobs.secrets.forms`), as bytes."""
+    from regjobs.secrets import forms
 
-    forms = {secret, json.dumps(secret)[1:-1], quote(secret, safe="")}
+    return {text.encode() for text in forms(value) if text}
+
+
+def occurrences(
+    secret: str, haystacks: dict[str, bytes], public: Iterable[str] = ()
+) -> dict[str, int]:
+    """Where `secret` appears in the clear (as given, JSON-, HTML- or URL-escaped), and how
+    often. An occurrence that lies inside an occurrence of one of `public` (compared without
+    regard to ASCII case, as given, escaped or in the slug form a subdomain is derived with)
+    is left out: those are the job's public values, which the user typed and the job shows
+    to anyone who can read it, so a password equal to the restaurant's name is "found"
+    wherever the name is, and one that shares "harbour-" with it wherever the subdomain is."""
+    from regjobs.config import derive_subdomain
+
+    forms = _forms(secret)
+    needles: set[bytes] = set()
+    for value in public:
+        if value:
+            needles |= {form.lower() for form in _forms(value)}
+            needles.add(derive_subdomain(value).encode())
+    needles.discard(b"")
     found = {}
     for name, data in haystacks.items():
-        count = sum(data.count(form.encode()) for form in forms)
-        if count:
-            found[name] = count
+        spans = [(start, start + len(form)) for form in forms for start in _finds(form, data)]
+        if spans and needles:
+            lower = data.lower()
+            inside = [
+                (start, start + len(needle))
+                for needle in needles
+                for start in _finds(needle, lower)
+            ]
+            spans = [(s, e) for s, e in spans if not any(ps <= s and e <= pe for ps, pe in inside)]
+        if spans:
+            found[name] = len(spans)
     return found
+
+
+def _finds(needle: bytes, data: bytes) -> Iterator[int]:
+    """Every start of `needle` in `data`, overlapping ones included."""
+    start = data.find(needle)
+    while start != -1:
+        yield start
+        start = data.find(needle, start + 1)
+
+
+class StepModes:
+    """The step mode of the test system's worker and its flow runs: the stack's own
+    (`endpoints`, the tests' settings) unless a test asks for `direct`. The worker is
+    restarted only when the mode changes, so tests that need either mode may run in any
+    order (the `step_modes` fixture)."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.mode = "endpoints"
+
+    def use(self, mode: str) -> None:
+        if mode == self.mode:
+            return
+        self.stack.stop_child("worker")
+        self.stack.start_worker(env=None if mode == "endpoints" else {"REGJOBS_STEP_MODE": mode})
+        self.mode = mode
+
+
+# ------------------------------------------------------------- waiting for a person
+
+
+def wait_for_person(api: httpx.Client, job_id: str, *, timeout: float = 90) -> dict[str, Any]:
+    """The job once a step waits for a person and its flow run is Suspended in Prefect
+    (failing early, with the job, if it ends instead)."""
+
+    def waiting() -> dict[str, Any] | None:
+        job = api.get(f"/api/registration-jobs/{job_id}").json()
+        assert job["status"] not in FINAL_JOB, job
+        if job["action_required"] and job["flow_run_id"]:
+            state, _ = flow_run_state(job["flow_run_id"])
+            if state is StateType.PAUSED:
+                return dict(job)
+        return None
+
+    return dict(wait_for(waiting, timeout=timeout, what=f"job {job_id} to wait for a person"))
+
+
+def give_input(api: httpx.Client, job_id: str, **sections: Any) -> httpx.Response:
+    """`POST .../input` with these config sections."""
+    return api.post(f"/api/registration-jobs/{job_id}/input", json={"execution_config": sections})
+
+
+def held_by(flow_run_id: str, job_id: str) -> dict[str, Any]:
+    """What a job's flow run holds now: its processes (the flow-run process, Chromium: any
+    live process whose environment names the run), its browser slots in the ledger."""
+    from deployments.pids import chromium_processes
+    from regjobs.db import read_session
+    from regjobs.models import RegistrationJobStep
+
+    pids = flow_run_pids(flow_run_id)
+    with read_session() as session:
+        slots = [
+            r.step_id
+            for r in session.query(RegistrationJobStep).filter_by(job_id=job_id)
+            if r.slot_since is not None
+        ]
+    return {"processes": pids, "chromium": chromium_processes(pids), "slots": slots}
+
+
+def browser_slots_in_use() -> int:
+    """The browser slots Prefect counts taken (its global concurrency limit)."""
+    from regjobs.settings import get_settings
+
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(get_settings().browser_limit_name)
+    return int(limit.active_slots)
+
+
+def job_events(job_id: str) -> set[tuple[str, str | None]]:
+    """(event, step) of the job's `regjobs.*` events Prefect has stored."""
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    wanted = EventFilter(
+        event=EventNameFilter(prefix=["regjobs."]),
+        resource=EventResourceFilter(id_prefix=[f"regjobs.job.{job_id}"]),
+    )
+    with get_client(sync_client=True) as client:
+        page = client.read_events(filter=wanted, limit=50)
+        events = list(page.events)
+        while page.next_page:
+            page = client.read_events_page(str(page.next_page))
+            events += page.events
+    return {(e.event, e.resource.get("regjobs.step")) for e in events}
+
+
+_LABELS = {s.label: s.id for s in STEPS}
+
+
+def step_of(name: str) -> str:
+    """The step a task run of Prefect stands for. Prefect creates a task run named
+    `<task name>-<3 hex>` and renames it to its `task_run_name` as it starts; a marker run
+    that ends at once was seen to keep the first name ('Option sets-6fb')."""
+    return _LABELS[name] if name in _LABELS else _LABELS[re.sub(r"-[0-9a-f]{3}$", "", name)]

@@ -64,6 +64,7 @@ class OutsideSystem:
             return body
         detail = body.get("detail")
         code = detail.get("code") if isinstance(detail, dict) else None
+        named = detail.get("field") if isinstance(detail, dict) else None
         if (
             response.status_code == 409
             and already_done
@@ -81,6 +82,7 @@ class OutsideSystem:
             status_code=response.status_code,
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
             code=code if isinstance(code, str) else None,
+            field=named if isinstance(named, str) else None,
         )
 
 

@@ -1,33 +1,53 @@
-"""Clients of the platform API, the onboarding service, the image CDN and the app's endpoints."""
+"""The direct clients of the platform API, the onboarding service and the image CDN (the
+`Platform`, `Onboarding` and `Images` interfaces of `tasks.clients.interfaces`)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
-import httpx
-
-from regjobs.errors import NonRetryableStepError, OutsideSystemError, RetryableStepError
-from regjobs.settings import Settings
+from regjobs.errors import (
+    ACCOUNT_LOGIN,
+    ONBOARDING_LOGIN,
+    LoginRefused,
+    OutsideSystemError,
+    RetryableStepError,
+)
 from tasks.clients.http import OutsideSystem, segment
 
 ACCOUNT_EXISTS: Final = {"account_exists": "the account already exists; using it"}
 #: Why an account that exists is not used: the job's credentials do not open it.
 CREDENTIALS_MISMATCH: Final = "an account with this email exists and the credentials do not match"
-
-
-class CredentialsMismatch(NonRetryableStepError):
-    """The email has an account, but the job's password does not log in to it."""
-
-    def __init__(self) -> None:
-        super().__init__(CREDENTIALS_MISMATCH)
+#: The same for an onboarding user.
+USER_MISMATCH: Final = "an onboarding user with this email exists and the credentials do not match"
 
 
 def credentials_refused(exc: OutsideSystemError) -> bool:
     """Whether an answer says the credentials were refused (not our API key)."""
     return exc.status_code in (401, 403) and exc.code == "invalid_credentials"
+
+
+async def log_in_with(
+    system: OutsideSystem,
+    path: str,
+    email: str,
+    password: str,
+    trace: str,
+    *,
+    refused: str,
+    fields: tuple[str, ...],
+) -> dict[str, Any]:
+    """The record these credentials open at `path`; LoginRefused (naming `fields`) when
+    the system refuses them."""
+    try:
+        return await system.request(
+            "POST", path, json={"email": email, "password": password}, trace=trace
+        )
+    except OutsideSystemError as exc:
+        if credentials_refused(exc):
+            raise LoginRefused(refused, fields=fields, email=email) from None
+        raise
 
 
 RESTAURANT_EXISTS: Final = {"restaurant_exists": "the restaurant is already registered; using it"}
@@ -48,15 +68,16 @@ class PlatformApi:
         )
 
     async def log_in(self, email: str, password: str, trace: str) -> dict[str, Any]:
-        """The account these credentials open; CredentialsMismatch if they open none."""
-        try:
-            return await self.system.request(
-                "POST", "/api/v1/sessions", json={"email": email, "password": password}, trace=trace
-            )
-        except OutsideSystemError as exc:
-            if exc.status_code in (401, 403):
-                raise CredentialsMismatch() from None
-            raise
+        """The account these credentials open; LoginRefused if they open none."""
+        return await log_in_with(
+            self.system,
+            "/api/v1/sessions",
+            email,
+            password,
+            trace,
+            refused=CREDENTIALS_MISMATCH,
+            fields=ACCOUNT_LOGIN,
+        )
 
     async def generate_code(self, payload: Mapping[str, Any], key: str) -> dict[str, Any]:
         return await self.system.request(
@@ -71,6 +92,18 @@ class OnboardingService:
     async def create_user(self, payload: Mapping[str, Any], key: str) -> dict[str, Any]:
         return await self.system.request(
             "POST", "/api/users", json=payload, idempotency_key=key, already_done=USER_EXISTS
+        )
+
+    async def log_in(self, email: str, password: str, trace: str) -> dict[str, Any]:
+        """The onboarding user these credentials open; LoginRefused if they open none."""
+        return await log_in_with(
+            self.system,
+            "/api/sessions",
+            email,
+            password,
+            trace,
+            refused=USER_MISMATCH,
+            fields=ONBOARDING_LOGIN,
         )
 
     async def sync_record(
@@ -105,75 +138,5 @@ class ImageCdn:
             raise RetryableStepError(
                 f"image upload batch {batch.get('batch_id')} ended {batch.get('status')!r}"
             )
-        return batch
-
-
-#: The app's existing per-step endpoints (SPEC.md), by step.
-ENDPOINT_PATHS: Final[Mapping[str, str]] = {
-    "account_registration": "/api/registration/register-account",
-    "code_generation": "/api/registration/generate-code-injections",
-    "onboarding_user": "/api/registration/create-onboarding-user",
-    "image_upload": "/menus/{menu_id}/upload-images",
-    "restaurant_registration": "/api/registration/register-restaurant",
-    "website_configuration": "/api/registration/configure-website",
-    "services_configuration": "/api/registration/configure-services",
-    "payment_configuration": "/api/registration/configure-payment",
-    "onboarding_sync": "/api/registration/update-onboarding-record",
-    "menu_import": "/api/registration/import-menu-direct",
-    "option_sets": "/api/registration/add-option-sets",
-    "item_tags": "/api/registration/add-item-tags",
-}
-
-_ENDPOINT_ALREADY_DONE: Final[Mapping[str, Mapping[str, str]]] = {
-    "account_registration": ACCOUNT_EXISTS,
-    "restaurant_registration": RESTAURANT_EXISTS,
-    "onboarding_user": USER_EXISTS,
-}
-
-
-class AppEndpoints:
-    def __init__(self, system: OutsideSystem) -> None:
-        self.system = system
-
-    async def call(
-        self, step_id: str, payload: Mapping[str, Any], key: str, **path_args: str
-    ) -> dict[str, Any]:
-        path = ENDPOINT_PATHS[step_id].format(
-            **{name: segment(value, name.replace("_", " ")) for name, value in path_args.items()}
-        )
-        return await self.system.request(
-            "POST",
-            path,
-            json=payload,
-            idempotency_key=key,
-            already_done=_ENDPOINT_ALREADY_DONE.get(step_id),
-        )
-
-
-@dataclass(frozen=True)
-class Clients:
-    platform: PlatformApi
-    onboarding: OnboardingService
-    cdn: ImageCdn
-    endpoints: AppEndpoints
-
-    @classmethod
-    def build(cls, http: httpx.AsyncClient, settings: Settings) -> Clients:
-        def system(name: str, url: str, key: Any) -> OutsideSystem:
-            return OutsideSystem(http, name=name, base_url=url, api_key=key)
-
-        return cls(
-            platform=PlatformApi(
-                system("platform API", settings.platform_api_url, settings.platform_api_key)
-            ),
-            onboarding=OnboardingService(
-                system("onboarding service", settings.onboarding_url, settings.onboarding_api_key)
-            ),
-            cdn=ImageCdn(
-                system("image CDN", settings.cdn_url, settings.cdn_api_key),
-                settings.cdn_poll_seconds,
-            ),
-            endpoints=AppEndpoints(
-                system("app endpoint", settings.app_endpoints_url, settings.app_endpoints_api_key)
-            ),
-        )
+        # The batch does not name its menu; the step's result does (as the endpoint's).
+        return {**batch, "menu_id": menu_id}

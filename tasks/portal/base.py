@@ -11,7 +11,12 @@ from urllib.parse import urlsplit
 from playwright.async_api import Locator, Page
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
-from regjobs.errors import NonRetryableStepError, PreconditionFailed, RetryableStepError
+from regjobs.errors import (
+    NonRetryableStepError,
+    PreconditionFailed,
+    RetryableStepError,
+    value_rejected,
+)
 from tasks.clients.http import segment
 
 LOGIN_PATH = "/login"
@@ -42,6 +47,8 @@ class SessionExpired(RetryableStepError):
 class PortalPage:
     #: How the page is named in error messages.
     name: ClassVar[str] = "portal"
+    #: The step whose form the page is (its typed fields: `regjobs.errors.TYPED_FIELDS`).
+    step_id: ClassVar[str] = ""
 
     def __init__(self, page: Page, base_url: str) -> None:
         self.page = page
@@ -75,13 +82,18 @@ class PortalPage:
             raise PreconditionFailed(f"{self.name} page: {await error.first.inner_text()}")
         fields = self.page.locator(".field-error")
         if await fields.count():
-            problems = [
-                f"{await f.get_attribute('data-field')}: {await f.inner_text()}"
+            named = [
+                (await f.get_attribute("data-field") or "form", await f.inner_text())
                 for f in await fields.all()
             ]
-            raise NonRetryableStepError(
-                f"{self.name} page: the portal rejected the form: {'; '.join(problems)}"
+            message = f"{self.name} page: the portal rejected the form: " + "; ".join(
+                f"{name}: {said}" for name, said in named
             )
+            # A value a person typed (a phone number, a subdomain taken): they correct it.
+            rejected = value_rejected(self.step_id, message, [n for n, _ in named])
+            if rejected is not None:
+                raise rejected
+            raise NonRetryableStepError(message)
         if status is not None and 400 <= status < 500:
             raise NonRetryableStepError(f"{self.name} page: the portal answered HTTP {status}")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from regjobs.errors import NonRetryableStepError
+from regjobs.errors import ACCOUNT_LOGIN, LoginRefused
 from tasks.portal.base import LOGIN_PATH, PortalPage
 
 FORM = "#login-form"
@@ -26,7 +26,9 @@ class LoginPage(PortalPage):
         async with self.page.expect_navigation():
             await button.click()
         if await self.page.locator(ERROR).count():
-            raise NonRetryableStepError(
-                f"login page: the portal refused the credentials of {email}: "
-                f"{await self.page.locator(ERROR).first.inner_text()}"
+            said = await self.page.locator(ERROR).first.inner_text()
+            raise LoginRefused(
+                f"login page: the portal refused the credentials ({said.strip()[:100]})",
+                fields=ACCOUNT_LOGIN,
+                email=email,
             )

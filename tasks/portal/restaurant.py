@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from regjobs.errors import AlreadyDone
-from tasks.portal.base import PortalPage
+from regjobs.errors import RESTAURANT_IDENTITY, AlreadyDone, NeedsPerson, PreconditionFailed
+from tasks.portal.base import PortalPage, restaurant_path
 
 PATH = "/restaurants/new"
 FIELDS = ("name", "address", "city", "phone", "cuisine", "subdomain")
@@ -18,6 +18,7 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 class RestaurantPage(PortalPage):
     name = "register restaurant"
+    step_id = "restaurant_registration"
 
     async def register(
         self,
@@ -39,13 +40,11 @@ class RestaurantPage(PortalPage):
         exists = self.page.locator(EXISTS)
         if await exists.count():
             found = exists.first
+            named = await found.get_attribute("data-restaurant-id")
+            subdomain = await found.get_attribute("data-subdomain")
             raise AlreadyDone(
                 "the restaurant is already registered; using it",
-                {
-                    "restaurant_id": await found.get_attribute("data-restaurant-id"),
-                    "subdomain": await found.get_attribute("data-subdomain"),
-                    "dashboard_url": await found.get_attribute("data-dashboard-url"),
-                },
+                await DashboardPage(self.page, self.base_url).owned(named, subdomain),
             )
         await self.check(response.status if response else None)
         return await DashboardPage(self.page, self.base_url).read()
@@ -53,6 +52,25 @@ class RestaurantPage(PortalPage):
 
 class DashboardPage(PortalPage):
     name = "dashboard"
+
+    async def owned(self, restaurant_id: str | None, subdomain: str | None) -> dict[str, Any]:
+        """The restaurant an "already registered" page named, once its dashboard opens in
+        this session (the job's own login: the portal shows a dashboard to its owner
+        only) and is that restaurant; NeedsPerson otherwise."""
+        shown = None
+        if restaurant_id and subdomain:
+            try:
+                await self.open(f"{restaurant_path(subdomain)}/dashboard")
+                shown = await self.read()
+            except PreconditionFailed:
+                shown = None
+        if shown is None or shown["restaurant_id"] != restaurant_id:
+            raise NeedsPerson(
+                "the portal says the restaurant is already registered, but its dashboard "
+                "does not open under the job's account",
+                fields=RESTAURANT_IDENTITY,
+            )
+        return shown
 
     async def read(self) -> dict[str, Any]:
         return {

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -20,33 +19,11 @@ from regjobs.db import transaction
 from regjobs.evidence import evidence_url
 from regjobs.models import StepEvidence
 from regjobs.settings import get_settings
-from tests.helpers import full_config, serve_in_thread, upload
+from tests.helpers import full_config, upload
 
 pytestmark = pytest.mark.database
 
 PNG = b"\x89PNG\r\n\x1a\nnot really"
-
-
-@pytest.fixture(scope="module")
-def api_base(stack_env: dict[str, str]) -> Iterator[str]:
-    """The API app, its reconciler off (no Prefect here)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("REGJOBS_RECONCILER", "false")
-        get_settings.cache_clear()
-        from api.main import create_app
-
-        try:
-            with serve_in_thread(create_app()) as base:
-                yield base
-        finally:
-            get_settings.cache_clear()
-
-
-@pytest.fixture
-def client(api_base: str, stack_env: dict[str, str]) -> Iterator[httpx.Client]:
-    headers = {"Authorization": f"Bearer {stack_env['REGJOBS_DEV_API_KEY']}"}
-    with httpx.Client(base_url=api_base, headers=headers, timeout=30) as http:
-        yield http
 
 
 def create_body(**sections: Any) -> dict[str, Any]:

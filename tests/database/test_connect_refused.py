@@ -19,7 +19,6 @@ from sqlalchemy.pool import NullPool
 
 from regjobs.db import engine_for, transaction
 from regjobs.settings import get_settings
-from tests.conftest import PG_ADMIN_URL
 
 pytestmark = [
     pytest.mark.database,
@@ -31,11 +30,11 @@ pytestmark = [
 
 
 @pytest.fixture
-def one_connection_url(database_url: str) -> Iterator[str]:
+def one_connection_url(database_url: str, pg_admin_url: str) -> Iterator[str]:
     """The test database as a role allowed one connection at a time (a superuser, as the
     tests' own, is never refused)."""
     role = f"regjobs_one_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
     database = make_url(database_url).database
     with admin.connect() as connection:
         connection.execute(text(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 1'))

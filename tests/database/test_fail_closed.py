@@ -1,6 +1,6 @@
 """Production fails closed: the API does not start with placeholder outside-system keys or
 with a development key still active; a development key opens nothing; a rotated secret key
-still decrypts every stored config once `python -m regjobs.crypto reencrypt` has run, and the
+still decrypts every stored config once `python -m regjobs.commands reencrypt` has run, and the
 old key is no longer needed. Each test on a scratch job database of its own (SQLite, or
 PostgreSQL in CI's second pass); the API as a real `uvicorn` process."""
 
@@ -24,7 +24,6 @@ from deployments.stack import free_port
 from regjobs.auth import DEVELOPMENT_LABEL, add_key, ensure_organisation
 from regjobs.db import engine_for, migrate
 from regjobs.settings import PROJECT_DIR, get_settings
-from tests.conftest import PG_ADMIN_URL
 from tests.helpers import full_config
 
 pytestmark = pytest.mark.database
@@ -39,12 +38,12 @@ REAL_KEYS = {
 
 
 @pytest.fixture
-def scratch_url(tmp_path: Path) -> Iterator[str]:
+def scratch_url(tmp_path: Path, pg_admin_url: str) -> Iterator[str]:
     """A fresh, migrated job database of this test alone."""
     if os.environ.get("REGJOBS_TEST_DATABASE", "sqlite") == "postgresql":
         from regjobs.db import scratch_postgres_database
 
-        with scratch_postgres_database(PG_ADMIN_URL, "regjobs_closed") as url:
+        with scratch_postgres_database(pg_admin_url, "regjobs_closed") as url:
             migrate(url)
             yield url
             engine_for(url).dispose()
@@ -202,6 +201,7 @@ def test_a_rotated_key_still_decrypts_old_configs_after_reencrypt(
     from regjobs import ledger
     from regjobs.config import ExecutionConfig
     from regjobs.db import transaction
+    from regjobs.ledger import rows
 
     old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     passwords = [f"Rotate-{uuid.uuid4().hex}" for _ in range(3)]
@@ -213,7 +213,7 @@ def test_a_rotated_key_still_decrypts_old_configs_after_reencrypt(
 
     def config_of(job_id: str) -> Any:
         def read(*, session: Any) -> ExecutionConfig:
-            return ledger.job_config(ledger._job(session, job_id))
+            return ledger.job_config(rows._job(session, job_id))
 
         return transaction(read)
 
@@ -243,7 +243,7 @@ def test_a_rotated_key_still_decrypts_old_configs_after_reencrypt(
         use_keys(f"{new},{old}")
         assert config_of(jobs[0]).account.password.get_secret_value() == passwords[0]
         env = production_env(tmp_path, scratch_url, REGJOBS_SECRET_KEY=f"{new},{old}")
-        done = run_command(env, "regjobs.crypto", "reencrypt")
+        done = run_command(env, "regjobs.commands", "reencrypt")
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == f"re-encrypted {len(jobs)} of {len(jobs)} stored config(s)"
 

@@ -466,25 +466,98 @@ def test_a_run_that_began_is_not_replaced() -> None:
     )  # fmt: skip
 
 
+def lease() -> str:
+    return str(uuid.uuid4())
+
+
+def slot_of(job_id: str, step_id: str) -> tuple[Any, str | None]:
+    with read_session() as session:
+        row = session.scalars(
+            select(RegistrationJobStep).where(
+                RegistrationJobStep.job_id == job_id, RegistrationJobStep.step_id == step_id
+            )
+        ).one()
+        return row.slot_since, row.slot_lease
+
+
 def test_slots_held_count_only_live_holders_of_active_jobs() -> None:
     before = transaction(ledger.slots_held)
     job_id = new_job()
     start = begin(job_id)
-    for step in ("restaurant_registration", "website_configuration"):
-        transaction(ledger.hold_slot, job_id=job_id, epoch=start.epoch, step_id=step, holding=True)
+    leases = {"restaurant_registration": lease(), "website_configuration": lease()}
+    for step, held in leases.items():
+        transaction(ledger.hold_slot, job_id=job_id, epoch=start.epoch, step_id=step, lease=held)
     assert transaction(ledger.slots_held) == before + 2
-    transaction(
-        ledger.hold_slot, job_id=job_id, epoch=0, step_id="website_configuration", holding=False
-    )
+    assert transaction(
+        ledger.give_back_slot, job_id=job_id, step_id="website_configuration",
+        lease=leases["website_configuration"],
+    )  # fmt: skip
+    assert slot_of(job_id, "website_configuration") == (None, None)
     assert transaction(ledger.slots_held) == before + 1
     # A holder that lost the job cannot claim a slot; an ended job holds none.
     transaction(ledger.cancel_job, job_id=job_id)
     with pytest.raises(ledger.OwnershipLost):
         transaction(
             ledger.hold_slot, job_id=job_id, epoch=start.epoch, step_id="menu_import",
-            holding=True,
+            lease=lease(),
         )  # fmt: skip
     assert transaction(ledger.slots_held) == before
+
+
+def test_a_stale_holders_give_back_changes_nothing() -> None:
+    """Cancel then retry while the first run's browser step holds a slot: the new run's
+    step holds the slot under its own lease before the old run has given its slot back.
+    The old run's give-back, when it comes, leaves the new holder's record as it was."""
+    job_id = new_job()
+    first = begin(job_id)
+    old = lease()
+    step = "restaurant_registration"
+    transaction(ledger.hold_slot, job_id=job_id, epoch=first.epoch, step_id=step, lease=old)
+    transaction(ledger.cancel_job, job_id=job_id)
+    transaction(ledger.retry_job, job_id=job_id, from_step=None)
+    # The retry forgets the old lease (its holder gives it back to Prefect itself).
+    assert slot_of(job_id, step) == (None, None)
+    second = begin(job_id, "flow-run-2", generation=2)
+    new = lease()
+    before = transaction(ledger.slots_held)
+    transaction(ledger.hold_slot, job_id=job_id, epoch=second.epoch, step_id=step, lease=new)
+    held = snapshot(job_id)
+    assert slot_of(job_id, step)[1] == new
+    # Now the old run gives its slot back: nothing changes.
+    assert not transaction(ledger.give_back_slot, job_id=job_id, step_id=step, lease=old)
+    assert snapshot(job_id) == held
+    assert transaction(ledger.slots_held) == before + 1
+    # The holder of the lease the step names does give it back.
+    assert transaction(ledger.give_back_slot, job_id=job_id, step_id=step, lease=new)
+    assert slot_of(job_id, step) == (None, None)
+    assert transaction(ledger.slots_held) == before
+
+
+def test_the_lease_of_a_holder_found_dead_is_kept_to_free_by_its_id() -> None:
+    job_id = new_job()
+    start = begin(job_id)
+    step, dead = "restaurant_registration", lease()
+    transaction(ledger.hold_slot, job_id=job_id, epoch=start.epoch, step_id=step, lease=dead)
+    with read_session() as session:
+        job, rows = ledger.job_and_steps(session=session, job_id=job_id)
+    crashed = translate.job_public(
+        job, rows, FlowRunSnapshot("flow-run-1", RunState(StateType.CRASHED, "Crashed"), {})
+    )
+    before = transaction(ledger.slots_held)
+    assert transaction(
+        ledger.record_outcome, job_id=job_id, epoch=start.epoch, flow_run_id="flow-run-1",
+        observed_at=None, public=crashed, tell_prefect="no heartbeat",
+    )  # fmt: skip
+    assert transaction(ledger.slots_held) == before - 1
+    assert slot_of(job_id, step) == (None, dead)
+    ours = [e for e in transaction(ledger.leases_to_free) if e.job_id == job_id]
+    assert ours == [ledger.ExpiredLease(job_id, step, dead)]
+    # Once freed, the reconciler forgets it, and only the lease the step names.
+    other = lease()
+    assert not transaction(ledger.forget_lease, job_id=job_id, step_id=step, lease=other)
+    assert transaction(ledger.forget_lease, job_id=job_id, step_id=step, lease=dead)
+    assert slot_of(job_id, step) == (None, None)
+    assert not [e for e in transaction(ledger.leases_to_free) if e.job_id == job_id]
 
 
 def test_stalls_are_found_once_and_cleared_by_the_next_change() -> None:
@@ -540,10 +613,9 @@ def test_a_job_waiting_too_long_for_its_run_is_a_stall() -> None:
 
 
 def test_a_batch_of_creates_reads_back_as_written_whatever_its_text_holds() -> None:
-    """`create_jobs` writes with `COPY` on PostgreSQL and an INSERT elsewhere: text with
-    backslashes, quotes, COPY's own null marker and non-ASCII comes back unchanged (tabs
-    and newlines too, in an event's text), JSON columns parse, left-out columns take their
-    defaults, and times keep their zone."""
+    """`create_jobs` writes with batch INSERTs: text with backslashes, quotes, a `\\N` and
+    non-ASCII comes back unchanged (tabs and newlines too, in an event's text), JSON columns
+    parse, left-out columns take their defaults, and times keep their zone."""
     name = 'Caf\u00e9 \\N \\ "Chez" L\u00e9a \u6f22 \U0001f600'
     config = full_config(restaurant={"name": name})
 
@@ -630,3 +702,40 @@ def test_a_batch_a_unique_index_refuses_raises_integrity_error() -> None:
 
     with pytest.raises(IntegrityError):
         transaction(make)
+
+
+def test_a_step_that_needs_a_person_keeps_the_fields_until_it_runs_again() -> None:
+    """The fields a person can correct stay on the step row (the input form asks for
+    them); the step waits (`action_required`, no next action of its own); a retry after a
+    cancel queues the step again without them."""
+    from regjobs.errors import LoginRefused, classify
+    from regjobs.models import RegistrationJobStep
+
+    job_id = new_job()
+    run = begin(job_id)
+    attempt = transaction(
+        ledger.start_attempt, job_id=job_id, epoch=run.epoch, step_id="onboarding_user",
+        flow_run_id="flow-run-1", task_run_id=None,
+    )  # fmt: skip
+    refused = LoginRefused(
+        "refused", fields=("onboarding.user_email", "onboarding.user_password"), email="a@b.c"
+    )
+    transaction(
+        ledger.fail_attempt, job_id=job_id, epoch=run.epoch, step_id="onboarding_user",
+        attempt=attempt.number, error=classify(refused), will_retry=False,
+    )  # fmt: skip
+
+    def fields() -> Any:
+        with read_session() as session:
+            row = session.get(RegistrationJobStep, (job_id, "onboarding_user"))
+            assert row is not None
+            return row.status, row.action_fields, row.next_action
+
+    assert fields() == (
+        "action_required",
+        ["onboarding.user_email", "onboarding.user_password"],
+        None,
+    )
+    transaction(ledger.cancel_job, job_id=job_id)
+    transaction(ledger.retry_job, job_id=job_id, from_step=None)
+    assert fields() == ("pending", None, None)

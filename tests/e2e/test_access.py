@@ -33,15 +33,6 @@ ALL_ENDPOINTS = [
 
 
 @pytest.fixture(scope="module")
-def other_org(stack: Stack) -> Iterator[httpx.Client]:
-    key = new_key(stack, f"other-{uuid.uuid4().hex[:6]}")
-    with httpx.Client(
-        base_url=stack.config.api_url, timeout=30, headers={"Authorization": f"Bearer {key}"}
-    ) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def parked_job(api: httpx.Client) -> Iterator[dict[str, str]]:
     """A job of the demo organisation that never starts (auto_start false)."""
     restaurant = f"parked-{uuid.uuid4().hex[:8]}"

@@ -86,8 +86,8 @@ def test_malformed_json_is_422(api: httpx.Client, db: Engine) -> None:
 
 
 def test_a_body_nested_past_the_parser_is_400_not_500(api: httpx.Client, db: Engine) -> None:
-    """Past Python's recursion limit the JSON parser gives up: the framework's 400 (the
-    create fast path hands the body on as it came), never a 500."""
+    """Past Python's recursion limit the JSON parser gives up: the framework's 400, never
+    a 500."""
     before = job_count(db)
     nested = b'{"restaurant_id": "r", "execution_config": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     response = api.post(

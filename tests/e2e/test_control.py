@@ -16,7 +16,8 @@ import httpx
 import pytest
 from prefect.client.schemas.objects import StateType
 
-from deployments.stack import FLOW_RUN_NICE, Stack
+from deployments.stack import Stack
+from deployments.stack_config import FLOW_RUN_NICE
 from regjobs.catalogue import STEP_IDS
 from tests.helpers import (
     calls_of,

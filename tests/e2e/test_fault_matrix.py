@@ -1,16 +1,25 @@
 """One case per row of SPEC.md's error table, end to end against the stand-in: the step's
-final status, its attempt count and the job's outcome."""
+final status, its attempt count and the job's outcome. Each test sets the worker's step mode
+it needs (endpoints, or direct for the portal's rows), so they run in any order."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.helpers import create, full_config, steps_by_id, watch_job
+from standin.client import fault
+from tests.helpers import (
+    StepModes,
+    create,
+    full_config,
+    steps_by_id,
+    wait_for_person,
+    watch_job,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -20,18 +29,17 @@ Setup = Callable[[httpx.Client], None]
 def faults(*specs: dict[str, Any]) -> Setup:
     def apply(standin: httpx.Client) -> None:
         for spec in specs:
-            standin.post("/_control/faults", json=spec).raise_for_status()
+            fault(standin, **spec)
 
     return apply
 
 
-def existing_account(password: str) -> Setup:
+def existing_account(password: str, email: str | None = None) -> Setup:
     def apply(standin: httpx.Client) -> None:
-        account = full_config()["account"]
         standin.post(
             "/platform/api/v1/accounts",
             json={
-                "email": account["email"],
+                "email": email or full_config()["account"]["email"],
                 "password": password,
                 "phone": "",
             },
@@ -79,6 +87,14 @@ EXISTING_ACCOUNT: dict[str, Any] = {
     "restaurant": {"registration_mode": "existing_account_first_restaurant"},
 }
 CREDENTIALS_MISMATCH = "an account with this email exists and the credentials do not match"
+
+
+def refused(email: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A config whose account email is `email`: each row that has a login refused uses an
+    email of its own, so the refused-login limit (per email, for the whole test session)
+    never reaches another test's email."""
+    config = config or {}
+    return {**config, "account": {**config.get("account", {}), "email": email}}
 
 
 @dataclass(frozen=True)
@@ -159,27 +175,28 @@ PORTAL_CASES = {
     ),
     "bad credentials at the portal's login": Case(
         "restaurant_registration",
-        existing_account("someone-elses-password"),
-        "failed",
+        existing_account("someone-elses-password", "refused-portal@example.com"),
+        "action_required",
         1,
-        "failed",
+        "in_progress",
         message="refused the credentials",
-        config=EXISTING_ACCOUNT,
+        config=refused("refused-portal@example.com", EXISTING_ACCOUNT),
     ),
     "an existing account the credentials do not open (platform login)": Case(
         "account_registration",
-        existing_account("someone-elses-password"),
-        "failed",
+        existing_account("someone-elses-password", "refused-platform@example.com"),
+        "action_required",
         1,
-        "failed",
+        "in_progress",
         message=CREDENTIALS_MISMATCH,
+        config=refused("refused-platform@example.com"),
     ),
     "validation failure in the portal's form": Case(
         "restaurant_registration",
         existing_restaurant("first-owner@example.com", "Demo Pizza"),
-        "failed",
+        "action_required",
         1,
-        "failed",
+        "in_progress",
         message="subdomain",
     ),
 }
@@ -188,27 +205,28 @@ CASES = {
     **CASES,
     "bad credentials": Case(
         "restaurant_registration",
-        existing_account("someone-elses-password"),
-        "failed",
+        existing_account("someone-elses-password", "refused-endpoint@example.com"),
+        "action_required",
         1,
-        "failed",
+        "in_progress",
         message="HTTP 401",
-        config=EXISTING_ACCOUNT,
+        config=refused("refused-endpoint@example.com", EXISTING_ACCOUNT),
     ),
     "an existing account the credentials do not open": Case(
         "account_registration",
-        existing_account("someone-elses-password"),
-        "failed",
+        existing_account("someone-elses-password", "refused-account@example.com"),
+        "action_required",
         1,
-        "failed",
+        "in_progress",
         message=CREDENTIALS_MISMATCH,
+        config=refused("refused-account@example.com"),
     ),
     "validation failure (subdomain taken)": Case(
         "restaurant_registration",
         existing_restaurant("first-owner@example.com", "Demo Pizza"),
-        "failed",
+        "action_required",
         1,
-        "failed",
+        "in_progress",
         message="HTTP 422",
     ),
     "duplicate account": Case(
@@ -230,26 +248,40 @@ CASES = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def stacks_mode_after(step_modes: StepModes) -> Iterator[None]:
+    """The module leaves the worker in the stack's mode, whichever of its tests ran last."""
+    yield
+    step_modes.use("endpoints")
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_fault_matrix(
-    name: str, api: httpx.Client, standin: httpx.Client, restaurant_id: str
+    name: str, api: httpx.Client, standin: httpx.Client, restaurant_id: str, step_modes: StepModes
 ) -> None:
+    step_modes.use("endpoints")
     check(CASES[name], api, standin, restaurant_id)
 
 
-# Last in the module: from here on the worker runs in direct mode.
 @pytest.mark.parametrize("name", list(PORTAL_CASES))
-@pytest.mark.usefixtures("direct_mode")
 def test_fault_matrix_at_the_portal(
-    name: str, api: httpx.Client, standin: httpx.Client, restaurant_id: str
+    name: str, api: httpx.Client, standin: httpx.Client, restaurant_id: str, step_modes: StepModes
 ) -> None:
+    step_modes.use("direct")
     check(PORTAL_CASES[name], api, standin, restaurant_id)
 
 
 def check(case: Case, api: httpx.Client, standin: httpx.Client, restaurant_id: str) -> None:
     case.setup(standin)
 
-    job = watch_job(api, create(api, restaurant_id, **case.config), timeout=180).job
+    job_id = create(api, restaurant_id, **case.config)
+    if case.status == "action_required":
+        # SPEC "needs a person": not retried, the job waits for corrected input.
+        job = wait_for_person(api, job_id, timeout=180)
+        assert job["next_action"] == "provide_input"
+        assert job["action_required"]["step_id"] == case.step
+    else:
+        job = watch_job(api, job_id, timeout=180).job
 
     step = steps_by_id(job)[case.step]
     assert (step["status"], step["attempts"], job["status"]) == (
@@ -259,5 +291,9 @@ def check(case: Case, api: httpx.Client, standin: httpx.Client, restaurant_id: s
     ), step
     if case.message:
         assert case.message in step["error_message"]
+    if case.config.get("account", {}).get("email", "").startswith("refused-"):
+        # A refused login needs a person: the message names what to correct.
+        fields = "a person must correct account.email or account.password"
+        assert fields in step["error_message"]
     if case.warning:
         assert case.warning in step["warning"]

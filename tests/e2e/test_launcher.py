@@ -1,6 +1,7 @@
 """`make run`'s launcher, run as `make run` runs it (`python -m deployments.launcher`) in a
-folder and on ports of its own: it restarts what dies while the API keeps answering, ends
-everything it caused when stopped, and holds its state folder."""
+folder and on ports of its own: the one supervisor, it restarts what dies (a worker, the
+Prefect server, an API process) while the API keeps answering, ends everything it caused
+when stopped, and holds its state folder."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
-from deployments.stack import free_port, marked_processes
+from deployments.pids import marked_processes
+from deployments.stack import free_port
 from regjobs.catalogue import STEP_IDS
 from regjobs.settings import PROJECT_DIR
 from tests.helpers import (
@@ -57,10 +59,11 @@ class Launched:
         return sum(text in line for line in self.output)
 
 
-def launch(state_dir: Path, **env: str) -> Launched:
+def launch(state_dir: Path, *options: str, **env: str) -> Launched:
+    """The launcher with `options` (`--production`) and `env` over the test settings."""
     ports = {name: free_port() for name in ("API", "PREFECT", "STANDIN")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "deployments.launcher"],
+        [sys.executable, "-m", "deployments.launcher", *options],
         cwd=PROJECT_DIR,
         env={
             **os.environ,
@@ -68,7 +71,7 @@ def launch(state_dir: Path, **env: str) -> Launched:
             **{f"REGJOBS_{name}_PORT": str(port) for name, port in ports.items()},
             "REGJOBS_DEMO": "0",
             "REGJOBS_DEV_API_KEY": KEY,
-            "REGJOBS_API_WORKERS": "1",
+            "REGJOBS_API_WORKERS": "2",
             "REGJOBS_RETRY_BASE_SECONDS": "0.5",
             "REGJOBS_HTTP_TIMEOUT_SECONDS": "3",
             "REGJOBS_CDN_POLL_SECONDS": "0.2",
@@ -98,12 +101,16 @@ def launch(state_dir: Path, **env: str) -> Launched:
             launched.output.append(line.rstrip())
 
     threading.Thread(target=read, daemon=True).start()
-    wait_for(
-        lambda: launched.said("serving;") or process.poll() is not None,
-        timeout=180,
-        interval=0.2,
-        what="the launcher to serve",
-    )
+    try:
+        wait_for(
+            lambda: launched.said("serving;") or process.poll() is not None,
+            timeout=180,
+            interval=0.2,
+            what="the launcher to serve",
+        )
+    except AssertionError:
+        stop(launched)  # it ends everything it started
+        raise AssertionError("\n".join(launched.output)) from None
     assert process.poll() is None, "\n".join(launched.output)
     return launched
 
@@ -153,7 +160,7 @@ class Poller:
         self._thread.join()
 
 
-def test_a_dead_worker_or_prefect_server_is_started_again_while_the_api_answers(
+def test_a_dead_worker_prefect_server_or_api_process_is_started_again_while_the_api_answers(
     launched: Launched,
 ) -> None:
     api, standin = launched.api, launched.standin
@@ -218,6 +225,21 @@ def test_a_dead_worker_or_prefect_server_is_started_again_while_the_api_answers(
         poller.close()
     assert poller.answers > 100
     assert poller.failures == []
+
+    # An API process dies: the launcher starts it again; the other answers meanwhile.
+    second_api = launched.status()["children"]["api-2"]
+    os.killpg(second_api, signal.SIGKILL)
+    wait_for(lambda: launched.said("api-2 exited"), timeout=30, what="the launcher to see it")
+    with httpx.Client(base_url=api.base_url, headers=api.headers, timeout=10) as fresh:
+        assert fresh.get("/api/registration-jobs", params={"limit": 1}).status_code == 200
+    wait_for(
+        lambda: (
+            launched.status()["children"].get("api-2") not in (None, second_api)
+            and launched.said("api-2 is back")
+        ),
+        timeout=60,
+        what="the launcher to start the API process again",
+    )
 
 
 def test_stopping_ends_every_process_it_caused_browsers_included(tmp_path: Path) -> None:

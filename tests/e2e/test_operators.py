@@ -28,7 +28,6 @@ from prefect.client.schemas.objects import (
     TaskRunResult,
 )
 from prefect.client.schemas.responses import SetStateStatus
-from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
 from deployments.setup import ALERT_AUTOMATION
 from deployments.stack import Stack
@@ -41,6 +40,8 @@ from tests.helpers import (
     flow_run_logs,
     flow_run_state,
     hold_step,
+    job_events,
+    step_of,
     steps_by_id,
     wait_for,
     watch_job,
@@ -48,27 +49,50 @@ from tests.helpers import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.database]
 
-LABELS = {s.label: s.id for s in STEPS}
+
+def latest_artifact(key: str, shows: str | float = "", *, timeout: float = 15) -> Artifact:
+    """The newest version of the artifact `key`, once its data shows `shows`: a job's
+    artifacts are written just after it ends (and at most every REGJOBS_ARTIFACT_SECONDS
+    before), so the API may answer its final status a moment before they do."""
+
+    seen: list[Any] = []
+
+    def read() -> Artifact | None:
+        with get_client(sync_client=True) as client:
+            found = client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+            )
+        newest = max(found, key=lambda a: a.created or 0) if found else None
+        seen[:] = [(a.created, a.data) for a in found]
+        if newest is None:
+            return None
+        if isinstance(shows, str):
+            return newest if shows in str(newest.data) else None
+        return newest if float(str(newest.data)) == shows else None
+
+    try:
+        artifact: Artifact = wait_for(read, timeout=timeout, what=f"{key!r} to show {shows!r}")
+    except AssertionError as missing:
+        raise AssertionError(f"{missing}; its versions: {seen}") from None
+    return artifact
 
 
-def latest_artifact(key: str) -> Artifact:
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
-        )
-    assert found, f"no artifact {key!r}"
-    return max(found, key=lambda a: a.created or 0)
+def task_runs(flow_run_id: str, *, timeout: float = 15) -> dict[str, TaskRun]:
+    """The flow run's task runs by step id (their names are the steps' labels), once every
+    step has one: Prefect records task runs from their events, a moment after the flow run
+    may have ended."""
 
+    def read() -> dict[str, TaskRun] | None:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)]))
+            )
+        by_step = {step_of(r.name): r for r in runs}
+        assert len(by_step) == len(runs), [r.name for r in runs]
+        return by_step if len(by_step) >= len(STEP_IDS) else None
 
-def task_runs(flow_run_id: str) -> dict[str, TaskRun]:
-    """The flow run's task runs by step id (their names are the steps' labels)."""
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)]))
-        )
-    by_step = {LABELS[r.name]: r for r in runs}
-    assert len(by_step) == len(runs), [r.name for r in runs]
-    return by_step
+    found: dict[str, TaskRun] = wait_for(read, timeout=timeout, what="every step's task run")
+    return found
 
 
 def assert_edges_match_catalogue(runs: dict[str, TaskRun]) -> None:
@@ -78,6 +102,12 @@ def assert_edges_match_catalogue(runs: dict[str, TaskRun]) -> None:
         upstream = {names[str(i.id)] for i in edges if isinstance(i, TaskRunResult)}
         assert len(upstream) == len(edges), edges
         assert upstream == set(catalogue.step(sid).needs), sid
+
+
+def shown(markdown: str) -> str:
+    """The text a reader sees of the summary's markdown: every character escaped as tenant
+    text is (`regjobs.observe.markdown_text`, CommonMark's backslash escapes) as itself."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
 
 
 def test_summary_progress_and_graph_of_a_completed_and_a_failed_job(
@@ -90,16 +120,16 @@ def test_summary_progress_and_graph_of_a_completed_and_a_failed_job(
     assert failed["status"] == "failed", failed
 
     # The completed job: every step completed in its summary, 100 % in its progress.
-    summary = latest_artifact(f"job-{done['id']}")
+    summary = latest_artifact(f"job-{done['id']}", "completed (100%)")
     assert summary.type == "markdown"
-    text = str(summary.data)
+    text = shown(str(summary.data))
     assert "completed (100%)" in text
     assert f"/api/registration-jobs/{done['id']})" in text
     for step in STEPS:
         row = re.search(rf"\| {step.number} \| {step.label} \| (\w+) \| (\d+) \|", text)
         assert row is not None and row.groups() == ("completed", "1"), (step.id, text)
     assert "subdomain=demo-pizza" in text  # a one-line result
-    progress = latest_artifact(f"job-{done['id']}-progress")
+    progress = latest_artifact(f"job-{done['id']}-progress", 100.0)
     assert progress.type == "progress" and float(str(progress.data)) == 100.0
     runs = task_runs(done["flow_run_id"])
     assert set(runs) == set(STEP_IDS)
@@ -107,18 +137,18 @@ def test_summary_progress_and_graph_of_a_completed_and_a_failed_job(
     assert_edges_match_catalogue(runs)
 
     # The failed job: the failed step with its error, the skipped steps with their reasons.
-    text = str(latest_artifact(f"job-{failed['id']}").data)
+    text = shown(str(latest_artifact(f"job-{failed['id']}", "Failed step").data))
     steps = steps_by_id(failed)
     menu = steps["menu_import"]
     assert menu["status"] == "failed" and menu["error_message"]
     assert "**Failed step**: menu_import" in text
-    assert menu["error_message"].replace("|", "\\|") in text
+    assert menu["error_message"] in text
     skipped = {sid: s["skip_reason"] for sid, s in steps.items() if s["status"] == "skipped"}
     assert set(skipped) == {"option_sets", "item_tags"}
     for sid, reason in skipped.items():
         step = catalogue.step(sid)
         assert f"| {step.number} | {step.label} | skipped | 0 |  | {reason} |" in text
-    progress = latest_artifact(f"job-{failed['id']}-progress")
+    progress = latest_artifact(f"job-{failed['id']}-progress", float(failed["progress_percent"]))
     assert float(str(progress.data)) == failed["progress_percent"]
     runs = task_runs(failed["flow_run_id"])
     assert set(runs) == set(STEP_IDS)
@@ -150,21 +180,6 @@ def test_summary_progress_and_graph_of_a_completed_and_a_failed_job(
         automations = client.read_automations_by_name(ALERT_AUTOMATION)
     assert len(automations) == 1
     assert "regjobs.job.failed" in automations[0].trigger.model_dump_json()
-
-
-def job_events(job_id: str) -> set[tuple[str, str | None]]:
-    """(event, step) of the job's `regjobs.*` events Prefect has stored."""
-    wanted = EventFilter(
-        event=EventNameFilter(prefix=["regjobs."]),
-        resource=EventResourceFilter(id_prefix=[f"regjobs.job.{job_id}"]),
-    )
-    with get_client(sync_client=True) as client:
-        page = client.read_events(filter=wanted, limit=50)
-        events = list(page.events)
-        while page.next_page:
-            page = client.read_events_page(str(page.next_page))
-            events += page.events
-    return {(e.event, e.resource.get("regjobs.step")) for e in events}
 
 
 def test_deployment_run_from_a_step_reruns_it_and_its_dependents(

@@ -2,9 +2,9 @@
 whose password field cannot be filled (Playwright's error then quotes the password in its
 call log) and outside systems that echo the request, password included, in their error.
 After each, the job's distinctive password appears 0 times anywhere: the Prefect database
-(task-run states and their history, logs, artifacts, every file), the job database (every
-column), every process log, every API answer about the job, every screenshot (which must
-show the password field masked)."""
+(task-run states and their history, logs, artifacts, run inputs, every file), the job
+database (every column), every process log, every API answer about the job, every
+screenshot (which must show the password field masked)."""
 
 from __future__ import annotations
 
@@ -20,10 +20,12 @@ from tests.helpers import (
     MASK_COLOUR,
     create,
     fault,
+    give_input,
     occurrences,
     png_colour_count,
     secrets_haystacks,
     steps_by_id,
+    wait_for_person,
     watch_job,
 )
 
@@ -126,6 +128,40 @@ def test_an_outside_system_that_echoes_the_password_leaks_nothing(
     for secret in (password, owner_password):
         assert occurrences(secret, haystacks) == {}, secret
     assert any(b"Retry 1/3" in d for d in haystacks.values()), "Prefect logged the retry"
+
+
+def test_a_job_waiting_for_a_corrected_password_leaks_neither_password(
+    api: httpx.Client, standin: httpx.Client, stack: Stack, db: Any, restaurant_id: str
+) -> None:
+    """The mistyped password, the one still refused and the right one: none of them is in
+    Prefect (its run inputs, `flow_run_input`, included), the job database, a log or an
+    answer, though the run was suspended and resumed with a person's input."""
+    tag = uuid.uuid4().hex
+    right = f"Kāinga Pizza {tag} ✓"
+    mistyped, refused = f"Kāinga Pizza {tag} x", f"Kāinga pizza {tag} ✓"
+    email = f"audit-{tag[:8]}@example.com"
+    standin.post("/_control/accounts", json={"email": email, "password": right}).raise_for_status()
+    job_id = create(
+        api,
+        restaurant_id,
+        account={"email": email, "password": mistyped},
+        restaurant={"name": f"Kāinga Pizza {tag[:6]}", "subdomain": None},
+        menu=NO_MENU,
+    )
+    wait_for_person(api, job_id)
+    still = give_input(api, job_id, account={"password": refused})
+    assert still.status_code == 422
+    answer = give_input(api, job_id, account={"password": right})
+    assert answer.status_code == 200, answer.text
+    job = watch_job(api, job_id, timeout=180).job
+    assert job["status"] == "completed", job
+
+    haystacks = secrets_haystacks(api, stack, db, job_id, still, answer)
+    for secret in (right, mistyped, refused):
+        assert occurrences(secret, haystacks) == {}, secret
+    # The audit looked where it should: the run input Prefect was resumed with is there.
+    inputs = haystacks[f"flow run inputs {job['flow_run_id']}"]
+    assert b"config_version" in inputs and b"regjobs jobs input" in inputs, inputs
 
 
 def _config(password: str) -> dict[str, Any]:

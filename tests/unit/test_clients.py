@@ -11,23 +11,22 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from regjobs.catalogue import NextAction
 from regjobs.errors import (
     AlreadyDone,
     ErrorClass,
+    LoginRefused,
+    NeedsPerson,
     OutsideSystemError,
     RetryableStepError,
     classify,
 )
 from regjobs.settings import Settings
+from tasks.browser import BrowserPool
+from tasks.clients.choice import build_clients
+from tasks.clients.endpoints import ENDPOINT_PATHS, AppEndpoints
 from tasks.clients.http import OutsideSystem
-from tasks.clients.systems import (
-    ENDPOINT_PATHS,
-    AppEndpoints,
-    Clients,
-    ImageCdn,
-    OnboardingService,
-    PlatformApi,
-)
+from tasks.clients.systems import ImageCdn, OnboardingService, PlatformApi
 
 T = TypeVar("T")
 
@@ -376,9 +375,15 @@ def test_image_upload_completed_at_once_does_not_poll() -> None:
     assert reports == []
 
 
-def test_clients_build_names_each_system_and_uses_its_key() -> None:
+@pytest.mark.parametrize("mode", ["direct", "endpoints"])
+def test_clients_build_names_each_system_and_uses_its_key(mode: str, tmp_path: Any) -> None:
+    """Chosen once by the step mode: each system's own API, or the app's endpoints."""
+    from regjobs.settings import StepMode
+
     settings = Settings(
         _env_file=None,
+        state_dir=tmp_path,
+        step_mode=StepMode(mode),
         platform_api_url="https://platform.test/",
         platform_api_key=SecretStr("pk"),
         onboarding_url="https://onboarding.test",
@@ -395,14 +400,16 @@ def test_clients_build_names_each_system_and_uses_its_key() -> None:
         seen.append(request)
         return httpx.Response(500, json={"detail": "down"})
 
+    async def progress(_: str) -> None:
+        pass
+
     async def every_system(http: httpx.AsyncClient) -> list[str]:
-        clients = Clients.build(http, settings)
-        assert clients.cdn.poll_seconds == 0.25
+        clients = build_clients(settings, http, BrowserPool(settings, "run-1"))
+        assert clients.portal.uses_browser is (mode == "direct")
         calls: list[Awaitable[Any]] = [
             clients.platform.generate_code({}, "k"),
             clients.onboarding.create_user({}, "k"),
-            clients.cdn.system.request("GET", "/api/batches/b"),
-            clients.endpoints.call("code_generation", {}, "k"),
+            clients.images.upload("m", "k", progress),
         ]
         messages = []
         for call in calls:
@@ -412,19 +419,24 @@ def test_clients_build_names_each_system_and_uses_its_key() -> None:
         return messages
 
     messages = run(every_system, handler)
-    assert [m.split(" answered")[0] for m in messages] == [
-        "platform API",
-        "onboarding service",
-        "image CDN",
-        "app endpoint",
-    ]
-    assert [(r.url.host, r.headers["Authorization"]) for r in seen] == [
-        ("platform.test", "Bearer pk"),
-        ("onboarding.test", "Bearer ok"),
-        ("cdn.test", "Bearer ck"),
-        ("app.test", "Bearer ak"),
-    ]
-    assert str(seen[0].url) == "https://platform.test/api/v1/code-injections"
+    names = [m.split(" answered")[0] for m in messages]
+    hosts = [(r.url.host, r.headers["Authorization"]) for r in seen]
+    if mode == "direct":
+        assert names == ["platform API", "onboarding service", "image CDN"]
+        assert hosts == [
+            ("platform.test", "Bearer pk"),
+            ("onboarding.test", "Bearer ok"),
+            ("cdn.test", "Bearer ck"),
+        ]
+        assert str(seen[0].url) == "https://platform.test/api/v1/code-injections"
+    else:
+        assert names == ["app endpoint"] * 3
+        assert hosts == [("app.test", "Bearer ak")] * 3
+        assert [r.url.path for r in seen] == [
+            "/api/registration/generate-code-injections",
+            "/api/registration/create-onboarding-user",
+            "/menus/m/upload-images",
+        ]
 
 
 # --- path segments ------------------------------------------------------------------------
@@ -486,17 +498,23 @@ def test_portal_paths_quote_the_subdomain() -> None:
     assert restaurant_path("a/../b") == "/r/a%2F..%2Fb"
 
 
-# --- an account that exists is used only once the job's credentials open it --------------
+# --- "already exists" is used only once the job's own credentials open the record --------
 
 
-OWNER = "owner@pizza.example.com"
+OWNER = "zoë+harbour@café.example.com"
+#: Shares a word with the restaurant's name, as people's passwords do.
+OWN_PASSWORD = "Zq9-harbour-2024"
+ONBOARDING_EMAIL = "chef+1@harbour-diner.example.com"
+MISMATCH = "an account with this email exists and the credentials do not match"
 
 
-def _account_step(handler: Handler, mode: str, tmp_path: Any) -> tuple[Any, list[httpx.Request]]:
-    """Run the account registration handler against `handler`: (result or error, requests)."""
+def _step(
+    handler: Handler, mode: str, tmp_path: Any, step_id: str = "account_registration"
+) -> tuple[Any, list[httpx.Request]]:
+    """Run one step's handler against `handler`: (result or error, requests)."""
     from regjobs.config import ExecutionConfig
     from regjobs.settings import StepMode
-    from tasks.handlers import StepContext, account_registration
+    from tasks.handlers import HANDLERS, StepContext
     from tests.helpers import full_config
 
     seen: list[httpx.Request] = []
@@ -508,39 +526,65 @@ def _account_step(handler: Handler, mode: str, tmp_path: Any) -> tuple[Any, list
     async def progress(_: str) -> None:
         pass
 
+    config = full_config(
+        account={"email": OWNER, "password": PASSWORD},
+        restaurant={"name": "Harbour Diner"},
+        onboarding={
+            "create_user": True,
+            "user_name": "Chef Zoë",
+            "user_email": ONBOARDING_EMAIL,
+            "user_password": OWN_PASSWORD,
+        },
+    )
+
     async def main() -> Any:
         async with httpx.AsyncClient(transport=httpx.MockTransport(recording)) as http:
+            settings = Settings(state_dir=tmp_path, step_mode=StepMode(mode))
             ctx = StepContext(
                 job_id="job-1",
-                step_id="account_registration",
-                config=ExecutionConfig.model_validate(
-                    full_config(account={"email": OWNER, "password": PASSWORD})
-                ),
+                step_id=step_id,
+                config=ExecutionConfig.model_validate(config),
                 inputs={},
-                idempotency_key="job-1:account_registration:1",
-                clients=Clients.build(http, Settings(state_dir=tmp_path)),
-                mode=StepMode(mode),
+                idempotency_key=f"job-1:{step_id}:1",
+                clients=build_clients(settings, http, BrowserPool(settings, "run-1")),
                 progress=progress,
             )
             try:
-                return await account_registration(ctx)
+                return await HANDLERS[step_id](ctx)
             except Exception as exc:
                 return exc
 
     return asyncio.run(main()), seen
 
 
-def _platform(login_status: int) -> Handler:
+def _account_step(handler: Handler, mode: str, tmp_path: Any) -> tuple[Any, list[httpx.Request]]:
+    return _step(handler, mode, tmp_path)
+
+
+REFUSED = {"code": "invalid_credentials", "message": "the email or password is not correct"}
+
+
+def _exists_then_login(
+    create_path: str, exists: dict[str, Any], login_path: str, login_status: int, record: Any
+) -> Handler:
+    """A system that says "exists" to the create and answers the login with `record`."""
+
     def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/accounts"):
-            detail = {"code": "account_exists", "message": "exists", "account": EXISTING}
-            return httpx.Response(409, json={"detail": detail})
+        if request.url.path.endswith(create_path):
+            return httpx.Response(409, json={"detail": exists})
+        assert request.url.path.endswith(login_path), request.url.path
         if login_status == 200:
-            return httpx.Response(200, json={**EXISTING, "via": "login"})
-        detail = {"code": "invalid_credentials", "message": "the email or password is not correct"}
-        return httpx.Response(login_status, json={"detail": detail})
+            return httpx.Response(200, json=record)
+        return httpx.Response(login_status, json={"detail": REFUSED})
 
     return handler
+
+
+def _platform(login_status: int, record: Any = None) -> Handler:
+    exists = {"code": "account_exists", "message": "exists", "account": EXISTING}
+    return _exists_then_login(
+        "/accounts", exists, "/sessions", login_status, record or {**EXISTING, "via": "login"}
+    )
 
 
 def test_direct_an_existing_account_is_used_after_its_credentials_log_in(tmp_path: Any) -> None:
@@ -557,14 +601,41 @@ def test_direct_an_existing_account_is_used_after_its_credentials_log_in(tmp_pat
 
 
 @pytest.mark.parametrize("status", [401, 403])
-def test_direct_an_existing_account_of_other_credentials_fails_for_good(
+def test_direct_an_existing_account_of_other_credentials_needs_a_person(
     tmp_path: Any, status: int
 ) -> None:
     outcome, _ = _account_step(_platform(status), "direct", tmp_path)
-    assert str(outcome) == "an account with this email exists and the credentials do not match"
+    assert isinstance(outcome, LoginRefused)
+    assert outcome.fields == ("account.email", "account.password")
+    assert outcome.email == OWNER
     error = classify(outcome)
-    assert error.error_class is ErrorClass.NON_RETRYABLE
-    assert error.message == str(outcome)
+    assert error.error_class is ErrorClass.NEEDS_PERSON and not error.retryable
+    assert error.next_action is NextAction.FIX_CONFIG
+    assert error.fields == ("account.email", "account.password")
+    assert error.message == f"{MISMATCH}; a person must correct account.email or account.password"
+    assert OWNER not in error.message and PASSWORD not in error.message
+
+
+def test_direct_a_401_that_is_not_about_the_credentials_is_no_refused_login(
+    tmp_path: Any,
+) -> None:
+    """A 401 for our own API key is the operator's to fix, not the owner's password."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/accounts"):
+            detail = {"code": "account_exists", "message": "exists", "account": EXISTING}
+            return httpx.Response(409, json={"detail": detail})
+        return httpx.Response(401, json={"detail": "bad API key"})
+
+    outcome, _ = _account_step(handler, "direct", tmp_path)
+    assert isinstance(outcome, OutsideSystemError) and not isinstance(outcome, LoginRefused)
+    assert classify(outcome).error_class is ErrorClass.NON_RETRYABLE
+
+
+def test_direct_a_login_opening_another_account_needs_a_person(tmp_path: Any) -> None:
+    outcome, _ = _account_step(_platform(200, {"account_id": "acc-other"}), "direct", tmp_path)
+    assert isinstance(outcome, NeedsPerson) and not isinstance(outcome, LoginRefused)
+    assert outcome.fields == ("account.email",)
 
 
 def test_direct_a_login_that_fails_otherwise_is_retried(tmp_path: Any) -> None:
@@ -573,15 +644,123 @@ def test_direct_a_login_that_fails_otherwise_is_retried(tmp_path: Any) -> None:
     assert classify(outcome).retryable
 
 
-def test_endpoints_credentials_refused_fail_for_good(tmp_path: Any) -> None:
-    detail = {"code": "invalid_credentials", "message": "an account ... do not match"}
+def test_endpoints_credentials_refused_need_a_person(tmp_path: Any) -> None:
+    detail = {"code": "invalid_credentials", "message": MISMATCH}
     outcome, seen = _account_step(answer(401, {"detail": detail}), "endpoints", tmp_path)
-    assert str(outcome) == "an account with this email exists and the credentials do not match"
-    assert not classify(outcome).retryable
+    assert isinstance(outcome, LoginRefused) and outcome.email == OWNER
+    assert MISMATCH in str(outcome) and "HTTP 401" in str(outcome)
+    assert "account.email or account.password" in str(outcome)
+    assert classify(outcome).error_class is ErrorClass.NEEDS_PERSON
     assert len(seen) == 1
 
 
-def test_endpoints_already_exists_is_the_endpoints_word(tmp_path: Any) -> None:
-    detail = {"code": "account_exists", "message": "exists", "account": EXISTING}
-    outcome, _ = _account_step(answer(409, {"detail": detail}), "endpoints", tmp_path)
-    assert isinstance(outcome, AlreadyDone) and outcome.existing == EXISTING
+def _endpoint_account(login_status: int, record: Any = None) -> Handler:
+    exists = {"code": "account_exists", "message": "exists", "account": EXISTING}
+    return _exists_then_login(
+        "/register-account",
+        exists,
+        "/verify-account",
+        login_status,
+        record or {"success": True, **EXISTING},
+    )
+
+
+def test_endpoints_already_exists_is_proven_by_a_login(tmp_path: Any) -> None:
+    outcome, seen = _account_step(_endpoint_account(200), "endpoints", tmp_path)
+    assert isinstance(outcome, AlreadyDone)
+    assert outcome.existing == {"success": True, **EXISTING}
+    assert [r.url.path for r in seen] == [
+        "/api/registration/register-account",
+        "/api/registration/verify-account",
+    ]
+    assert json.loads(seen[1].content) == {"email": OWNER, "password": PASSWORD}
+    assert "Idempotency-Key" not in seen[1].headers
+
+
+def test_endpoints_already_exists_with_refused_credentials_needs_a_person(
+    tmp_path: Any,
+) -> None:
+    """An endpoint that says "exists" on the 409 alone is not taken at its word."""
+    outcome, _ = _account_step(_endpoint_account(401), "endpoints", tmp_path)
+    assert isinstance(outcome, LoginRefused)
+    assert outcome.fields == ("account.email", "account.password")
+
+
+def _restaurant_step(handler: Handler, tmp_path: Any) -> tuple[Any, list[httpx.Request]]:
+    return _step(handler, "endpoints", tmp_path, "restaurant_registration")
+
+
+RESTAURANT = {
+    "restaurant_id": "rest-1",
+    "name": "Harbour Diner",
+    "subdomain": "harbour-diner",
+    "dashboard_url": "https://portal.test/r/harbour-diner/dashboard",
+    "account_id": "acc-42",
+}
+
+
+def _endpoint_restaurant(login_status: int, record: Any = None) -> Handler:
+    exists = {"code": "restaurant_exists", "message": "exists", "restaurant": RESTAURANT}
+    return _exists_then_login(
+        "/register-restaurant",
+        exists,
+        "/verify-account",
+        login_status,
+        record or {"success": True, **EXISTING},
+    )
+
+
+def test_endpoints_restaurant_exists_under_the_jobs_account_is_used(tmp_path: Any) -> None:
+    outcome, seen = _restaurant_step(_endpoint_restaurant(200), tmp_path)
+    assert isinstance(outcome, AlreadyDone) and outcome.existing == RESTAURANT
+    assert seen[1].url.path == "/api/registration/verify-account"
+
+
+def test_endpoints_restaurant_exists_with_refused_credentials_needs_a_person(
+    tmp_path: Any,
+) -> None:
+    outcome, _ = _restaurant_step(_endpoint_restaurant(401), tmp_path)
+    assert isinstance(outcome, LoginRefused) and outcome.email == OWNER
+
+
+@pytest.mark.parametrize("owner", ["acc-other", None])
+def test_endpoints_restaurant_of_another_account_needs_a_person(
+    tmp_path: Any, owner: str | None
+) -> None:
+    """Under another account, or an answer that does not say whose: not proven."""
+    exists = {"code": "restaurant_exists", "restaurant": {**RESTAURANT, "account_id": owner}}
+    handler = _exists_then_login(
+        "/register-restaurant", exists, "/verify-account", 200, {"success": True, **EXISTING}
+    )
+    outcome, _ = _restaurant_step(handler, tmp_path)
+    assert isinstance(outcome, NeedsPerson) and not isinstance(outcome, LoginRefused)
+    assert outcome.fields == ("restaurant.name", "restaurant.subdomain")
+    assert "restaurant.name or restaurant.subdomain" in str(outcome)
+
+
+USER = {"user_id": "user-7", "name": "Chef Zoë", "email": ONBOARDING_EMAIL}
+
+
+@pytest.mark.parametrize(
+    ("mode", "create_path", "login_path"),
+    [
+        ("direct", "/onboarding/api/users", "/onboarding/api/sessions"),
+        ("endpoints", "/create-onboarding-user", "/verify-onboarding-user"),
+    ],
+)
+@pytest.mark.parametrize("login_status", [200, 401])
+def test_an_existing_onboarding_user_is_used_only_with_its_password(
+    tmp_path: Any, mode: str, create_path: str, login_path: str, login_status: int
+) -> None:
+    exists = {"code": "user_exists", "message": "exists", "user": USER}
+    handler = _exists_then_login(create_path, exists, login_path, login_status, USER)
+    outcome, seen = _step(handler, mode, tmp_path, "onboarding_user")
+    assert seen[-1].url.path.endswith(login_path)
+    assert json.loads(seen[-1].content) == {"email": ONBOARDING_EMAIL, "password": OWN_PASSWORD}
+    if login_status == 200:
+        assert isinstance(outcome, AlreadyDone) and outcome.existing == USER
+    else:
+        assert isinstance(outcome, LoginRefused)
+        assert outcome.email == ONBOARDING_EMAIL
+        assert outcome.fields == ("onboarding.user_email", "onboarding.user_password")
+        assert "onboarding user with this email exists" in str(outcome)

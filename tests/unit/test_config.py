@@ -519,15 +519,29 @@ def test_onboarding_create_user_with_the_user_fields_is_valid() -> None:
     assert config.onboarding.user_password == SecretStr(USER_PASSWORD)
 
 
-def test_onboarding_sync_record_needs_user_email() -> None:
-    error = only_error(minimal(onboarding={"sync_record": True}))
-    assert error["loc"] == ["onboarding", "user_email"]
-    assert error["msg"] == "onboarding.user_email is required when onboarding.sync_record is on"
+def test_onboarding_sync_record_needs_user_email_and_password() -> None:
+    errors = errors_of(minimal(onboarding={"sync_record": True}))
+    assert locs(errors) == [("onboarding", "user_email"), ("onboarding", "user_password")]
+    assert errors[0]["msg"] == (
+        "onboarding.user_email is required when onboarding.sync_record is on"
+    )
+    assert "links an existing user" in errors[1]["msg"]
 
 
-def test_onboarding_sync_record_with_user_email_is_valid() -> None:
+def test_onboarding_sync_record_of_an_existing_user_needs_its_password() -> None:
+    error = only_error(minimal(onboarding={"sync_record": True, "user_email": "dee@example.com"}))
+    assert error["loc"] == ["onboarding", "user_password"]
+
+
+def test_onboarding_sync_record_with_user_email_and_password_is_valid() -> None:
     config = ExecutionConfig.model_validate(
-        minimal(onboarding={"sync_record": True, "user_email": "dee@example.com"})
+        minimal(
+            onboarding={
+                "sync_record": True,
+                "user_email": "dee@example.com",
+                "user_password": USER_PASSWORD,
+            }
+        )
     )
     assert config.switches()["onboarding.sync_record"] is True
 
@@ -556,6 +570,7 @@ def test_all_rule_violations_are_reported_together() -> None:
         ("account", "password"),
         ("menu", "menu_id"),
         ("onboarding", "user_email"),
+        ("onboarding", "user_password"),
     }
     for error in errors:
         assert error["msg"].startswith(".".join(error["loc"]))
@@ -570,7 +585,8 @@ def test_rule_errors_are_located_inside_an_enclosing_model() -> None:
     with pytest.raises(ValidationError) as info:
         Body.model_validate({"restaurant_id": "r1", "execution_config": data})
     assert [error["loc"] for error in info.value.errors()] == [
-        ("execution_config", "onboarding", "user_email")
+        ("execution_config", "onboarding", "user_email"),
+        ("execution_config", "onboarding", "user_password"),
     ]
 
 

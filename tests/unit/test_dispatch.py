@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from api.reconciler import settle_wait
+from api.dispatch import settle_wait
 
 
 def test_the_dispatcher_sends_a_lone_request_after_a_moment_and_lets_a_burst_settle() -> None:

@@ -215,3 +215,51 @@ def test_evidence_signature_refuses_any_string_without_raising(tmp_path) -> None
     assert not valid(settings, "job", 1, "org", expires, "\x80")
     assert not valid(settings, "job", 1, "org", expires, "")
     assert not valid(settings, "job", 1, "org", "\u0663" * 3, good)
+
+
+# --- needs a person -----------------------------------------------------------------------
+
+
+def test_needs_a_person_is_its_own_class_never_retried_and_names_the_fields() -> None:
+    from regjobs.catalogue import NextAction
+    from regjobs.errors import LoginRefused, NeedsPerson, StepAttemptFailed
+
+    exc = LoginRefused(
+        "the platform refused the credentials",
+        fields=("account.email", "account.password"),
+        email="zoë+1@café.example",
+    )
+    assert isinstance(exc, NeedsPerson)
+    assert not isinstance(exc, NonRetryableStepError | RetryableStepError)
+    error = classify(exc)
+    assert error.error_class is ErrorClass.NEEDS_PERSON
+    assert not error.retryable
+    assert error.next_action is NextAction.FIX_CONFIG
+    assert error.fields == ("account.email", "account.password")
+    assert error.message == (
+        "the platform refused the credentials; a person must correct "
+        "account.email or account.password"
+    )
+    # The email is for the refused-login limit only: in no message.
+    assert "café" not in error.message
+    # What Prefect is given keeps the class and the fields (its retry condition and the
+    # ledger read them), and nothing else.
+    handed_on = StepAttemptFailed.of(error)
+    again = classify(handed_on)
+    assert (again.error_class, again.fields, again.next_action) == (
+        ErrorClass.NEEDS_PERSON,
+        ("account.email", "account.password"),
+        NextAction.FIX_CONFIG,
+    )
+
+
+def test_needs_a_person_without_fields_is_a_bug() -> None:
+    from regjobs.errors import NeedsPerson
+
+    with pytest.raises(ValueError, match="names the fields"):
+        NeedsPerson("something is wrong", fields=())
+
+
+def test_other_errors_name_no_fields() -> None:
+    assert classify(ConfigError("menu.menu_id is required")).fields == ()
+    assert classify(RuntimeError("boom")).fields == ()

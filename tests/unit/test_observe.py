@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import html as html_module
+import re
 from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from regjobs.catalogue import STEPS
 from regjobs.observe import RunLabels, job_resource, one_line, step_resource, summary_markdown
+from regjobs.observe import markdown_text as md
 from regjobs.schemas import EvidencePublic, JobPublic, StepPublic
 
 T0 = datetime(2026, 11, 30, tzinfo=UTC)
@@ -79,7 +86,8 @@ def test_summary_of_a_completed_job_has_a_row_per_step() -> None:
     assert text.startswith("# Demo Pizza: completed (100%)")
     assert "(http://api/api/registration-jobs/x)" in text
     for s in STEPS:
-        assert f"| {s.number} | {s.label} | completed | 1 | 1.5 s | id={s.id}-1 |" in text
+        row = f"| {s.number} | {md(s.label)} | completed | 1 | 1.5 s | {md(f'id={s.id}-1')} |"
+        assert row in text
     assert "Failed step" not in text and "Screenshots" not in text
 
 
@@ -101,7 +109,81 @@ def test_summary_of_a_failed_job_names_the_error_the_skips_and_embeds_screenshot
         },
     )
     text = summary_markdown(job, "http://api/j", lambda eid: f"http://api/evidence/{eid}")
-    assert "**Failed step**: menu_import · next: fix_config" in text
+    assert "**Failed step**: menu\\_import · next: fix_config" in text
     assert "| 10 | Menu import | failed | 3 | 1.5 s | menu \\| rejected |" in text
-    assert "| 11 | Option sets | skipped | 0 |  | not run: Menu import failed |" in text
-    assert "![Menu import, attempt 3](http://api/evidence/41)" in text
+    assert "| 11 | Option sets | skipped | 0 |  | not run\\: Menu import failed |" in text
+    assert "![Menu import\\, attempt 3](http://api/evidence/41)" in text
+
+
+# ------------------------------------------------------- text from outside, escaped
+
+HOSTILE = [
+    "![x](http://evil/)",
+    "<img src=x onerror=alert(1)>",
+    "[link](javascript:alert(1))",
+    "<script>alert(1)</script>",
+    "`code` and ``more``",
+    "a | b || c",
+    "http://evil.example/x www.evil.example owner@evil.example",
+    "# heading\n\n    indented\n1. list\n> quote\n***",
+    "&lt;b&gt; &#60;i&#62; \\*not\\* \\",
+    "Café Zoë 東京 *bold* _it_ ~~gone~~",
+]
+
+
+def render(markdown: str) -> str:
+    """HTML as a CommonMark renderer with GitHub's tables and raw HTML on makes it."""
+    from markdown_it import MarkdownIt
+
+    return str(MarkdownIt("commonmark", {"html": True}).enable("table").render(markdown))
+
+
+def tags(html: str) -> set[str]:
+    return set(re.findall(r"<([a-zA-Z][a-zA-Z0-9]*)", html))
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_outside_text_is_literal_text_in_markdown(text: str) -> None:
+    html = render(md(text))
+    assert tags(html) == {"p"}, html
+    shown = html_module.unescape(re.sub(r"</?p>", "", html)).strip()
+    assert shown == " ".join(text.split())
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=80))
+@settings(max_examples=300, deadline=None)
+def test_any_text_renders_as_itself_and_nothing_else(text: str) -> None:
+    html = render(md(text))
+    assert tags(html) <= {"p"}, (text, html)
+    shown = html_module.unescape(re.sub(r"</?p>", "", html)).strip()
+    assert shown == _plain(text)
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"[\s\x00-\x1f\x7f-\x9f]+", " ", text).strip()
+
+
+def test_a_job_of_markup_makes_a_summary_with_no_link_image_or_html_of_its_own() -> None:
+    job = make_job(
+        restaurant_registration={
+            "status": "failed",
+            "result_data": None,
+            "error_message": "portal said: " + " ".join(HOSTILE),
+        },
+        menu_import={"result_data": {"menu": HOSTILE[0], "note": HOSTILE[2], "n": "a|b"}},
+        option_sets={"status": "completed", "warning": HOSTILE[1]},
+    ).model_copy(
+        update={"restaurant_name": HOSTILE[0] + " " + HOSTILE[1], "restaurant_id": "r-`x`|<b>"}
+    )
+    text = summary_markdown(job, "http://api/j", lambda eid: f"http://api/evidence/{eid}")
+    html = render(text)
+    # Our own link to the job is the only link; no image, no HTML from the job's text.
+    assert re.findall(r'<a href="([^"]*)"', html) == ["http://api/j"]
+    assert tags(html) <= {"h1", "p", "a", "code", "strong", "table", "thead", "tbody", "tr",
+                          "th", "td"}  # fmt: skip
+    assert "evil" not in "".join(re.findall(r'(?:href|src)="([^"]*)"', html))
+    # Every step still has its row: the pipes in the texts split no cell.
+    assert html.count("<tr>") == len(STEPS) + 1
+    assert all(row.count("<td") == 6 for row in re.findall(r"<tr>(.*?)</tr>", html, re.S)[1:])
+    heading = html_module.unescape(re.search(r"<h1>(.*?)</h1>", html).group(1))  # type: ignore[union-attr]
+    assert heading.startswith(HOSTILE[0] + " " + HOSTILE[1])

@@ -68,6 +68,7 @@ class Busy:
     def __init__(self, *answers: int | None) -> None:
         self.answers = list(answers)
         self.writes = 0
+        self.created: dict[str, Any] = {}
 
     def read_deployment_by_name(self, name: str) -> Any:
         return SimpleNamespace(id=uuid.uuid4())
@@ -80,7 +81,11 @@ class Busy:
         return SimpleNamespace(id=uuid.UUID(int=self.writes))
 
     def create_flow_run_from_deployment(self, *args: Any, **kwargs: Any) -> Any:
-        return self._write()
+        self.created = kwargs
+        made = self._write()
+        # Prefect puts a run without a queue on the deployment's.
+        made.work_queue_name = kwargs.get("work_queue_name") or "release-deployed-last"
+        return made
 
     def set_flow_run_state(self, *args: Any, **kwargs: Any) -> Any:
         return self._write()
@@ -94,11 +99,28 @@ def test_a_write_prefect_answers_503_is_made_again_until_it_takes() -> None:
     its lock: busy, not down. The dispatch is made again and its run recorded."""
     client = Busy(503, 503, None)
     orchestrator = Orchestrator(Settings(), cast(SyncPrefectClient, client))
-    assert orchestrator.create_flow_run(RUN) == str(uuid.UUID(int=3))
+    assert orchestrator.create_flow_run(RUN).id == str(uuid.UUID(int=3))
     assert client.writes == 3
     cancel = Busy(503, None)
     Orchestrator(Settings(), cast(SyncPrefectClient, cancel)).cancel(str(uuid.uuid4()))
     assert cancel.writes == 2
+
+
+def test_a_pinned_job_s_run_goes_to_its_release_s_queue_tagged_with_it() -> None:
+    """A job not yet pinned runs on the deployment's queue (the release deployed last); a
+    pinned one on its release's queue, which only that release's workers poll."""
+    client = Busy(None, None, None)
+    orchestrator = Orchestrator(Settings(), cast(SyncPrefectClient, client))
+    made = orchestrator.create_flow_run(RUN)
+    assert made.work_queue == "release-deployed-last"
+    assert client.created["work_queue_name"] is None
+    assert not [t for t in client.created["tags"] if t.startswith("release:")]
+    pinned = Dispatch(2, "job-2", 1, "rest-2", "Demo Pizza", "demo", None, "0123abcd4567")
+    made = orchestrator.create_flow_run(pinned)
+    assert made.work_queue == client.created["work_queue_name"] == "release-0123abcd4567"
+    assert "release:0123abcd4567" in client.created["tags"]
+    implicit = Dispatch(3, "job-3", 1, "rest-3", "Demo Pizza", "demo", None, "dev")
+    assert orchestrator.create_flow_run(implicit).work_queue == "default"
 
 
 def test_prefect_busy_past_the_retries_or_failing_otherwise_is_unavailable() -> None:

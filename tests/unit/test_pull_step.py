@@ -66,3 +66,17 @@ def test_a_folder_without_the_project_fails_saying_what_to_set(
     message = str(raised.value)
     assert f"{PROJECT_DIR_ENV}={tmp_path}" in message
     assert "worker's environment" in message
+
+
+def test_a_folder_of_another_release_than_the_worker_s_code_fails(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A worker of one release pointed at another release's folder would run a flow of one
+    and steps of the other: the run fails at once, naming both."""
+    project = tmp_path / "releases" / "0123456789ab"
+    (project / ENTRYPOINT_FILE).parent.mkdir(parents=True)
+    (project / ENTRYPOINT_FILE).touch()
+    (project / "RELEASE.json").write_text('{"version": "0123456789ab"}')
+    monkeypatch.setenv(PROJECT_DIR_ENV, str(project))
+    with pytest.raises(RuntimeError, match=r"holds release 0123456789ab, but .* runs release dev"):
+        run_pull()

@@ -91,7 +91,11 @@ def test_the_secret_key_is_a_list_the_first_encrypts(tmp_path: Path) -> None:
     assert settings.fernet_keys() == [KEY.encode(), second.encode()]
 
 
-@pytest.mark.parametrize("value", ["not-a-key", f"{KEY},short", ","])
+@pytest.mark.parametrize(
+    "value",
+    ["not-a-key", f"{KEY},short", ","],
+    ids=["not-a-key", "a-key-and-a-short-one", "commas"],
+)
 def test_a_bad_secret_key_is_refused_without_showing_it(tmp_path: Path, value: str) -> None:
     with pytest.raises(ValidationError) as info:
         Settings(state_dir=tmp_path, secret_key=value)

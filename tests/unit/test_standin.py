@@ -24,6 +24,7 @@ with warnings.catch_warnings():
 
 from regjobs.catalogue import STEP_IDS
 from standin.app import create_app
+from standin.client import effects, fault
 from standin.gate import InjectedConnectionReset, quiet_injected_resets
 
 EMAIL = "owner@pizza.test"
@@ -35,18 +36,6 @@ LOGIN = {"email": EMAIL, "password": PASSWORD}
 def client() -> Iterator[TestClient]:
     with TestClient(create_app()) as c:
         yield c
-
-
-def effects(client: TestClient) -> dict[str, int]:
-    counts: dict[str, int] = client.get("/_control/effects").json()
-    return counts
-
-
-def fault(client: TestClient, **body: Any) -> dict[str, Any]:
-    response = client.post("/_control/faults", json=body)
-    assert response.status_code == 201, response.text
-    stored: dict[str, Any] = response.json()
-    return stored
 
 
 def create_account(client: TestClient, **overrides: Any) -> httpx.Response:
@@ -672,6 +661,66 @@ def test_account_endpoint_says_exists_only_for_the_accounts_own_credentials(
     assert effects(client)["account_registration"] == 1
 
 
+@pytest.mark.parametrize(
+    ("path", "fields"),
+    [
+        ("/onboarding/api/sessions", {"user_id", "name", "email", "created_at"}),
+        ("/api/registration/verify-onboarding-user", {"success", "user_id", "name", "email"}),
+    ],
+)
+def test_onboarding_login_opens_the_user_with_its_password_only(
+    client: TestClient, path: str, fields: set[str]
+) -> None:
+    user = {"name": "Chef Zoë", "email": "Zoë+Chef@Café.example", "password": "Zq9-harbour"}
+    made = client.post("/onboarding/api/users", json=user)
+    assert made.status_code == 201
+    ok = client.post(path, json={"email": user["email"], "password": user["password"]})
+    assert ok.status_code == 200
+    assert set(ok.json()) == fields and ok.json()["user_id"] == made.json()["user_id"]
+    wrong = client.post(path, json={"email": user["email"], "password": "Zq9-harbour-2"})
+    assert (wrong.status_code, wrong.json()["detail"]["code"]) == (401, "invalid_credentials")
+    assert "password" not in json.dumps(wrong.json()).replace("email or password", "")
+    nobody = client.post(path, json={"email": "x@example.com", "password": "Zq9-harbour"})
+    assert nobody.status_code == 401
+    assert effects(client)["onboarding_user"] == 1
+
+
+def test_the_apps_account_check_is_a_platform_login(client: TestClient) -> None:
+    account = create_account(client).json()
+    ok = client.post("/api/registration/verify-account", json=LOGIN)
+    assert ok.json() == {"success": True, "account_id": account["account_id"], "email": EMAIL}
+    wrong = client.post("/api/registration/verify-account", json={**LOGIN, "password": "x1"})
+    assert wrong.status_code == 401
+    assert effects(client)["account_registration"] == 1
+
+
+def test_looser_endpoints_say_exists_for_the_email_alone(client: TestClient) -> None:
+    """With `endpoints_check_credentials` off, the account and restaurant endpoints answer
+    "already exists" to any password, as an endpoint that does not check might."""
+    create_account(client)
+    restaurant = {
+        **LOGIN,
+        "name": "Harbour Diner",
+        "registration_mode": "new_account_with_restaurant",
+        "opening_hours": {},
+    }
+    assert client.post("/api/registration/register-restaurant", json=restaurant).status_code == 200
+    client.post("/_control/config", json={"endpoints_check_credentials": False})
+    guess = {**LOGIN, "password": "harbour-diner-1"}
+    account = client.post("/api/registration/register-account", json={**guess, "phone": ""})
+    assert (account.status_code, account.json()["detail"]["code"]) == (409, "account_exists")
+    again = client.post(
+        "/api/registration/register-restaurant", json={**restaurant, "password": "harbour-1"}
+    )
+    assert (again.status_code, again.json()["detail"]["code"]) == (409, "restaurant_exists")
+    other = client.post(
+        "/api/registration/register-restaurant",
+        json={**restaurant, "password": "harbour-1", "name": "Another Diner"},
+    )
+    assert other.status_code == 401
+    assert effects(client)["restaurant_registration"] == 1
+
+
 def test_echo_fault_repeats_the_request_body_in_the_error(client: TestClient) -> None:
     fault(client, step="account_registration", mode="echo", status=400, times=1)
     echoed = create_account(client)
@@ -684,3 +733,14 @@ def test_echo_fault_repeats_the_request_body_in_the_error(client: TestClient) ->
     assert create_account(client).status_code == 201
     calls = client.get("/_control/calls").json()
     assert [c["fault"] for c in calls] == ["echo", None]
+
+
+def test_echo_ok_fault_answers_the_request_body_as_a_result(client: TestClient) -> None:
+    fault(client, step="account_registration", mode="echo_ok", times=1)
+    echoed = create_account(client)
+    assert echoed.status_code == 200
+    assert echoed.json()["received"]["password"] == PASSWORD
+    assert effects(client)["account_registration"] == 0
+    assert create_account(client).status_code == 201
+    calls = client.get("/_control/calls").json()
+    assert [c["fault"] for c in calls] == ["echo_ok", None]

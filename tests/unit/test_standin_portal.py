@@ -18,6 +18,7 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from standin.app import create_app
+from standin.client import effects, fault
 
 EMAIL = "owner@pizza.test"
 PASSWORD = "correct-horse-1"
@@ -93,19 +94,9 @@ def client() -> Iterator[TestClient]:
         yield c
 
 
-def effects(client: TestClient) -> dict[str, int]:
-    counts: dict[str, int] = client.get("/_control/effects").json()
-    return counts
-
-
 def state(client: TestClient) -> dict[str, Any]:
     data: dict[str, Any] = client.get("/_control/state").json()
     return data
-
-
-def fault(client: TestClient, **body: Any) -> None:
-    response = client.post("/_control/faults", json=body)
-    assert response.status_code == 201, response.text
 
 
 def create_account(client: TestClient, email: str = EMAIL) -> None:
@@ -762,3 +753,55 @@ def test_the_password_field_can_be_rendered_disabled(client: TestClient) -> None
     assert "disabled" in field
     client.post("/_control/reset")
     assert "disabled" not in page(client.get("/portal/login")).one("input", name="password")
+
+
+def test_a_rejected_value_is_a_field_error_until_another_value_is_typed(
+    client: TestClient,
+) -> None:
+    """`rejected_values` (the control interface): the portal's form and the app's endpoint
+    reject that value of the field, naming the field; another value goes through."""
+    create_account(client)
+    login(client)
+    refused = "+64 9 000 0000"
+    set_to = client.post("/_control/config", json={"rejected_values": {"phone": [refused]}})
+    assert set_to.json()["rejected_values"] == {"phone": [refused]}
+    rejected = register(client, phone=f" {refused} ")
+    assert rejected.status_code == 422
+    page(rejected).one("p", class_="field-error", data_field="phone")
+    endpoint = client.post(
+        "/api/registration/register-restaurant",
+        json={"email": "owner@pizza.test", "password": "correct-horse-1",
+              "name": "Joe's Pizza & Co", "phone": refused},
+    )  # fmt: skip
+    assert endpoint.status_code == 422
+    assert endpoint.json()["detail"]["field"] == "phone"
+    assert effects(client)["restaurant_registration"] == 0
+    assert register(client, phone="+64 9 379 1234").status_code == 303
+    assert effects(client)["restaurant_registration"] == 1
+    assert (
+        client.post("/_control/config", json={"rejected_values": {"colour": []}}).status_code == 422
+    )
+
+
+def test_a_seeded_account_exists_without_an_effect_and_refuses_another_password(
+    client: TestClient,
+) -> None:
+    """`POST /_control/accounts`: an owner's account from before; a login with another
+    password is refused, with its own one accepted."""
+    seeded = client.post(
+        "/_control/accounts",
+        json={"email": "Zoë@café.test", "password": "Café Zoë secret ☕ 1", "phone": None},
+    )
+    assert seeded.status_code == 201, seeded.text
+    assert "password" not in seeded.text
+    assert effects(client)["account_registration"] == 0
+    email = seeded.json()["email"]
+    sessions = "/platform/api/v1/sessions"
+    assert (
+        client.post(sessions, json={"email": email, "password": "Café Zoë secret"}).status_code
+        == 401
+    )
+    ok = client.post(sessions, json={"email": email, "password": "Café Zoë secret ☕ 1"})
+    assert ok.status_code == 200 and ok.json()["account_id"] == seeded.json()["account_id"]
+    again = client.post("/_control/accounts", json={"email": email, "password": "another one"})
+    assert again.status_code == 409

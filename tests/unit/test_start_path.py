@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from api.reconciler import Doorbell
-from deployments import warm
+from deployments.warm import prefect_engine
+from regjobs.doorbell import Doorbell
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -61,7 +61,7 @@ def flow_run_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 def test_an_imported_flow_is_named_to_the_engine(flow_run_env: Path) -> None:
-    warm._entrypoint_imported(FakeClient(_deployment(str(PROJECT))))
+    prefect_engine.entrypoint_imported(FakeClient(_deployment(str(PROJECT))))
     assert os.environ["PREFECT__FLOW_ENTRYPOINT"] == "flows.registration:registration_job"
     assert Path.cwd() == PROJECT
 
@@ -74,7 +74,7 @@ def test_the_projects_own_pull_step_names_the_imported_flow_too(
         entrypoint="flows/registration.py:registration_job",
         pull_steps=[{"deployments.setup.project_directory": {}}],
     )
-    warm._entrypoint_imported(FakeClient(deployment))
+    prefect_engine.entrypoint_imported(FakeClient(deployment))
     assert os.environ["PREFECT__FLOW_ENTRYPOINT"] == "flows.registration:registration_job"
     assert Path.cwd() == PROJECT
 
@@ -87,7 +87,7 @@ def test_the_projects_pull_step_without_a_project_leaves_it_to_the_engine(
         entrypoint="flows/registration.py:registration_job",
         pull_steps=[{"deployments.setup.project_directory": {}}],
     )
-    warm._entrypoint_imported(FakeClient(deployment))
+    prefect_engine.entrypoint_imported(FakeClient(deployment))
     assert "PREFECT__FLOW_ENTRYPOINT" not in os.environ
 
 
@@ -105,7 +105,7 @@ def test_the_projects_pull_step_without_a_project_leaves_it_to_the_engine(
     ],
 )
 def test_anything_else_is_left_to_the_engine(flow_run_env: Path, deployment: Any) -> None:
-    warm._entrypoint_imported(FakeClient(deployment))
+    prefect_engine.entrypoint_imported(FakeClient(deployment))
     assert "PREFECT__FLOW_ENTRYPOINT" not in os.environ
     assert Path.cwd() == flow_run_env
 
@@ -114,19 +114,19 @@ def test_settings_are_reused_only_for_the_environment_they_were_built_from(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("PREFECT_WORKER_PREFETCH_SECONDS", "2")
-    _settings, expected = warm._prefect_settings()
+    _settings, expected = prefect_engine.prefect_settings()
     # What the worker hands over: its environment with its settings written over it.
     handed = {**os.environ, **_settings.to_environment_variables(exclude_unset=True)}
     handed["PREFECT__FLOW_RUN_ID"] = str(uuid.uuid4())  # names the run, not a setting
-    assert warm._prefect_env(handed) == expected
+    assert prefect_engine.prefect_env(handed) == expected
     handed["PREFECT_API_URL"] = "http://elsewhere:4200/api"
-    assert warm._prefect_env(handed) != expected
+    assert prefect_engine.prefect_env(handed) != expected
 
 
 def test_flow_runs_get_the_small_job_database_pool_wherever_their_worker_runs() -> None:
     """The stack's workers and the systemd units give flow runs the same pool size and the
     same CPU priority."""
-    from deployments.stack import FLOW_RUN_NICE, FLOW_RUN_POOL
+    from deployments.stack_config import FLOW_RUN_NICE, FLOW_RUN_POOL
 
     for unit in ("regjobs-worker@.service", "regjobs-warm@.service"):
         text = (PROJECT / "deployments" / "systemd" / unit).read_text()

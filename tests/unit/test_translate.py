@@ -698,3 +698,54 @@ def test_a_run_that_died_before_the_job_began_is_crashed() -> None:
     )
     lost = lease_expired(job, long_ago, now, 20)
     assert lost is not None and lost.state.type is StateType.CRASHED
+
+
+# --- waiting for a person ------------------------------------------------------------------
+
+
+def _waiting_rows() -> list[RegistrationJobStep]:
+    since = T0 + timedelta(minutes=2)
+    rows = make_rows(code_generation="completed", onboarding_user="completed")
+    for row in rows:
+        if row.step_id == "account_registration":
+            row.status = "action_required"
+            row.attempts = 1
+            row.error_message = "the login was refused; a person must correct account.password"
+            row.action_fields = ["account.email", "account.password"]
+            row.action_since = since
+            row.action_expires_at = since + timedelta(days=7)
+    return rows
+
+
+def test_a_job_waiting_for_a_person_is_in_progress_asking_for_input() -> None:
+    job = job_public(make_job(), _waiting_rows(), None)
+    assert (job.status, job.next_action, job.failed_step) == ("in_progress", "provide_input", None)
+    assert job.action_required is not None
+    assert job.action_required.model_dump() == {
+        "step_id": "account_registration",
+        "reason": "the login was refused; a person must correct account.password",
+        "fields": ["account.email", "account.password"],
+        "since": T0 + timedelta(minutes=2),
+        "expires_at": T0 + timedelta(minutes=2, days=7),
+    }
+    assert by_id(job)["account_registration"].status == "action_required"
+    assert job.progress_percent == 2 * 100 // 12  # a waiting step is not done
+    # Prefect's Suspended (a Paused state) is a live run: the job waits, nothing is lost.
+    suspended = job_public(make_job(), _waiting_rows(), flow(StateType.PAUSED, "Suspended"))
+    assert (suspended.status, suspended.next_action) == ("in_progress", "provide_input")
+    assert by_id(suspended)["account_registration"].status == "action_required"
+
+
+def test_a_suspended_run_is_not_lost_however_old_its_lease() -> None:
+    from regjobs.translate import is_live, lease_expired
+
+    job, now = _leased_job(seconds_ago=7 * 24 * 3600)
+    suspended = flow(StateType.PAUSED, "Suspended")
+    assert lease_expired(job, suspended, now, 20) is suspended
+    assert is_live(suspended.state)
+
+
+def test_a_cancelled_job_asks_for_nothing() -> None:
+    job = job_public(make_job(status="cancelled"), _waiting_rows(), flow(StateType.CANCELLED))
+    assert job.status == "cancelled" and job.action_required is None
+    assert job.next_action == "retry"

@@ -1,0 +1,56 @@
+"""Jobs on the test hosts, through their API."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+
+from tests.helpers import full_config, wait_for
+from tests.hosts.harness import HostSystem
+
+FINAL = {"completed", "failed", "cancelled"}
+
+
+def new_job(api: httpx.Client) -> str:
+    """A job of its own account and restaurant; a name in several scripts and a password
+    that shares words with it, as people type them."""
+    tag = uuid.uuid4().hex[:8]
+    name = f"Škoda & Søn Grill №{tag} — 東京"
+    config = full_config(
+        account={"email": f"owner-{tag}@example.com", "password": f"Søn Grill {tag} 東京!"},
+        restaurant={"name": name},
+        onboarding={"user_email": f"staff-{tag}@example.com"},
+    )
+    response = api.post(
+        "/api/registration-jobs", json={"restaurant_id": f"hosts-{tag}", "execution_config": config}
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["job_id"])
+
+
+def job(api: httpx.Client, job_id: str) -> dict[str, Any]:
+    response = api.get(f"/api/registration-jobs/{job_id}")
+    response.raise_for_status()
+    return dict(response.json())
+
+
+def wait_ended(api: httpx.Client, job_ids: list[str], timeout: float) -> dict[str, dict[str, Any]]:
+    def ended() -> dict[str, dict[str, Any]] | None:
+        jobs = {j: job(api, j) for j in job_ids}
+        return jobs if all(j["status"] in FINAL for j in jobs.values()) else None
+
+    found: dict[str, dict[str, Any]] = wait_for(
+        ended, timeout=timeout, interval=0.5, what=f"{len(job_ids)} jobs to end"
+    )
+    return found
+
+
+def host_of(hosts: HostSystem, api: httpx.Client, job_id: str) -> str:
+    """The worker host whose process runs the job's flow run."""
+    run_id = wait_for(lambda: job(api, job_id).get("flow_run_id"), timeout=30, what="a run")
+    found: str = wait_for(
+        lambda: hosts.flow_run_hosts().get(run_id), timeout=30, what="a host to run the run"
+    )
+    return found

@@ -14,7 +14,7 @@ import pytest
 from deployments.stack import Stack
 from tests.helpers import full_config, new_key
 
-pytestmark = [pytest.mark.e2e, pytest.mark.database]
+pytestmark = [pytest.mark.e2e]
 
 JOB_ENDPOINTS = [
     ("GET", "/api/registration-jobs/{job}"),

@@ -17,7 +17,7 @@ from deployments.stack import Stack
 from regjobs.models import RegistrationJob
 from tests.helpers import flow_run_logs, full_config, watch_job
 
-pytestmark = [pytest.mark.e2e, pytest.mark.database]
+pytestmark = [pytest.mark.e2e]
 
 
 def job_count(db: Engine) -> int:

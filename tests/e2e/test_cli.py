@@ -15,7 +15,7 @@ from deployments.stack import Stack
 from regjobs.catalogue import STEPS
 from tests.helpers import create, fault, full_config, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.database]
+pytestmark = [pytest.mark.e2e]
 
 
 def regjobs(

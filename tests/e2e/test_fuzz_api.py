@@ -20,7 +20,7 @@ from schemathesis import checks
 from deployments.stack import Stack
 
 # `database`: CI's PostgreSQL pass runs it too (so it must not be `slow`).
-pytestmark = [pytest.mark.e2e, pytest.mark.database]
+pytestmark = [pytest.mark.e2e]
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "80"))
 #: Requests one key setting sends at the least (7 operations or more, EXAMPLES each at most;

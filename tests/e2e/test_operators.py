@@ -47,7 +47,7 @@ from tests.helpers import (
     watch_job,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.database]
+pytestmark = [pytest.mark.e2e]
 
 
 def latest_artifact(key: str, shows: str | float = "", *, timeout: float = 15) -> Artifact:

@@ -44,7 +44,7 @@ from tests.helpers import (
     watch_job,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.database]
+pytestmark = [pytest.mark.e2e]
 
 DEPLOYMENT = "registration-job/registration-job"
 #: The pull step prefect.yaml gives the deployment: a name, no folder.

@@ -33,7 +33,7 @@ from tests.helpers import (
     watch_job,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.database]
+pytestmark = [pytest.mark.e2e]
 
 #: The owner's password, and the mistyped ones: they share words with the restaurant's name.
 NAME = "Kāinga Pizza & Pasta <Ōtautahi>"

@@ -196,7 +196,7 @@ def flow_database(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str) -
 def harness(flow_database: Path) -> Iterator[None]:
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    with prefect_test_harness(server_startup_timeout=180):
         yield
 
 

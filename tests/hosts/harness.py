@@ -4,9 +4,13 @@ of deployments/systemd (tests/hosts/units.py) configured by addresses and secret
 - control: PostgreSQL (a cluster of its own: its own data folder, on the host's address),
   Redis, Prefect's webserver and its services (`regjobs-prefect-server`,
   `regjobs-prefect-services`), the stand-in for the outside systems;
-- worker-1, worker-2: `regjobs-warm@1` and `regjobs-worker@1`: a worker, its warm
-  processes, its own state folder, Chromium for the browser steps;
+- worker-1, worker-2: `regjobs-warm@VERSION` and `regjobs-worker@VERSION`: a worker of the
+  release, its warm processes, its own state folder, Chromium for the browser steps;
 - api-1, api-2: `regjobs-api@1`, one API process each (they elect one reconciler).
+
+Every unit runs from one release of this checkout (`python -m deployments.release make
+--working-tree`, layered over this checkout's environment), made under the system's own
+folder in place of /opt/registration-jobs, with `current` pointing at it.
 
 `regjobs-db-upgrade` runs once (on api-1) and `python -m deployments.setup` once (on
 control) before the API and workers start. The settings files the units read
@@ -68,6 +72,8 @@ class HostSystem:
     api_key: str = ""
     #: More settings in every host's regjobs.env (what an operator may set there).
     settings: dict[str, str] = field(default_factory=dict)
+    #: The release every host runs (its version; `make_release`).
+    release: str = ""
 
     # ------------------------------------------------------------------ addresses
 
@@ -91,6 +97,30 @@ class HostSystem:
 
     def api_url(self, name: str) -> str:
         return f"http://{self.addr(name)}:{API_PORT}"
+
+    @property
+    def opt(self) -> Path:
+        """This system's /opt/registration-jobs: `releases/VERSION` and `current`."""
+        return self.root / "opt"
+
+    @property
+    def current(self) -> Path:
+        return self.opt / "current"
+
+    def make_release(self) -> None:
+        """A release of this checkout (uncommitted changes included), as an operator makes
+        one, with `current` pointing at it."""
+        from deployments import release
+
+        made = release.make(
+            PROJECT_DIR,
+            "HEAD",
+            self.opt / "releases",
+            working_tree=True,
+            base_env=PROJECT_DIR / ".venv",
+        )
+        self.release = made.version
+        self.current.symlink_to(made.folder)
 
     def state(self, host: str) -> Path:
         path = self.root / host
@@ -128,6 +158,8 @@ class HostSystem:
             "REGJOBS_PUBLIC_API_URL": self.api_url("api-1"),
             "REGJOBS_PREFECT_UI_URL": f"http://{control}:{PREFECT_PORT}",
             "REGJOBS_API_WORKERS": "1",
+            # Every worker's slots (the units' --limit 4) but one (README, "Across hosts").
+            "REGJOBS_ORG_FLOW_RUNS": str(len(WORKERS) * 4 - 1),
             "PYTHONUNBUFFERED": "1",
             **self.settings,
         }
@@ -156,7 +188,13 @@ class HostSystem:
     # ------------------------------------------------------------------ processes
 
     def spawn(
-        self, host: str, name: str, command: list[str], env: Mapping[str, str], nice: int = 0
+        self,
+        host: str,
+        name: str,
+        command: list[str],
+        env: Mapping[str, str],
+        nice: int = 0,
+        cwd: str | Path = PROJECT_DIR,
     ) -> Proc:
         logs = self.state(host) / "logs"
         logs.mkdir(mode=0o700, exist_ok=True)
@@ -170,7 +208,7 @@ class HostSystem:
         }
         process = subprocess.Popen(
             [*self.host(host).exec_prefix(), *command],
-            cwd=PROJECT_DIR,
+            cwd=cwd,
             env=full,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -185,16 +223,20 @@ class HostSystem:
 
     def unit(self, host: str, unit: str, instance: str = "1") -> Proc:
         """Start `unit` on `host` as systemd would: its command, its Environment= over its
-        EnvironmentFile= contents, its Nice=."""
+        EnvironmentFile= contents, its Nice=, in its WorkingDirectory=."""
         runtime = self.state(host) / "run"
         runtime.mkdir(mode=0o700, exist_ok=True)
-        spec = units.read(unit, instance=instance, host=host, runtime_dir=str(runtime))
+        spec = units.read(
+            unit, opt=str(self.opt), instance=instance, host=host, runtime_dir=str(runtime)
+        )
         files = self.env_files(host)
         env: dict[str, str] = {}
         for name in spec.env_files:
             env.update(files[name])
         env.update(spec.env)
-        return self.spawn(host, f"{unit}{instance}", spec.command, env, spec.nice)
+        return self.spawn(
+            host, f"{unit}{instance}", spec.command, env, spec.nice, spec.cwd or PROJECT_DIR
+        )
 
     def run_unit(self, host: str, unit: str, *, timeout: float = 180) -> str:
         """A oneshot unit (or a command with a unit's environment) to completion."""
@@ -210,17 +252,18 @@ class HostSystem:
         return out
 
     def run(self, host: str, command: list[str], env_file: str = "regjobs.env") -> str:
-        """A one-off command on `host` with its settings file (an operator's shell there)."""
+        """A one-off command on `host` with its settings file (an operator's shell there, in
+        the current release's folder)."""
         files = self.env_files(host)
         env = {
-            "PATH": f"{PROJECT_DIR / '.venv' / 'bin'}:/usr/bin:/bin",
+            "PATH": f"{self.current / '.venv' / 'bin'}:/usr/bin:/bin",
             "HOME": str(self.state(host)),
             **files[env_file],
             **files["prefect-auth.env"],
         }
         result = subprocess.run(
             [*self.host(host).exec_prefix(), *command],
-            cwd=PROJECT_DIR,
+            cwd=self.current,
             env=env,
             capture_output=True,
             text=True,
@@ -419,15 +462,20 @@ class HostSystem:
 
     def start_workers(self, hosts: list[str]) -> None:
         """The worker units of `hosts`, started together, each waited for."""
-        before = {h: self.log(h, "regjobs-worker@1").count("started!") for h in hosts}
+        before = {h: self.log(h, self.worker_unit).count("started!") for h in hosts}
         for host in hosts:
-            self.unit(host, "regjobs-warm@")
-            self.unit(host, "regjobs-worker@")
+            self.unit(host, "regjobs-warm@", self.release)
+            self.unit(host, "regjobs-worker@", self.release)
         for host in hosts:
             self.wait(f"the worker on {host}", functools.partial(self._started, host, before), 120)
 
     def _started(self, host: str, before: dict[str, int]) -> bool:
-        return self.log(host, "regjobs-worker@1").count("started!") > before[host]
+        return self.log(host, self.worker_unit).count("started!") > before[host]
+
+    @property
+    def worker_unit(self) -> str:
+        """The worker unit's instance name (and its log's)."""
+        return f"regjobs-worker@{self.release}"
 
     def restart_workers(self) -> None:
         for host in WORKERS:
@@ -435,8 +483,8 @@ class HostSystem:
         self.start_workers(list(WORKERS))
 
     def stop_worker(self, host: str) -> None:
-        self.stop(host, "regjobs-worker@1", timeout=40)
-        self.stop(host, "regjobs-warm@1")
+        self.stop(host, self.worker_unit, timeout=40)
+        self.stop(host, f"regjobs-warm@{self.release}")
 
     def start_api(self, host: str) -> None:
         self.unit(host, "regjobs-api@")
@@ -446,6 +494,7 @@ class HostSystem:
         self.net.up()
         for name, octet in OCTETS.items():
             self.net.add(name, octet)
+        self.make_release()
         self.start_postgres()
         self.create_databases()
         self.start_redis()
@@ -465,7 +514,10 @@ class HostSystem:
             with contextlib.suppress(Exception):
                 self.stop(host, name, timeout=5)
         self.net.teardown()
-        shutil.rmtree(self.root, ignore_errors=True)
+        if os.environ.get("REGJOBS_HOSTS_KEEP"):  # its logs, to read after a failure
+            print(f"the test hosts' folder is kept: {self.root}")
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     # ------------------------------------------------------------------ looking inside
 

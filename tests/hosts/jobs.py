@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -41,9 +42,15 @@ def wait_ended(api: httpx.Client, job_ids: list[str], timeout: float) -> dict[st
         jobs = {j: job(api, j) for j in job_ids}
         return jobs if all(j["status"] in FINAL for j in jobs.values()) else None
 
-    found: dict[str, dict[str, Any]] = wait_for(
-        ended, timeout=timeout, interval=0.5, what=f"{len(job_ids)} jobs to end"
-    )
+    deadline = time.monotonic() + timeout
+    while (found := ended()) is None:
+        if time.monotonic() > deadline:
+            seen = {
+                j: (v["status"], v.get("pending_reason"), v.get("error_message"))
+                for j, v in ((j, job(api, j)) for j in job_ids)
+            }
+            raise AssertionError(f"timed out after {timeout} s waiting for jobs to end: {seen}")
+        time.sleep(0.5)
     return found
 
 

@@ -89,7 +89,7 @@ def test_a_worker_host_cut_off_mid_step(
 
 
 def _worker_alive(hosts: HostSystem, name: str) -> bool:
-    proc = hosts.procs.get((name, "regjobs-worker@1"))
+    proc = hosts.procs.get((name, hosts.worker_unit))
     return proc is not None and proc.process.poll() is None
 
 

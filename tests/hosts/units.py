@@ -14,10 +14,9 @@ from pathlib import Path
 from regjobs.settings import PROJECT_DIR
 
 UNITS = PROJECT_DIR / "deployments" / "systemd"
-#: Where the units expect the project (README, Production): the release in use is
-#: `current` (deployments/release.py); a test host runs this checkout as that release.
+#: Where the units expect the project (README, Production): its releases under `releases/`,
+#: the one in use as `current` (deployments/release.py).
 OPT = "/opt/registration-jobs"
-CURRENT = f"{OPT}/current"
 
 
 @dataclass
@@ -27,20 +26,24 @@ class Unit:
     env: dict[str, str]
     env_files: list[str]
     nice: int
+    #: WorkingDirectory= (the release's folder), "" if the unit names none.
+    cwd: str
 
 
-def read(unit: str, *, instance: str = "", host: str = "", runtime_dir: str = "") -> Unit:
-    """`unit` (e.g. "regjobs-worker@") with this host's instance, name and runtime folder."""
+def read(unit: str, *, opt: str, instance: str = "", host: str = "", runtime_dir: str = "") -> Unit:
+    """`unit` (e.g. "regjobs-worker@") with this host's project folder (`opt`, in place of
+    /opt/registration-jobs), instance, name and runtime folder."""
     text = (UNITS / f"{unit}.service").read_text()
 
     def put(value: str) -> str:
-        value = value.replace(CURRENT, str(PROJECT_DIR)).replace(OPT, str(PROJECT_DIR)).replace("%i", instance).replace("%H", host)
+        value = value.replace(OPT, opt).replace("%i", instance).replace("%H", host)
         return value.replace("/run/regjobs", runtime_dir) if runtime_dir else value
 
     command: list[str] = []
     env: dict[str, str] = {}
     files: list[str] = []
     nice = 0
+    cwd = ""
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith("#") or "=" not in line:
@@ -56,6 +59,8 @@ def read(unit: str, *, instance: str = "", host: str = "", runtime_dir: str = ""
             files.append(Path(value).name)
         elif key == "Nice":
             nice = int(value)
+        elif key == "WorkingDirectory":
+            cwd = put(value)
     if not command:
         raise ValueError(f"{unit}.service has no ExecStart")
-    return Unit(unit, command, env, files, nice)
+    return Unit(unit, command, env, files, nice, cwd)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -758,3 +759,49 @@ def step_of(name: str) -> str:
     `<task name>-<3 hex>` and renames it to its `task_run_name` as it starts; a marker run
     that ends at once was seen to keep the first name ('Option sets-6fb')."""
     return _LABELS[name] if name in _LABELS else _LABELS[re.sub(r"-[0-9a-f]{3}$", "", name)]
+
+
+def forget_settings() -> None:
+    """Forget this process's cached settings (and what was made from them)."""
+    from regjobs.settings import get_settings
+    from tasks.steps import step_task
+
+    get_settings.cache_clear()
+    # Each step's task carries the settings' retries and timeout.
+    step_task.cache_clear()
+
+
+class environment:
+    """Set environment variables (and forget cached settings) until the block ends."""
+
+    def __init__(self, env: dict[str, str] | Any) -> None:
+        self.env = env
+
+    def __enter__(self) -> None:
+        self.saved = dict(os.environ)
+        os.environ.update(self.env)
+        forget_settings()
+
+    def __exit__(self, *exc: object) -> None:
+        os.environ.clear()
+        os.environ.update(self.saved)
+        forget_settings()
+
+
+@contextmanager
+def own_job_database(state: Path, pg_admin_url: str) -> Iterator[Path]:
+    """A migrated job database and state folder (`state`) of their own for this process
+    until the block ends: SQLite, or a scratch PostgreSQL database with
+    REGJOBS_TEST_DATABASE=postgresql (CI's PostgreSQL pass). No reconciler watches it, as the
+    session's test system's watches the session's database."""
+    from regjobs.db import engine_for, migrate, scratch_postgres_database
+
+    with contextlib.ExitStack() as stack:
+        if os.environ.get("REGJOBS_TEST_DATABASE", "sqlite") == "postgresql":
+            url = stack.enter_context(scratch_postgres_database(pg_admin_url, "regjobs_own"))
+        else:
+            url = f"sqlite:///{state / 'regjobs.db'}"
+        migrate(url)
+        with environment({"DATABASE_URL": url, "REGJOBS_STATE_DIR": str(state)}):
+            yield state
+        engine_for(url).dispose()

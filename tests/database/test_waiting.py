@@ -6,6 +6,7 @@ works while it waits."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -19,7 +20,7 @@ from regjobs.db import read_session, transaction
 from regjobs.errors import ACCOUNT_LOGIN, LoginRefused, classify
 from regjobs.ledger import outbox, outcomes
 from regjobs.models import Organisation, RegistrationJobStep, utcnow
-from tests.helpers import full_config
+from tests.helpers import full_config, own_job_database
 
 pytestmark = pytest.mark.database
 
@@ -29,9 +30,14 @@ def run_of(job_id: str) -> str:
     return f"fr{job_id[2:]}"
 
 
-@pytest.fixture(autouse=True)
-def _settings(stack_env: dict[str, str]) -> None:
-    """The job database of this test session (no system started)."""
+@pytest.fixture(scope="module", autouse=True)
+def _own_database(
+    stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str
+) -> Iterator[None]:
+    """A job database of this module's own: its jobs' flow runs are made up, and the
+    session's test system, if this process runs one, would fail them as disappeared."""
+    with own_job_database(tmp_path_factory.mktemp("waiting"), pg_admin_url):
+        yield
 
 
 def new_job() -> str:

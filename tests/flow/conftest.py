@@ -11,7 +11,6 @@ Prefect a session-wide harness would hide from the tests that follow.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -23,6 +22,7 @@ import pytest
 
 from regjobs.config import ExecutionConfig
 from tasks.clients.interfaces import Call, Clients, Login, Progress, Result
+from tests.helpers import environment, forget_settings, own_job_database
 
 #: What a fake answers for each step (the fields each step gives, and one it does not).
 ANSWERS: Mapping[str, Result] = {
@@ -176,20 +176,9 @@ FLOW_ENV: Mapping[str, str] = {
 
 @pytest.fixture(scope="module")
 def flow_database(tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str) -> Iterator[Path]:
-    """A migrated job database and a state folder, this module's alone: SQLite, or a scratch
-    PostgreSQL database with REGJOBS_TEST_DATABASE=postgresql (CI's PostgreSQL pass)."""
-    from regjobs.db import engine_for, migrate, scratch_postgres_database
-
-    state = tmp_path_factory.mktemp("flow-state")
-    with contextlib.ExitStack() as stack:
-        if os.environ.get("REGJOBS_TEST_DATABASE", "sqlite") == "postgresql":
-            url = stack.enter_context(scratch_postgres_database(pg_admin_url, "regjobs_flow"))
-        else:
-            url = f"sqlite:///{state / 'regjobs.db'}"
-        migrate(url)
-        with _environment({"DATABASE_URL": url, "REGJOBS_STATE_DIR": str(state)}):
-            yield state
-        engine_for(url).dispose()
+    """A migrated job database and a state folder, this module's alone."""
+    with own_job_database(tmp_path_factory.mktemp("flow-state"), pg_admin_url) as state:
+        yield state
 
 
 @pytest.fixture(scope="module")
@@ -207,40 +196,14 @@ def fake(harness: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSystems
 
     systems = FakeSystems()
     monkeypatch.setattr(tasks.steps, "build_clients", lambda *args: systems.clients())
-    with _environment(FLOW_ENV):
+    with environment(FLOW_ENV):
         yield systems
 
 
 def tune(**env: str) -> None:
-    """Change settings for the rest of this test (restored by `fake`'s `_environment`)."""
+    """Change settings for the rest of this test (restored by `fake`'s `environment`)."""
     os.environ.update(env)
-    _forget_settings()
-
-
-def _forget_settings() -> None:
-    from regjobs.settings import get_settings
-    from tasks.steps import step_task
-
-    get_settings.cache_clear()
-    # Each step's task carries the settings' retries and timeout.
-    step_task.cache_clear()
-
-
-class _environment:
-    """Set environment variables (and forget cached settings) until the block ends."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = env
-
-    def __enter__(self) -> None:
-        self.saved = dict(os.environ)
-        os.environ.update(self.env)
-        _forget_settings()
-
-    def __exit__(self, *exc: object) -> None:
-        os.environ.clear()
-        os.environ.update(self.saved)
-        _forget_settings()
+    forget_settings()
 
 
 def new_job(**sections: Any) -> str:

@@ -180,7 +180,11 @@ class Reconciler:
             self.dispatcher.hold(exc)
             raise
         self.hand_over()
-        for phase in (self.reconcile, self.expire_waits, self.heal_slots, self.find_stalls):
+        # Expired waits first: Prefect fails a suspended run at its own pause timeout, which
+        # is never before the step's `action_expires_at` (the flow computes that first), so
+        # a job whose wait ran out fails as `fix_config` here before `reconcile` could read
+        # Prefect's Failed run as a plain failure.
+        for phase in (self.expire_waits, self.reconcile, self.heal_slots, self.find_stalls):
             phase()
         self.prefect_ok = True
         self.last_error = None

@@ -555,7 +555,7 @@ def secrets_haystacks(
     haystacks["events"] = json.dumps(read_events(api, job_id).events).encode()
     # The job status page a view token opens, its script and its style sheet.
     made = api.post(f"/api/registration-jobs/{job_id}/view-token")
-    assert made.status_code == 200, made.text
+    assert made.status_code == 201, made.text
     page = f"{stack.config.api_url}/jobs/{made.json()['url'].split('/jobs/', 1)[1]}"
     haystacks["status page"] = httpx.get(page).content
     for asset in ("job.js", "job.css"):

@@ -317,8 +317,8 @@ def test_a_dead_worker_gives_back_its_browser_slot(
     )
     flow_run_id = api.get(f"/api/registration-jobs/{job_id}").json()["flow_run_id"]
     try:
+        killed = time.monotonic()  # before: kill_worker then waits for the worker to go
         kill_worker(stack, flow_run_id)
-        killed = time.monotonic()
         wait_for(
             lambda: progress(api, job_id)["status"] == "failed",
             timeout=30,

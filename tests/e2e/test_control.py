@@ -332,8 +332,8 @@ def test_kill_the_worker_with_its_flow_runs_fails_the_job_within_30_s(
     for pid in [stack.children["worker"].process.pid, *flow_run_pids(flow_run_id)]:
         assert os.getpriority(os.PRIO_PROCESS, pid) == own + FLOW_RUN_NICE, pid
 
-    kill_worker(stack, flow_run_id)
     killed = time.monotonic()
+    kill_worker(stack, flow_run_id)
     try:
 
         def failed() -> dict[str, Any] | None:

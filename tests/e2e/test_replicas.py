@@ -72,8 +72,8 @@ def test_one_reconciler_among_two_api_processes_and_a_handover(
         job_id = hold_step(api, standin, restaurant_id, "menu_import", 30)
         flow_run_id = api.get(f"/api/registration-jobs/{job_id}").json()["flow_run_id"]
         assert flow_run_pids(flow_run_id), "the flow-run process was not found"
-        kill_worker(stack, flow_run_id)
         killed = time.monotonic()
+        kill_worker(stack, flow_run_id)
         try:
             job = wait_for(
                 lambda: (

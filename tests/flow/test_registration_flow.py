@@ -141,9 +141,13 @@ def test_cancel_stops_the_running_step_and_starts_no_other(fake: FakeSystems) ->
     job_id = new_job()
     cancelled_at: list[int] = []
 
-    async def cancelled_meanwhile() -> None:
-        await asyncio.to_thread(transaction, ledger.cancel_job, job_id=job_id)
+    def cancel() -> None:
+        transaction(ledger.cancel_job, job_id=job_id)
+        # Marked in the thread: the run may stop this step before the await returns.
         cancelled_at.append(len(fake.log))
+
+    async def cancelled_meanwhile() -> None:
+        await asyncio.to_thread(cancel)
         await asyncio.Event().wait()  # until the run stops it
 
     fake.behaviours["services_configuration"] = cancelled_meanwhile

@@ -119,8 +119,10 @@ def upgrade_job(*, session: Session, job_id: str, to_version: str | None = None)
     """Move a job to another release (by default the newest): its later runs run there.
     Completed steps keep their results and are reused by step id; the rest run on the new
     release's code. A job whose run waits for a worker (of a release whose workers are gone,
-    say) gets a new run on the new release's queue, and the waiting one is cancelled. A job
-    running now is Conflict: let it end (or cancel it) first."""
+    say) gets a new run on the new release's queue, and the waiting one is cancelled. So
+    does a job whose run is suspended waiting for a person: the new run finds the step still
+    waiting and suspends in its turn, on the new release, and the person's input resumes
+    that one. A job running now is Conflict: let it end (or cancel it) first."""
     job = _job(session, job_id, lock=True)
     target_version = to_version or newest_release(session=session)
     target = session.get(CodeRelease, target_version) if target_version else None
@@ -133,7 +135,8 @@ def upgrade_job(*, session: Session, job_id: str, to_version: str | None = None)
         raise Conflict(f"the job is on release {target.version} already")
     run = _current_run(session, job)
     active = JobStatus(job.status).is_active
-    if active and run is not None and run.began_at is not None and run.stopped_at is None:
+    running = run is not None and run.began_at is not None and run.stopped_at is None
+    if active and running and run is not None and run.suspended_at is None:
         raise Conflict(
             f"the job is running on release {job.code_version} now (flow run "
             f"{job.flow_run_id}): let it end, or cancel it, then upgrade it"

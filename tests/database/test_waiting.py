@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from regjobs.db import read_session, transaction
 from regjobs.errors import ACCOUNT_LOGIN, LoginRefused, classify
 from regjobs.ledger import outbox, outcomes
 from regjobs.models import Organisation, RegistrationJobStep, utcnow
+from regjobs.release import Release
 from tests.helpers import full_config, own_job_database
 
 pytestmark = pytest.mark.database
@@ -288,3 +290,40 @@ def test_the_reconciler_fails_a_job_waiting_past_a_short_input_timeout(
         prefect.emitted
     )
     assert [d.kind for d in deliveries(job_id)] == ["fail"]
+
+
+def test_a_job_waiting_on_an_old_release_moves_to_the_new_one_and_waits_there() -> None:
+    """`regjobs jobs upgrade` of a job suspended waiting for a person (its release to be
+    drained): its suspended run is cancelled in Prefect, a new run is asked for on the new
+    release's queue, and that run, once it begins, finds the step still waiting."""
+    tag = uuid.uuid4().hex[:8]
+    old, new = f"{tag}-a", f"{tag}-b"
+    for version in (old, new):
+        release = Release(version, commit="0" * 40, folder=Path("/nowhere"), steps={})
+        transaction(ledger.remember_release, release=release)
+    job_id = new_job()
+    start = transaction(
+        ledger.begin_run, job_id=job_id, flow_run_id=run_of(job_id), generation=1,
+        run_count=1, code_version=old,
+    )  # fmt: skip
+    refuse_login(job_id, start.epoch)
+    finish_others(job_id, start.epoch)
+    assert suspend(job_id, start.epoch) is not None
+
+    moved = transaction(ledger.upgrade_job, job_id=job_id, to_version=new)
+    assert (moved.from_version, moved.to_version, moved.requeued) == (old, new, True)
+    job = view(job_id)
+    assert job.status is JobStatus.IN_PROGRESS and job.code_version == new
+    assert job.action_required is not None  # still waiting for the same person
+    assert [d.kind for d in deliveries(job_id)] == ["cancel"]
+    with read_session() as session:
+        asked = [
+            r for r in ledger.runs_to_dispatch(session=session, limit=500) if r.job_id == job_id
+        ]
+    assert [r.work_queue for r in asked] == [f"release-{new}"]
+    # The new run begins on the new release and finds the step waiting: it suspends again.
+    again = transaction(
+        ledger.begin_run, job_id=job_id, flow_run_id=f"new{run_of(job_id)}",
+        generation=asked[0].generation, run_count=1, code_version=new,
+    )  # fmt: skip
+    assert again.steps["account_registration"].status is StepStatus.ACTION_REQUIRED

@@ -5,6 +5,7 @@ a clean console. Each test has a browser context of its own."""
 
 from __future__ import annotations
 
+import html
 import itertools
 import json
 import time
@@ -12,13 +13,17 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, sync_playwright
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+from starlette.routing import Route
 
-from deployments.stack import Stack
+from deployments.stack import Stack, free_port
 from regjobs import viewtokens
 from regjobs.catalogue import STEP_IDS
 from regjobs.settings import get_settings
@@ -578,3 +583,56 @@ def test_the_page_asks_for_the_password_and_goes_on_with_the_right_one(
     haystacks.update({"422": refused.body(), "200": sent.value.body()})
     for secret in (PASSWORD, MISTYPED, WRONG_AGAIN):
         assert occurrences(secret, haystacks, public=[NAME]) == {}, secret
+
+
+# ------------------------------------------------------------------------- in a frame
+
+
+async def _app_page(request: Request) -> HTMLResponse:
+    """The frontend's page: the job page (`?src=`) in an iframe, 360 px wide."""
+    src = html.escape(request.query_params.get("src", ""))
+    return HTMLResponse(
+        f'<!doctype html><title>onboarding</title><iframe id="job" title="job" src="{src}" '
+        'width="360" height="700"></iframe>'
+    )
+
+
+@pytest.fixture(scope="module")
+def framing(stack: Stack) -> Iterator[tuple[str, str]]:
+    """The frontend's pages on a loopback port, and another API process of the test system
+    set as a deployment embedding the page sets it: that origin allowed (CORS, and so
+    `frame-ancestors`). (The frontend's base URL, the API's.) The same pages as
+    `localhost` are another origin, not allowed."""
+    with serve_in_thread(Starlette(routes=[Route("/onboarding", _app_page)])) as app:
+        port = free_port()
+        stack.start_api({"REGJOBS_CORS_ORIGINS": app}, name="api-framing", port=port)
+        try:
+            yield app, f"http://127.0.0.1:{port}"
+        finally:
+            stack.stop_child("api-framing")
+
+
+def test_the_page_shows_in_a_frame_of_an_allowed_origin_and_nowhere_else(
+    api: httpx.Client, context: BrowserContext, framing: tuple[str, str], restaurant_id: str
+) -> None:
+    app, framing_api = framing
+    job_id = _parked(api, restaurant_id)
+    query = urlencode({"src": view_url(api, job_id, framing_api)})
+
+    allowed = context.new_page()
+    allowed.goto(f"{app}/onboarding?{query}")
+    framed = allowed.frame_locator("#job")
+    framed.locator('#status[data-status="pending"]').wait_for(timeout=30_000)
+    assert framed.locator("li.step").count() == len(STEP_IDS)
+
+    # Another origin's page (the same pages by another host name) gets no job page in its
+    # frame: Chromium refuses to render it (frame-ancestors) and says so.
+    elsewhere = context.new_page()
+    other = app.replace("127.0.0.1", "localhost")
+    with elsewhere.expect_console_message(
+        lambda m: "frame-ancestors" in m.text, timeout=30_000
+    ) as refusal:
+        elsewhere.goto(f"{other}/onboarding?{query}")
+    assert "has been blocked" in refusal.value.text, refusal.value.text
+    frame = next(f for f in elsewhere.frames if f is not elsewhere.main_frame)
+    assert frame.evaluate("() => document.querySelector('#status') === null")

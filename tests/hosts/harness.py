@@ -529,6 +529,25 @@ class HostSystem:
             for name, host in self.net.hosts.items()
         }
 
+    def browsers_described(self) -> dict[str, list[str]]:
+        """Each host's browsers: pid, parent pid, and the flow run and Prefect task run of
+        the process that launched it (their environment, which Chromium inherits)."""
+        found: dict[str, list[str]] = {}
+        for name, host in self.net.hosts.items():
+            for pid in browser_processes(chromium_processes(host.pids())):
+                try:
+                    environ = dict(
+                        item.split(b"=", 1)
+                        for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                        if b"=" in item
+                    )
+                    parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[1]
+                except OSError:
+                    continue
+                run = environ.get(b"PREFECT__FLOW_RUN_ID", b"?").decode()
+                found.setdefault(name, []).append(f"pid {pid} (parent {parent}) run {run}")
+        return found
+
     def browser_slots_in_use(self) -> int:
         """Prefect's count of the browser limit's slots taken (across all hosts)."""
         auth = tuple(self.prefect_auth.split(":", 1))

@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from sqlalchemy import text
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from api import reads, service
@@ -62,13 +62,23 @@ def ensure_dev_key(settings: Settings) -> str | None:
     else:
         path = settings.state_dir / "dev-api-key"
         key = path.read_text().strip() if path.exists() else None
-    with session_scope() as session:
-        org = ensure_organisation(session, settings.dev_organisation)
-        key = add_key(session, organisation=org, key=key, label=DEVELOPMENT_LABEL)
+    try:
+        key = _development_key(settings, key)
+    except IntegrityError:
+        # The API's processes start at once: another inserted the organisation or the key
+        # between this one's look and its insert. The second try finds them.
+        key = _development_key(settings, key)
     if settings.dev_api_key is None:
         path = settings.state_dir / "dev-api-key"
         write_private(private_dir(path.parent) / path.name, (key + "\n").encode())
     return key
+
+
+def _development_key(settings: Settings, key: str | None) -> str:
+    """The demo organisation and its development key (`key`, or a new one), made if missing."""
+    with session_scope() as session:
+        org = ensure_organisation(session, settings.dev_organisation)
+        return add_key(session, organisation=org, key=key, label=DEVELOPMENT_LABEL)
 
 
 class DevelopmentKeysActive(RuntimeError):

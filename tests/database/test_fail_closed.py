@@ -256,3 +256,44 @@ def test_a_rotated_key_still_decrypts_old_configs_after_reencrypt(
             config_of(jobs[0])
     finally:
         get_settings.cache_clear()
+
+
+def test_api_processes_starting_at_once_each_find_the_development_key(
+    tmp_path: Path, pg_admin_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interleaving forced: between this process's look for the demo organisation and
+    its insert, another API process inserts the organisation and the key. The insert fails
+    on the unique name; the start tries again and finds both (it does not exit)."""
+    from api import main
+    from regjobs.models import ApiKey, Organisation
+    from tests.helpers import environment, own_job_database
+
+    key = "rj_dev_" + uuid.uuid4().hex
+    with own_job_database(tmp_path, pg_admin_url), environment({"REGJOBS_DEV_API_KEY": key}):
+        settings = get_settings()
+        real = ensure_organisation
+        raced: list[str] = []
+
+        def another_process_first(session: Session, name: str) -> Organisation:
+            if raced:
+                return real(session, name)
+            raced.append(name)
+            # The other process, on a connection of its own, between the look and the insert.
+            with engine_for(settings.sqlalchemy_url).begin() as connection:
+                other = Session(bind=connection)
+                add_key(other, organisation=real(other, name), key=key, label=DEVELOPMENT_LABEL)
+                other.flush()
+            # This one's look found nothing: it inserts all the same.
+            organisation = Organisation(name=name)
+            session.add(organisation)
+            session.flush()
+            return organisation
+
+        monkeypatch.setattr(main, "ensure_organisation", another_process_first)
+        assert main.ensure_dev_key(settings) == key
+        assert raced == [settings.dev_organisation]
+        with engine_for(settings.sqlalchemy_url).connect() as connection:
+            reader = Session(bind=connection)
+            names = reader.query(Organisation.name).filter_by(name=settings.dev_organisation)
+            assert names.count() == 1
+            assert reader.query(ApiKey).filter_by(label=DEVELOPMENT_LABEL).count() == 1

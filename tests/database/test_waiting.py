@@ -323,7 +323,7 @@ def test_a_job_waiting_on_an_old_release_moves_to_the_new_one_and_waits_there() 
     assert [r.work_queue for r in asked] == [f"release-{new}"]
     # The new run begins on the new release and finds the step waiting: it suspends again.
     again = transaction(
-        ledger.begin_run, job_id=job_id, flow_run_id=f"new{run_of(job_id)}",
+        ledger.begin_run, job_id=job_id, flow_run_id=f"nr{job_id[2:]}",
         generation=asked[0].generation, run_count=1, code_version=new,
     )  # fmt: skip
     assert again.steps["account_registration"].status is StepStatus.ACTION_REQUIRED

@@ -805,3 +805,31 @@ def own_job_database(state: Path, pg_admin_url: str) -> Iterator[Path]:
         with environment({"DATABASE_URL": url, "REGJOBS_STATE_DIR": str(state)}):
             yield state
         engine_for(url).dispose()
+
+
+def ledger_job(
+    *, auto_start: bool = True, restaurant_id: str | None = None, **sections: Any
+) -> str:
+    """A job made in the ledger itself (no API, no Prefect), of an organisation of its own:
+    its id. `auto_start`: with its first run request; `sections` go over `full_config()`."""
+    import uuid
+
+    from regjobs import ledger
+    from regjobs.config import ExecutionConfig
+    from regjobs.db import transaction
+    from regjobs.models import Organisation
+
+    def make(*, session: Any) -> str:
+        organisation = Organisation(name=f"org-{uuid.uuid4().hex[:12]}")
+        session.add(organisation)
+        session.flush()
+        job = ledger.create_job(
+            session=session,
+            organisation_id=organisation.id,
+            restaurant_id=restaurant_id or f"r-{uuid.uuid4().hex[:8]}",
+            config=ExecutionConfig.model_validate(full_config(**sections)),
+            auto_start=auto_start,
+        )
+        return str(job.id)
+
+    return transaction(make)

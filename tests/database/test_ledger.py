@@ -30,7 +30,7 @@ from regjobs.models import (
     utcnow,
 )
 from regjobs.translate import FlowRunSnapshot, RunState
-from tests.helpers import full_config
+from tests.helpers import full_config, ledger_job
 
 pytestmark = pytest.mark.database
 
@@ -40,21 +40,8 @@ def _settings(stack_env: dict[str, str]) -> None:
     """The job database of this test session (no system started)."""
 
 
-def new_job(*, auto_start: bool = True) -> str:
-    def make(*, session: Any) -> str:
-        organisation = Organisation(name=f"ledger-{uuid.uuid4().hex[:8]}")
-        session.add(organisation)
-        session.flush()
-        job = ledger.create_job(
-            session=session,
-            organisation_id=organisation.id,
-            restaurant_id=f"r-{uuid.uuid4().hex[:8]}",
-            config=ExecutionConfig.model_validate(full_config()),
-            auto_start=auto_start,
-        )
-        return job.id
-
-    return transaction(make)
+#: A job of an organisation of its own, with its run request unless `auto_start=False`.
+new_job = ledger_job
 
 
 def begin(job_id: str, flow_run_id: str = "flow-run-1", **kwargs: Any) -> ledger.RunStart:

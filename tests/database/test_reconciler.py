@@ -15,12 +15,11 @@ from prefect.client.schemas.objects import StateType
 from api.orchestrator import Orchestrator
 from api.reconciler import Reconciler
 from regjobs import ledger, translate
-from regjobs.config import ExecutionConfig
 from regjobs.db import read_session, transaction
-from regjobs.models import Organisation, RegistrationJob, utcnow
+from regjobs.models import RegistrationJob, utcnow
 from regjobs.settings import get_settings
 from regjobs.translate import FlowRunSnapshot, RunState
-from tests.helpers import full_config
+from tests.helpers import ledger_job
 
 pytestmark = pytest.mark.database
 
@@ -70,7 +69,7 @@ def reconciler(
 
 def _holding(step_id: str) -> tuple[str, int, str]:
     """A job begun by its run, whose `step_id` holds a browser slot: (job, epoch, lease)."""
-    job_id = _new_job(f"slot-{uuid.uuid4().hex[:8]}")
+    job_id = ledger_job(restaurant_id=f"slot-{uuid.uuid4().hex[:8]}")
     start = transaction(ledger.begin_run, job_id=job_id, flow_run_id="flow-run-1", generation=1)
     lease = str(uuid.uuid4())
     transaction(ledger.hold_slot, job_id=job_id, epoch=start.epoch, step_id=step_id, lease=lease)
@@ -126,26 +125,8 @@ def test_slots_counted_beyond_live_holders_are_never_freed_by_count(
     assert "none is freed by count" in caplog.text
 
 
-def _new_job(restaurant_id: str) -> str:
-    """A new job (with its run request) of an organisation of its own."""
-
-    def make(*, session: Any) -> str:
-        organisation = Organisation(name=f"{restaurant_id}-{uuid.uuid4().hex[:8]}")
-        session.add(organisation)
-        session.flush()
-        job = ledger.create_job(
-            session=session,
-            organisation_id=organisation.id,
-            restaurant_id=restaurant_id,
-            config=ExecutionConfig.model_validate(full_config()),
-        )
-        return job.id
-
-    return transaction(make)
-
-
 def test_a_stall_is_marked_and_told_to_prefect_once(stack_env: dict[str, str]) -> None:
-    job_id = _new_job("stall")
+    job_id = ledger_job(restaurant_id="stall")
     prefect = FakePrefect(taken=0)
     # A job waiting longer than the limit for its run to start.
     clock = Clock()

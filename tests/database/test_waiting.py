@@ -20,9 +20,9 @@ from regjobs.crypto import encrypt_json
 from regjobs.db import read_session, transaction
 from regjobs.errors import ACCOUNT_LOGIN, LoginRefused, classify
 from regjobs.ledger import outbox, outcomes
-from regjobs.models import Organisation, RegistrationJobStep, utcnow
+from regjobs.models import RegistrationJobStep, utcnow
 from regjobs.release import Release
-from tests.helpers import environment, full_config, own_job_database
+from tests.helpers import environment, full_config, ledger_job, own_job_database
 
 pytestmark = pytest.mark.database
 
@@ -40,22 +40,6 @@ def _own_database(
     session's test system, if this process runs one, would fail them as disappeared."""
     with own_job_database(tmp_path_factory.mktemp("waiting"), pg_admin_url):
         yield
-
-
-def new_job() -> str:
-    def make(*, session: Any) -> str:
-        organisation = Organisation(name=f"waiting-{uuid.uuid4().hex[:8]}")
-        session.add(organisation)
-        session.flush()
-        return ledger.create_job(
-            session=session,
-            organisation_id=organisation.id,
-            restaurant_id=f"r-{uuid.uuid4().hex[:8]}",
-            config=ExecutionConfig.model_validate(full_config()),
-            auto_start=True,
-        ).id
-
-    return transaction(make)
 
 
 def begin(job_id: str, run_count: int = 1) -> ledger.RunStart:
@@ -121,7 +105,7 @@ def deliveries(job_id: str) -> list[outbox.Delivery]:
 
 
 def test_a_job_waits_suspends_and_one_input_resumes_the_same_run() -> None:
-    job_id = new_job()
+    job_id = ledger_job()
     start = begin(job_id)
     refuse_login(job_id, start.epoch)
     job = view(job_id)
@@ -169,7 +153,7 @@ def test_a_job_waits_suspends_and_one_input_resumes_the_same_run() -> None:
 
 
 def test_a_resume_without_new_input_finds_the_step_still_waiting() -> None:
-    job_id = new_job()
+    job_id = ledger_job()
     start = begin(job_id)
     refuse_login(job_id, start.epoch)
     finish_others(job_id, start.epoch)
@@ -181,7 +165,7 @@ def test_a_resume_without_new_input_finds_the_step_still_waiting() -> None:
 
 
 def test_input_while_other_steps_run_resumes_the_run_at_once() -> None:
-    job_id = new_job()
+    job_id = ledger_job()
     start = begin(job_id)
     refuse_login(job_id, start.epoch)
     give_input(job_id, 1, "Joe's Pizza Kitchen 2nd try ✓")  # the run still runs others
@@ -194,7 +178,7 @@ def test_input_while_other_steps_run_resumes_the_run_at_once() -> None:
 
 
 def test_a_wait_past_its_limit_fails_the_job_with_fix_config() -> None:
-    job_id = new_job()
+    job_id = ledger_job()
     start = begin(job_id)
     refuse_login(job_id, start.epoch)
     finish_others(job_id, start.epoch)
@@ -220,7 +204,7 @@ def test_a_wait_past_its_limit_fails_the_job_with_fix_config() -> None:
 
 
 def test_cancel_while_waiting_cancels_the_suspended_run_outright() -> None:
-    job_id = new_job()
+    job_id = ledger_job()
     start = begin(job_id)
     refuse_login(job_id, start.epoch)
     finish_others(job_id, start.epoch)
@@ -260,7 +244,7 @@ def test_the_reconciler_fails_a_job_waiting_past_a_short_input_timeout() -> None
     # The setting and the settings cached from it both end with the block (the environment
     # restored after the cache was cleared would leave the next test a 2-s timeout).
     with environment({"REGJOBS_INPUT_TIMEOUT": "2"}):
-        job_id = new_job()
+        job_id = ledger_job()
         start = begin(job_id)
         refuse_login(job_id, start.epoch)
         finish_others(job_id, start.epoch)
@@ -297,7 +281,7 @@ def test_a_job_waiting_on_an_old_release_moves_to_the_new_one_and_waits_there() 
     for version in (old, new):
         release = Release(version, commit="0" * 40, folder=Path("/nowhere"), steps={})
         transaction(ledger.remember_release, release=release)
-    job_id = new_job()
+    job_id = ledger_job()
     start = transaction(
         ledger.begin_run, job_id=job_id, flow_run_id=run_of(job_id), generation=1,
         run_count=1, code_version=old,

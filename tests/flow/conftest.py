@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +19,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from regjobs.config import ExecutionConfig
 from tasks.clients.interfaces import Call, Clients, Login, Progress, Result
-from tests.helpers import environment, forget_settings, own_job_database
+from tests.helpers import environment, forget_settings, ledger_job, own_job_database
 
 #: What a fake answers for each step (the fields each step gives, and one it does not).
 ANSWERS: Mapping[str, Result] = {
@@ -208,25 +206,7 @@ def tune(**env: str) -> None:
 
 def new_job(**sections: Any) -> str:
     """A job of a new organisation, waiting for its run (none requested: any run may begin)."""
-    from regjobs import ledger
-    from regjobs.db import transaction
-    from regjobs.models import Organisation
-    from tests.helpers import full_config
-
-    def make(*, session: Any) -> str:
-        organisation = Organisation(name=f"flow-{uuid.uuid4().hex[:8]}")
-        session.add(organisation)
-        session.flush()
-        job = ledger.create_job(
-            session=session,
-            organisation_id=organisation.id,
-            restaurant_id=f"r-{uuid.uuid4().hex[:8]}",
-            config=ExecutionConfig.model_validate(full_config(**sections)),
-            auto_start=False,
-        )
-        return str(job.id)
-
-    return transaction(make)
+    return ledger_job(auto_start=False, **sections)
 
 
 def run_job(job_id: str, from_step: str | None = None) -> Any:

@@ -789,22 +789,32 @@ class environment:
 
 
 @contextmanager
-def own_job_database(state: Path, pg_admin_url: str) -> Iterator[Path]:
-    """A migrated job database and state folder (`state`) of their own for this process
-    until the block ends: SQLite, or a scratch PostgreSQL database with
-    REGJOBS_TEST_DATABASE=postgresql (CI's PostgreSQL pass). No reconciler watches it, as the
-    session's test system's watches the session's database."""
+def scratch_job_database(folder: Path, pg_admin_url: str) -> Iterator[str]:
+    """A fresh, migrated job database until the block ends, its URL: SQLite in `folder`, or
+    a scratch PostgreSQL database with REGJOBS_TEST_DATABASE=postgresql (CI's PostgreSQL
+    pass), dropped after."""
     from regjobs.db import engine_for, migrate, scratch_postgres_database
 
     with contextlib.ExitStack() as stack:
         if os.environ.get("REGJOBS_TEST_DATABASE", "sqlite") == "postgresql":
             url = stack.enter_context(scratch_postgres_database(pg_admin_url, "regjobs_own"))
         else:
-            url = f"sqlite:///{state / 'regjobs.db'}"
+            url = f"sqlite:///{folder / 'regjobs.db'}"
         migrate(url)
-        with environment({"DATABASE_URL": url, "REGJOBS_STATE_DIR": str(state)}):
-            yield state
+        yield url
         engine_for(url).dispose()
+
+
+@contextmanager
+def own_job_database(state: Path, pg_admin_url: str) -> Iterator[Path]:
+    """A migrated job database and state folder (`state`) of their own for this process
+    until the block ends (`scratch_job_database`). No reconciler watches it, as the session's
+    test system's watches the session's database."""
+    with (
+        scratch_job_database(state, pg_admin_url) as url,
+        environment({"DATABASE_URL": url, "REGJOBS_STATE_DIR": str(state)}),
+    ):
+        yield state
 
 
 def ledger_job(

@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session
 
 from deployments.stack import free_port
 from regjobs.auth import DEVELOPMENT_LABEL, add_key, ensure_organisation
-from regjobs.db import engine_for, migrate
+from regjobs.db import engine_for
 from regjobs.settings import PROJECT_DIR, get_settings
-from tests.helpers import full_config
+from tests.helpers import full_config, scratch_job_database
 
 pytestmark = pytest.mark.database
 
@@ -40,16 +40,7 @@ REAL_KEYS = {
 @pytest.fixture
 def scratch_url(tmp_path: Path, pg_admin_url: str) -> Iterator[str]:
     """A fresh, migrated job database of this test alone."""
-    if os.environ.get("REGJOBS_TEST_DATABASE", "sqlite") == "postgresql":
-        from regjobs.db import scratch_postgres_database
-
-        with scratch_postgres_database(pg_admin_url, "regjobs_closed") as url:
-            migrate(url)
-            yield url
-            engine_for(url).dispose()
-    else:
-        url = f"sqlite:///{tmp_path / 'jobs.db'}"
-        migrate(url)
+    with scratch_job_database(tmp_path, pg_admin_url) as url:
         yield url
 
 

@@ -135,8 +135,14 @@ def upgrade_job(*, session: Session, job_id: str, to_version: str | None = None)
         raise Conflict(f"the job is on release {target.version} already")
     run = _current_run(session, job)
     active = JobStatus(job.status).is_active
-    running = run is not None and run.began_at is not None and run.stopped_at is None
-    if active and running and run is not None and run.suspended_at is None:
+    # Running now: begun, not stopped, and not suspended waiting for a person (moved).
+    if (
+        active
+        and run is not None
+        and run.began_at is not None
+        and run.stopped_at is None
+        and run.suspended_at is None
+    ):
         raise Conflict(
             f"the job is running on release {job.code_version} now (flow run "
             f"{job.flow_run_id}): let it end, or cancel it, then upgrade it"

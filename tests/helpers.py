@@ -204,6 +204,23 @@ def wait_step(api: httpx.Client, job_id: str, step: str, status: str) -> None:
     )
 
 
+def reconciler_cycling(api: httpx.Client, *, cycles: int = 2, timeout: float = 30) -> None:
+    """Wait until the API process's reconciler leads and has run `cycles` more cycles: a
+    test about what the reconciler notices starts once it is acting (an earlier test may
+    have just handed the role over or restarted the process)."""
+
+    def health() -> dict[str, Any]:
+        return dict(api.get("/healthz").json())
+
+    wait_for(lambda: health()["reconciler"] == "leader", timeout=timeout, what="a leader")
+    start = health()["reconciler_cycles"]
+    wait_for(
+        lambda: health()["reconciler_cycles"] >= start + cycles,
+        timeout=timeout,
+        what=f"the reconciler to run {cycles} cycles",
+    )
+
+
 def hold_step(
     api: httpx.Client, standin: httpx.Client, restaurant_id: str, step: str, seconds: float
 ) -> str:

@@ -29,6 +29,7 @@ from tests.helpers import (
     full_config,
     own_accounts,
     progress,
+    reconciler_cycling,
     soak,
     steps_by_id,
     wait_for,
@@ -239,25 +240,31 @@ def test_a_deleted_flow_run_fails_its_job_with_a_reason_and_retry_completes(
     api: httpx.Client, standin: httpx.Client, restaurant_id: str
 ) -> None:
     # Deleted through Prefect's API while the step is held. The test system's HTTP timeout
-    # is 3 s, so a held attempt ends after 3 s and the next one is made: three held
-    # attempts keep the step running ~10 s (one held attempt left ~3.5 s, and in one CI run
-    # the job completed before the reconciler's next read). Not with `prefect flow-run
-    # delete`: a new interpreter importing Prefect took over 25 s once in CI, right after
-    # the 50-trial test, and the job had completed by then.
-    fault(standin, step="menu_import", mode="slow", seconds=25, times=3)
+    # is 3 s, so a held attempt ends after 3 s and the next one is made: every attempt the
+    # step's retries allow is held (~15 s in all), so the job cannot complete before the
+    # reconciler reads the deletion; were it never read, the step would fail on its own
+    # timeouts, not complete. The reconciler is first seen acting (in random order this
+    # test once followed a leader handover, and the job completed before a reconciler
+    # read). Not with `prefect flow-run delete`: a new interpreter importing Prefect took
+    # over 25 s once in CI, right after the 50-trial test.
+    attempts = catalogue.step("menu_import").retries + 1
+    reconciler_cycling(api)
+    fault(standin, step="menu_import", mode="slow", seconds=25, times=attempts)
     job_id = create(api, restaurant_id)
     wait_step(api, job_id, "menu_import", "running")
     flow_run_id = api.get(f"/api/registration-jobs/{job_id}").json()["flow_run_id"]
     with get_client(sync_client=True) as client:
         client.delete_flow_run(uuid.UUID(flow_run_id))
+    deleted = time.monotonic()
 
     def failed() -> dict[str, Any] | None:
         job = dict(api.get(f"/api/registration-jobs/{job_id}").json())
         return job if job["status"] in FINAL_JOB else None
 
     job = wait_for(failed, timeout=30, what="the job to end")
+    print(f"the job failed {time.monotonic() - deleted:.1f} s after its run was deleted")
     assert job["status"] == "failed"
-    assert "disappeared" in job["error_message"]
+    assert "disappeared" in job["error_message"], job["error_message"]
     assert job["next_action"] == "retry"
     assert "disappeared" in steps_by_id(job)["menu_import"]["error_message"]
 

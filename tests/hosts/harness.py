@@ -49,6 +49,12 @@ APIS = ("api-1", "api-2")
 PG_PORT, REDIS_PORT, PREFECT_PORT, STANDIN_PORT, API_PORT = 5432, 6379, 4200, 8100, 8000
 #: The browser limit across all hosts.
 BROWSER_LIMIT = 2
+#: libfaketime (Debian's `faketime`), which fakes a host's clock for its processes.
+FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+#: Each host's clock against the control host's (PostgreSQL, Redis, Prefect's server) and
+#: this machine's: hosts' clocks are never quite in step, and every test here runs so
+#: (test_clock_skew.py checks it and the rules clocks touch).
+CLOCKS = {"worker-1": 2.0, "worker-2": -2.0, "api-1": -2.0, "api-2": 2.0}
 
 
 @dataclass
@@ -74,6 +80,8 @@ class HostSystem:
     settings: dict[str, str] = field(default_factory=dict)
     #: The release every host runs (its version; `make_release`).
     release: str = ""
+    #: Each host's clock skew in seconds (libfaketime); hosts not named keep the true time.
+    clocks: dict[str, float] = field(default_factory=lambda: dict(CLOCKS))
 
     # ------------------------------------------------------------------ addresses
 
@@ -260,6 +268,7 @@ class HostSystem:
             "HOME": str(self.state(host)),
             **files[env_file],
             **files["prefect-auth.env"],
+            **self.host_env.get(host, {}),
         }
         result = subprocess.run(
             [*self.host(host).exec_prefix(), *command],
@@ -490,7 +499,19 @@ class HostSystem:
         self.unit(host, "regjobs-api@")
         self.wait(f"the API on {host}", lambda: _ok(f"{self.api_url(host)}/healthz"), 120)
 
+    def skew_clocks(self) -> None:
+        """Every process of each host in `clocks` runs on its own clock: libfaketime moves
+        its wall clock and its monotonic one together (moving the wall clock alone makes
+        Python's `time.sleep` fail with EINVAL, libfaketime 0.9.10)."""
+        if self.clocks and not FAKETIME.exists():
+            raise RuntimeError(f"the test hosts' clocks need libfaketime ({FAKETIME})")
+        for name, offset in self.clocks.items():
+            self.host_env.setdefault(name, {}).update(
+                {"LD_PRELOAD": str(FAKETIME), "FAKETIME": f"{offset:+g}s"}
+            )
+
     def start(self) -> None:
+        self.skew_clocks()
         self.net.up()
         for name, octet in OCTETS.items():
             self.net.add(name, octet)

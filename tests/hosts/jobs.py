@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 
-from tests.helpers import full_config, wait_for
-from tests.hosts.harness import HostSystem
+from tests.helpers import full_config, steps_by_id, wait_for
+from tests.hosts.harness import WORKERS, HostSystem
 
 FINAL = {"completed", "failed", "cancelled"}
 
@@ -61,3 +61,26 @@ def host_of(hosts: HostSystem, api: httpx.Client, job_id: str) -> str:
         lambda: hosts.flow_run_hosts().get(run_id), timeout=30, what="a host to run the run"
     )
     return found
+
+
+def jobs_on_both_workers(
+    hosts: HostSystem, api: httpx.Client, standin: httpx.Client, step: str, hold: float
+) -> dict[str, str]:
+    """Jobs running `step` (held `hold` s by the stand-in) on each worker host: created one
+    at a time until both hosts run at least one (8 at most); job id -> its host."""
+    standin.post(
+        "/_control/faults", json={"step": step, "mode": "slow", "seconds": hold, "times": 8}
+    ).raise_for_status()
+    placed: dict[str, str] = {}
+    for _ in range(8):
+        job_id = new_job(api)
+        placed[job_id] = host_of(hosts, api, job_id)
+        if set(placed.values()) == set(WORKERS):
+            break
+    assert set(placed.values()) == set(WORKERS), f"every job went to one host: {placed}"
+
+    def running() -> bool:
+        return all(steps_by_id(job(api, j))[step]["status"] == "running" for j in placed)
+
+    wait_for(running, timeout=60, what=f"{step} to run in every job")
+    return placed

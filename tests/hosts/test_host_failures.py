@@ -12,37 +12,14 @@ from collections import Counter
 import httpx
 import pytest
 
-from tests.helpers import full_config, steps_by_id, wait_for
-from tests.hosts.harness import APIS, WORKERS, HostSystem
-from tests.hosts.jobs import host_of, job, new_job, wait_ended
+from tests.helpers import full_config, wait_for
+from tests.hosts.harness import APIS, HostSystem
+from tests.hosts.jobs import jobs_on_both_workers, new_job, wait_ended
 
 pytestmark = [pytest.mark.hosts]
 
 #: How long a lost worker's jobs may take to fail (the issue's bound).
 LOST_WITHIN = 60.0
-
-
-def jobs_on_both_workers(
-    hosts: HostSystem, api: httpx.Client, standin: httpx.Client, step: str, hold: float
-) -> dict[str, str]:
-    """Jobs running `step` (held `hold` s by the stand-in) on each worker host: created one
-    at a time until both hosts run at least one (8 at most); job id -> its host."""
-    standin.post(
-        "/_control/faults", json={"step": step, "mode": "slow", "seconds": hold, "times": 8}
-    ).raise_for_status()
-    placed: dict[str, str] = {}
-    for _ in range(8):
-        job_id = new_job(api)
-        placed[job_id] = host_of(hosts, api, job_id)
-        if set(placed.values()) == set(WORKERS):
-            break
-    assert set(placed.values()) == set(WORKERS), f"every job went to one host: {placed}"
-
-    def running() -> bool:
-        return all(steps_by_id(job(api, j))[step]["status"] == "running" for j in placed)
-
-    wait_for(running, timeout=60, what=f"{step} to run in every job")
-    return placed
 
 
 def lost_and_fenced(

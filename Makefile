@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-hosts lint install chromium faketime clean
+.PHONY: run test test-hosts lint install chromium clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,11 +27,6 @@ chromium:
 	@test -n "$$REGJOBS_CHROMIUM_EXECUTABLE" || ls $${PLAYWRIGHT_BROWSERS_PATH:-$$HOME/.cache/ms-playwright}/chromium-*/chrome-linux*/chrome >/dev/null 2>&1 \
 	  || test -x /usr/bin/chromium \
 	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
-
-# The test hosts' skewed clocks (tests/hosts/harness.py, CLOCKS).
-faketime:
-	@test -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 \
-	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime)
 
 # Test files are spread over TEST_WORKERS processes, each with a test system of its own (its
 # own Prefect server, worker, stand-in, API, state folder and ports); the `serial` tests,
@@ -59,6 +54,6 @@ clean:
 # tests/hosts, README "Across hosts". Bounded: the whole suite under 8 minutes.
 # At the bound pytest gets SIGINT, so the harness tears the hosts down; `net clean` removes
 # whatever a killed run left (every rjh- namespace and bridge).
-test-hosts: $(STAMP) chromium faketime
+test-hosts: $(STAMP) chromium
 	timeout --signal=INT --kill-after=60 480 $(BIN)/python -m pytest -p no:xdist tests/hosts -m hosts $(PYTEST_ARGS); \
 	  status=$$?; $(BIN)/python -m tests.hosts.net clean; exit $$status

@@ -49,8 +49,9 @@ APIS = ("api-1", "api-2")
 PG_PORT, REDIS_PORT, PREFECT_PORT, STANDIN_PORT, API_PORT = 5432, 6379, 4200, 8100, 8000
 #: The browser limit across all hosts.
 BROWSER_LIMIT = 2
-#: libfaketime (Debian's `faketime`), which fakes a host's clock for its processes.
-FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+#: What skews a host's clock: a folder with a `sitecustomize` every Python process there
+#: imports at its start (tests/hosts/clock/sitecustomize.py).
+CLOCK_DIR = Path(__file__).parent / "clock"
 #: Each host's clock against the control host's (PostgreSQL, Redis, Prefect's server) and
 #: this machine's: hosts' clocks are never quite in step, and every test here runs so
 #: (test_clock_skew.py checks it and the rules clocks touch).
@@ -500,14 +501,13 @@ class HostSystem:
         self.wait(f"the API on {host}", lambda: _ok(f"{self.api_url(host)}/healthz"), 120)
 
     def skew_clocks(self) -> None:
-        """Every process of each host in `clocks` runs on its own clock: libfaketime moves
-        its wall clock and its monotonic one together (moving the wall clock alone makes
-        Python's `time.sleep` fail with EINVAL, libfaketime 0.9.10)."""
-        if self.clocks and not FAKETIME.exists():
-            raise RuntimeError(f"the test hosts' clocks need libfaketime ({FAKETIME})")
+        """Every Python process of each host in `clocks` runs on its own wall clock
+        (tests/hosts/clock/sitecustomize.py)."""
+        from tests.hosts.clock.sitecustomize import SKEW_ENV
+
         for name, offset in self.clocks.items():
             self.host_env.setdefault(name, {}).update(
-                {"LD_PRELOAD": str(FAKETIME), "FAKETIME": f"{offset:+g}s"}
+                {"PYTHONPATH": str(CLOCK_DIR), SKEW_ENV: str(offset)}
             )
 
     def start(self) -> None:

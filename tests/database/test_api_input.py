@@ -16,7 +16,8 @@ from regjobs.errors import classify, value_rejected
 from regjobs.models import RegistrationJob
 from tests.helpers import full_config
 
-pytestmark = pytest.mark.database
+# Its waiting jobs name made-up flow runs.
+pytestmark = [pytest.mark.database, pytest.mark.usefixtures("own_database")]
 
 REFUSED_PHONE = "+64 3 000 0000"
 

@@ -32,7 +32,8 @@ from regjobs.models import (
 from regjobs.translate import FlowRunSnapshot, RunState
 from tests.helpers import full_config, ledger_job
 
-pytestmark = pytest.mark.database
+# Its jobs name made-up flow runs.
+pytestmark = [pytest.mark.database, pytest.mark.usefixtures("own_database")]
 
 
 @pytest.fixture(autouse=True)

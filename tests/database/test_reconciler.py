@@ -21,7 +21,8 @@ from regjobs.settings import get_settings
 from regjobs.translate import FlowRunSnapshot, RunState
 from tests.helpers import ledger_job
 
-pytestmark = pytest.mark.database
+# Its jobs name made-up flow runs.
+pytestmark = [pytest.mark.database, pytest.mark.usefixtures("own_database")]
 
 
 class FakePrefect:

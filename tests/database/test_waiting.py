@@ -6,7 +6,6 @@ works while it waits."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,24 +21,15 @@ from regjobs.errors import ACCOUNT_LOGIN, LoginRefused, classify
 from regjobs.ledger import outbox, outcomes
 from regjobs.models import RegistrationJobStep, utcnow
 from regjobs.release import Release
-from tests.helpers import environment, full_config, ledger_job, own_job_database
+from tests.helpers import environment, full_config, ledger_job
 
-pytestmark = pytest.mark.database
+# Its jobs name made-up flow runs.
+pytestmark = [pytest.mark.database, pytest.mark.usefixtures("own_database")]
 
 
 def run_of(job_id: str) -> str:
     """The job's flow run (its own: deliveries of other tests' jobs are not its)."""
     return f"fr{job_id[2:]}"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _own_database(
-    stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, pg_admin_url: str
-) -> Iterator[None]:
-    """A job database of this module's own: its jobs' flow runs are made up, and the
-    session's test system, if this process runs one, would fail them as disappeared."""
-    with own_job_database(tmp_path_factory.mktemp("waiting"), pg_admin_url):
-        yield
 
 
 def begin(job_id: str, run_count: int = 1) -> ledger.RunStart:

@@ -183,8 +183,10 @@ def test_a_rerun_from_a_step_runs_it_and_its_dependents_only(fake: FakeSystems) 
 def test_a_timed_out_attempt_is_a_retryable_failure_then_fails_the_step(
     fake: FakeSystems,
 ) -> None:
-    # Code generation's own timeout (120 s) becomes 0.6 s; every other step is quick.
-    tune(REGJOBS_STEP_TIMEOUT_SCALE="0.005", REGJOBS_STEP_RETRIES="1")
+    # Code generation's own timeout (120 s) becomes 3.6 s; every other step is quick, and
+    # its timeout is 3.6 s or more (at 0.005, 0.6-0.9 s, a loaded CI machine once timed
+    # out account registration first, and code generation never ran).
+    tune(REGJOBS_STEP_TIMEOUT_SCALE="0.03", REGJOBS_STEP_RETRIES="1")
 
     async def hangs() -> None:
         await asyncio.Event().wait()

@@ -137,7 +137,13 @@ def read_start(stack: Stack, db: Engine, job_id: str, sent: float, answered: flo
             text("SELECT min(started_at) FROM registration_step_attempts WHERE job_id = :j"),
             {"j": job_id},
         ).scalar_one()
-    with httpx.Client(base_url=stack.config.prefect_api_url, timeout=30) as prefect:
+    production = stack.config.production
+    auth = tuple(production.prefect_auth.split(":", 1)) if production else None
+    with httpx.Client(
+        base_url=stack.config.prefect_api_url,
+        auth=auth,  # type: ignore[arg-type]
+        timeout=30,
+    ) as prefect:
         run = prefect.get(f"/flow_runs/{flow_run_id}").json()
         states = prefect.get("/flow_run_states/", params={"flow_run_id": flow_run_id}).json()
     at: dict[str, float] = {}

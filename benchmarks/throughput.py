@@ -157,6 +157,14 @@ def starts(runs: int, keep: bool) -> None:
             print_starts(measure_starts(stack, runs))
 
 
+def production_starts(runs: int, keep: bool, prefect_workers: int) -> None:
+    """Where a start goes in the production shape, warm (the comparison's shape)."""
+    print("\n== starts, production shape, warm ==", flush=True)
+    with production_stack(keep, prefect_workers) as stack:
+        measure_starts(stack, 2)  # uncounted, as in the comparison
+        print_starts(measure_starts(stack, runs))
+
+
 # ------------------------------------------------------------------ poll cost
 
 
@@ -422,7 +430,7 @@ def main() -> None:
     parser.add_argument(
         "--parts",
         nargs="+",
-        choices=("compare", "starts", "poll", "embedded", "production"),
+        choices=("compare", "starts", "production-starts", "poll", "embedded", "production"),
         default=["compare"],
     )
     parser.add_argument("--path-runs", type=int, default=5, help="compare: walls per flow")
@@ -436,6 +444,8 @@ def main() -> None:
         compare(args)
     if "starts" in args.parts:
         starts(args.runs, args.keep)
+    if "production-starts" in args.parts:
+        production_starts(args.runs, args.keep, args.prefect_workers)
     if "poll" in args.parts:
         poll_cost(args.poll_window, args.keep)
     if "embedded" in args.parts:

@@ -714,7 +714,9 @@ def wait_for_person(api: httpx.Client, job_id: str, *, timeout: float = 90) -> d
         if job["action_required"] and job["flow_run_id"]:
             state, _ = flow_run_state(job["flow_run_id"])
             if state is StateType.PAUSED:
-                return dict(job)
+                # Read again: the run suspends only once its other steps have ended, which
+                # the job read before Prefect's state may not have shown yet.
+                return dict(api.get(f"/api/registration-jobs/{job_id}").json())
         return None
 
     return dict(wait_for(waiting, timeout=timeout, what=f"job {job_id} to wait for a person"))

@@ -24,6 +24,7 @@ from regjobs.models import StepAttempt
 from tests.helpers import (
     FINAL_JOB,
     create,
+    delete_flow_run_now,
     effects,
     fault,
     full_config,
@@ -246,16 +247,19 @@ def test_a_deleted_flow_run_fails_its_job_with_a_reason_and_retry_completes(
     # timeouts, not complete. The reconciler is first seen acting (in random order this
     # test once followed a leader handover, and the job completed before a reconciler
     # read). Not with `prefect flow-run delete`: a new interpreter importing Prefect took
-    # over 25 s once in CI, right after the 50-trial test.
+    # over 25 s once in CI, right after the 50-trial test; nor with the client's own
+    # retries: its backoff on Prefect-on-SQLite's 503s once outlasted every held attempt.
     attempts = catalogue.step("menu_import").retries + 1
     reconciler_cycling(api)
     fault(standin, step="menu_import", mode="slow", seconds=25, times=attempts)
     job_id = create(api, restaurant_id)
     wait_step(api, job_id, "menu_import", "running")
     flow_run_id = api.get(f"/api/registration-jobs/{job_id}").json()["flow_run_id"]
-    with get_client(sync_client=True) as client:
-        client.delete_flow_run(uuid.UUID(flow_run_id))
+    delete_flow_run_now(flow_run_id)
     deleted = time.monotonic()
+    # The deletion is what the job must be seen to fail of: the step still had attempts.
+    held = steps_by_id(api.get(f"/api/registration-jobs/{job_id}").json())["menu_import"]
+    assert held["status"] in ("running", "retrying") and held["attempts"] < attempts, held
 
     def failed() -> dict[str, Any] | None:
         job = dict(api.get(f"/api/registration-jobs/{job_id}").json())

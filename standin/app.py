@@ -63,6 +63,13 @@ async def clear_faults(state: StateDep) -> JSON:
     return {"cleared": state.faults.clear()}
 
 
+@control.post("/release")
+async def release_held(state: StateDep) -> JSON:
+    """End the wait of every call a `slow` fault is holding now (they go on at once)."""
+    state.release_held()
+    return {"released": True}
+
+
 @control.get("/effects")
 async def effects(state: StateDep) -> dict[str, int]:
     return dict(state.effects)

@@ -24,3 +24,9 @@ def effects(standin: httpx.Client) -> dict[str, int]:
     response = standin.get("/_control/effects")
     response.raise_for_status()
     return {str(step): int(count) for step, count in response.json().items()}
+
+
+def release_held(standin: httpx.Client) -> None:
+    """Let every call a `slow` fault holds now go on at once (a hold of any length can so
+    end when the test is ready, not when its delay says)."""
+    standin.post("/_control/release").raise_for_status()

@@ -7,7 +7,8 @@ Modes (`POST /_control/faults` `{"step", "mode", "times", ...}`; `times` absent:
   accepts `text/html`.
 - `timeout`: hang past the caller's timeout (`seconds`, default 600), then answer 504.
 - `reset`: start the answer, then drop the connection.
-- `slow`: answer correctly after `seconds` (default 5).
+- `slow`: answer correctly after `seconds` (default 5), or at once when a test releases
+  the calls held (`POST /_control/release`).
 - `echo`: answer HTTP `status` with an error whose message repeats the request's body as
   received (passwords included), as a careless outside system does: `{"detail": {"code":
   "rejected", "message": "injected fault: rejected <body>"}}`, or an HTML page with it.

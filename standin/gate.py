@@ -11,6 +11,7 @@ off, which only raw ASGI messages can do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import json
 import logging
@@ -176,7 +177,9 @@ class StepGate:
 
     async def _misbehave(self, fault: Fault, scope: Scope, receive: Receive, send: Send) -> None:
         if fault.mode == "slow":
-            await asyncio.sleep(fault.delay)
+            # Its delay, or until a test releases it (`/_control/release`).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.state.held().wait(), fault.delay)
             await self.app(scope, receive, send)
         elif fault.mode == "status":
             headers = []

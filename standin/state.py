@@ -6,6 +6,7 @@ reading and writing, so every operation is atomic.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -252,7 +253,18 @@ class StandinState:
     """Everything the stand-in remembers; `reset()` forgets it all."""
 
     def __init__(self) -> None:
+        #: Set by `release_held()`: every `slow` call waiting then goes on at once.
+        self._release = asyncio.Event()
         self.reset()
+
+    def held(self) -> asyncio.Event:
+        """What a `slow` call waits on (besides its delay): set by the next release."""
+        return self._release
+
+    def release_held(self) -> None:
+        """Let every `slow` call now waiting go on; later ones wait their delay again."""
+        self._release.set()
+        self._release = asyncio.Event()
 
     def reset(self) -> None:
         #: Bumped by every reset: a call begun before it counts no effect after it.

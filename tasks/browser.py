@@ -78,9 +78,18 @@ class BrowserPool:
                 sweep()
                 self.tmp_dir.mkdir(parents=True, exist_ok=True)
                 (self.tmp_dir / "pid").write_text(str(os.getpid()))
-                # The Playwright driver and Chromium inherit TMPDIR: their profiles land here.
+                # The Playwright driver and Chromium inherit TMPDIR: their profiles land
+                # here. Only the driver's start sees it: the folder goes with this pool, and
+                # a later Playwright in the same process must not find it gone.
+                previous = os.environ.get("TMPDIR")
                 os.environ["TMPDIR"] = str(self.tmp_dir)
-                self._playwright = await async_playwright().start()
+                try:
+                    self._playwright = await async_playwright().start()
+                finally:
+                    if previous is None:
+                        del os.environ["TMPDIR"]
+                    else:
+                        os.environ["TMPDIR"] = previous
             self._browser = await self._playwright.chromium.launch(
                 executable_path=self.settings.chromium_path(),
                 headless=self.settings.browser_headless,

@@ -26,6 +26,7 @@ from regjobs.catalogue import STEP_IDS, STEPS
 # The stand-in's control calls, for the tests that import them from here.
 from standin.client import effects as effects
 from standin.client import fault as fault
+from standin.client import release_held as release_held
 
 if TYPE_CHECKING:
     from deployments.stack import Stack
@@ -456,8 +457,9 @@ def upload(
                 closed = True
                 break
             sent += size
-        # Whatever else of the answer is on its way.
-        sock.settimeout(5)
+        # Whatever else of the answer is on its way, until the server closes (every caller
+        # expects a close: a loaded CI machine once took over 5 s to close after the 413).
+        sock.settimeout(30)
         while True:
             try:
                 data = sock.recv(65536)

@@ -38,6 +38,7 @@ from tests.helpers import (
     flow_run_pids,
     own_accounts,
     progress,
+    release_held,
     steps_by_id,
     wait_for,
     wait_step,
@@ -256,11 +257,13 @@ class Operator:
     def start_worker(self, release: Path) -> None:
         version = json.loads((release / "RELEASE.json").read_text())["version"]
         marker = uuid.uuid4().hex
+        # The held step's call is answered only when the test releases it.
+        env = {**self.env, MARKER: marker, "REGJOBS_HTTP_TIMEOUT_SECONDS": "280"}
         with open(self.logs / f"worker-{version}.log", "wb") as log:
             worker = subprocess.Popen(
                 [str(release / ".venv" / "bin" / "python"), "-m", "deployments.release",
                  "worker", "--name", f"test-{os.getpid()}"],
-                cwd="/", env={**self.env, MARKER: marker}, stdout=log,
+                cwd="/", env=env, stdout=log,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
         self.workers[version] = (worker, marker)
@@ -318,7 +321,9 @@ def test_jobs_keep_their_release_while_operators_redeploy(
         assert (job["status"], job["failed_step"], job["code_version"]) == (
             "failed", "item_tags", version_a,
         ), job  # fmt: skip
-        fault(standin, step="menu_import", mode="slow", seconds=45, times=1)
+        # Held until released below, however long the redeploy takes (it once took longer
+        # than a 45-s hold on a loaded machine); A's worker waits that long for an answer.
+        fault(standin, step="menu_import", mode="slow", seconds=240, times=1)
         held = create(api, tags["held"], **own_accounts(tags["held"]))
         wait_step(api, held, "menu_import", "running")
 
@@ -346,6 +351,7 @@ def test_jobs_keep_their_release_while_operators_redeploy(
         assert (job["status"], job["code_version"], _marks(job)) == (
             "completed", version_b, {"menu_import": "B", "item_tags": "B"},
         ), job  # fmt: skip
+        release_held(standin)
         job = watch_job(api, held, timeout=120).job
         assert (job["status"], job["code_version"], _marks(job)) == (
             "completed", version_a, {"menu_import": "A", "item_tags": "A"},

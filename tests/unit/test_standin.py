@@ -437,6 +437,41 @@ def test_slow_fault_answers_correctly_after_the_delay(client: TestClient) -> Non
     assert call["fault"] == "slow" and call["end"] - call["start"] >= 0.2
 
 
+def test_a_released_slow_call_goes_on_at_once_and_a_later_one_waits_again() -> None:
+    """`/_control/release` ends the hold of the calls waiting then (a test holds a step as
+    long as it needs, not as long as a guess); a slow call after it waits its delay."""
+    app = create_app()
+
+    async def main() -> tuple[int, float, float]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://standin") as http:
+            await http.post(
+                "/_control/faults",
+                json={"step": "account_registration", "mode": "slow", "seconds": 60, "times": 1},
+            )
+            held = asyncio.create_task(
+                http.post("/platform/api/v1/accounts", json={**LOGIN, "phone": "1"})
+            )
+            while not (await http.get("/_control/calls")).json():
+                await asyncio.sleep(0.01)
+            released = time.monotonic()
+            (await http.post("/_control/release")).raise_for_status()
+            status = (await held).status_code
+            waited = time.monotonic() - released
+            await http.post(
+                "/_control/faults",
+                json={"step": "account_registration", "mode": "slow", "seconds": 0.3, "times": 1},
+            )
+            started = time.monotonic()
+            other = {**LOGIN, "email": "other@pizza.test", "phone": "2"}
+            await http.post("/platform/api/v1/accounts", json=other)
+            return status, waited, time.monotonic() - started
+
+    status, waited, later = asyncio.run(main())
+    assert status == 201 and waited < 30  # not the 60 s of its fault
+    assert later >= 0.3
+
+
 def test_timeout_fault_answers_504_without_effect(client: TestClient) -> None:
     fault(client, step="onboarding_user", mode="timeout", seconds=0.05, times=1)
     user = {"name": "Jo", "email": "jo@pizza.test", "password": "pw"}

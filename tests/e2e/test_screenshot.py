@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,20 @@ def test_password_fields_are_masked(tmp_path: Path) -> None:
     assert short.startswith(b"\x89PNG")
     # Under the mask the field looks the same whatever it holds.
     assert short == long_ == again
+
+
+def test_a_pool_leaves_the_process_able_to_start_another_playwright(tmp_path: Path) -> None:
+    """The pool's temporary folder goes with it, and TMPDIR is the process's again: a
+    Playwright started after it in the same process (a test worker running the next test)
+    once failed to make its artifacts folder in the removed one."""
+    from playwright.sync_api import sync_playwright
+
+    before = os.environ.get("TMPDIR")
+    shots(tmp_path, ["a"])
+    assert os.environ.get("TMPDIR") == before
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=Settings().chromium_path())
+        try:
+            assert browser.new_page().evaluate("1 + 1") == 2
+        finally:
+            browser.close()

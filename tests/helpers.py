@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import re
 import signal
 import sys
@@ -887,3 +888,30 @@ def ledger_job(
         return str(job.id)
 
     return transaction(make)
+
+
+def as_nobody(action: Callable[[], str]) -> str:
+    """What `action` answers when run by the `nobody` user, in a forked child."""
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: becomes nobody, reports, exits without pytest's clean-up
+        try:
+            os.close(reader)
+            os.setgroups([])
+            nobody = pwd.getpwnam("nobody")
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            try:
+                answer = action()
+            except OSError as error:
+                answer = f"{type(error).__name__}: {error.strerror}"
+            os.write(writer, answer.encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    chunks = []
+    while chunk := os.read(reader, 4096):
+        chunks.append(chunk)
+    os.close(reader)
+    os.waitpid(pid, 0)
+    return b"".join(chunks).decode()

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -27,6 +29,7 @@ from regjobs.catalogue import STEP_IDS
 from regjobs.settings import PROJECT_DIR
 from tests.helpers import (
     FINAL_JOB,
+    as_nobody,
     create,
     effects,
     fault,
@@ -34,6 +37,7 @@ from tests.helpers import (
     kill_all,
     own_accounts,
     progress,
+    steps_by_id,
     wait_for,
     wait_step,
     watch_job,
@@ -123,14 +127,34 @@ def stop(launched: Launched) -> float:
     return time.monotonic() - asked
 
 
-@pytest.fixture
-def launched(tmp_path: Path) -> Iterator[Launched]:
-    system = launch(tmp_path / "state")
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launched]:
+    """One launcher for the tests that leave it running (each start costs a loaded CI
+    machine one to three minutes); the tests that stop one start their own."""
+    system = launch(tmp_path_factory.mktemp("launched") / "state")
     try:
         yield system
     finally:
         if system.process.poll() is None:
             stop(system)
+
+
+def regjobs_cli(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`regjobs` as an operator runs it in the state folder's shell: with neither
+    PREFECT_API_URL nor the API's URL set, it finds the launcher's ports itself."""
+    environment = {
+        **{k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "REGJOBS_API_URL")},
+        "REGJOBS_STATE_DIR": str(state_dir),
+        "REGJOBS_API_KEY": KEY,
+        "COLUMNS": "200",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "regjobs.cli", *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 class Poller:
@@ -242,29 +266,101 @@ def test_a_dead_worker_prefect_server_or_api_process_is_started_again_while_the_
     )
 
 
-def test_stopping_ends_every_process_it_caused_browsers_included(tmp_path: Path) -> None:
-    system = launch(
-        tmp_path / "state", REGJOBS_STEP_MODE="direct", REGJOBS_BROWSER_ACTION_TIMEOUT_SECONDS="90"
-    )
+def test_a_running_systems_files_are_private_and_stopping_ends_every_process(
+    tmp_path: Path,
+) -> None:
+    """Started from a shell with the usual umask (0022) on a state folder an older version
+    left world-readable, the launcher runs a job in direct mode whose browser step fails
+    once (a screenshot stored): every folder under the state folder is then 0700 and every
+    file 0600 (the databases and their WAL, the logs, the secret key, launcher.json and its
+    lock, Prefect's home, the warm pool's socket), and the socket refuses `nobody`. Stopped
+    while two jobs' browser steps run, it ends every process it caused, Chromium included,
+    and `regjobs` then says no system runs there. (One launcher for both: a start costs a
+    loaded CI machine one to three minutes.)"""
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chmod(state, 0o755)
+    previous = os.umask(0o022)  # an ordinary shell's: the system must not rely on it
     try:
-        stack_id = system.status()["stack_id"]
-        fault(system.standin, step="restaurant_registration", mode="slow", seconds=60)
-        jobs = [create(system.api, f"stop-{n}", **own_accounts(f"stop-{n}")) for n in range(2)]
-        for job_id in jobs:
-            wait_step(system.api, job_id, "restaurant_registration", "running")
-        wait_for(
-            lambda: any(_is_browser(pid) for pid in marked_processes(stack_id)),
-            timeout=30,
-            what="a Chromium of this system to run",
+        # A missing element or a held page fails an attempt after 10 s: the screenshot's
+        # attempt ends soon, and a held step's Chromium lives long enough to be stopped.
+        system = launch(
+            state, REGJOBS_STEP_MODE="direct", REGJOBS_BROWSER_ACTION_TIMEOUT_SECONDS="10"
         )
-        took = stop(system)
-        print(f"stopped in {took:.1f} s")
-        assert took < 20
-        assert marked_processes(stack_id) == []
-        assert system.process.returncode == 0
+    finally:
+        os.umask(previous)
+    try:
+        _files_are_private(system)
+        _stopping_ends_every_process(system)
     finally:
         if system.process.poll() is None:
             stop(system)
+    gone = regjobs_cli(state, "doctor")
+    assert gone.returncode == 1
+    assert "PREFECT_API_URL is not set" in gone.stdout
+
+
+def _files_are_private(system: Launched) -> None:
+    state = system.state_dir
+    fault(system.standin, step="item_tags", mode="hide_element", element="#flash", times=1)
+    job_id = create(system.api, "modes-1", **own_accounts("modes-1"))
+    job = watch_job(system.api, job_id, timeout=240).job
+    assert job["status"] == "completed", job["error_message"]
+    assert len(steps_by_id(job)["item_tags"]["evidence"]) == 1  # a screenshot stored
+    found = {str(p.relative_to(state)): p for p in state.rglob("*")}
+    for expected in (
+        "regjobs.db",
+        "regjobs.db-wal",
+        "secret.key",
+        "launcher.json",
+        "launcher.lock",
+        "logs/api.log",
+        "logs/worker.log",
+        "logs/worker-warm.log",
+        "prefect/prefect.db",
+        "run/warm-worker.sock",
+    ):
+        assert expected in found, f"{expected} not in {sorted(found)}"
+    modes = {name: stat.S_IMODE(os.lstat(path).st_mode) for name, path in found.items()}
+    print(f"{len(found)} entries under the state folder:")
+    for name in sorted(found):
+        print(f"  {oct(modes[name])} {name}")
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    wrong = {
+        name: oct(mode)
+        for name, mode in modes.items()
+        if mode != (0o700 if found[name].is_dir() else 0o600)
+    }
+    assert wrong == {}
+    assert stat.S_ISSOCK(os.lstat(found["run/warm-worker.sock"]).st_mode)
+
+    def connect() -> str:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.connect(str(found["run/warm-worker.sock"]))
+        return "connected"
+
+    assert as_nobody(connect) == "PermissionError: Permission denied"
+    assert as_nobody(lambda: found["secret.key"].read_text()) == (
+        "PermissionError: Permission denied"
+    )
+
+
+def _stopping_ends_every_process(system: Launched) -> None:
+    stack_id = system.status()["stack_id"]
+    fault(system.standin, step="restaurant_registration", mode="slow", seconds=60)
+    jobs = [create(system.api, f"stop-{n}", **own_accounts(f"stop-{n}")) for n in range(2)]
+    for job_id in jobs:
+        wait_step(system.api, job_id, "restaurant_registration", "running")
+    wait_for(
+        lambda: any(_is_browser(pid) for pid in marked_processes(stack_id)),
+        timeout=30,
+        what="a Chromium of this system to run",
+    )
+    took = stop(system)
+    print(f"stopped in {took:.1f} s")
+    assert took < 20
+    assert marked_processes(stack_id) == []
+    assert system.process.returncode == 0
 
 
 def test_a_second_launcher_on_the_same_state_folder_refuses_and_the_cli_finds_the_first(
@@ -280,32 +376,12 @@ def test_a_second_launcher_on_the_same_state_folder_refuses_and_the_cli_finds_th
     )
     assert second.returncode == 1
     assert f"PID {launched.process.pid}" in second.stderr
-    # An operator in the same folder, with neither PREFECT_API_URL nor the API's URL set:
-    # `regjobs` talks to this launcher's Prefect and API, on whatever ports it took.
-    environment = {
-        **{k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "REGJOBS_API_URL")},
-        "REGJOBS_STATE_DIR": str(launched.state_dir),
-        "REGJOBS_API_KEY": KEY,
-        "COLUMNS": "200",
-    }
-
-    def regjobs(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "regjobs.cli", *args],
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-
-    doctor = regjobs("doctor")
+    # An operator in the same folder: `regjobs` talks to this launcher's Prefect and API,
+    # on whatever ports it took (once it is stopped, it says so: the stopping test).
+    doctor = regjobs_cli(launched.state_dir, "doctor")
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     assert launched.status()["prefect_api_url"] in doctor.stdout
-    assert regjobs("jobs", "ls").returncode == 0
-    stop(launched)
-    gone = regjobs("doctor")
-    assert gone.returncode == 1
-    assert "PREFECT_API_URL is not set" in gone.stdout
+    assert regjobs_cli(launched.state_dir, "jobs", "ls").returncode == 0
 
 
 def _is_browser(pid: int) -> bool:

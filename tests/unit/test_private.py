@@ -14,7 +14,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,7 @@ from deployments.stack import UNIX_PATH_MAX, Stack
 from deployments.stack_config import StackConfig
 from regjobs.private import create_private, private_dir, write_private
 from regjobs.settings import PROJECT_DIR, _generated_key
-from tests.helpers import wait_for
-
-NOBODY = pwd.getpwnam("nobody")
+from tests.helpers import as_nobody, wait_for
 
 
 def mode(path: Path | str) -> int:
@@ -213,32 +211,6 @@ def test_a_launcher_of_the_same_user_is_handed_a_warm_process() -> None:
             conn.close()
 
 
-def as_nobody(action: Callable[[], str]) -> str:
-    """What `action` answers when run by the `nobody` user, in a forked child."""
-    reader, writer = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: becomes nobody, reports, exits without pytest's clean-up
-        try:
-            os.close(reader)
-            os.setgroups([])
-            os.setgid(NOBODY.pw_gid)
-            os.setuid(NOBODY.pw_uid)
-            try:
-                answer = action()
-            except OSError as error:
-                answer = f"{type(error).__name__}: {error.strerror}"
-            os.write(writer, answer.encode())
-        finally:
-            os._exit(0)
-    os.close(writer)
-    chunks = []
-    while chunk := os.read(reader, 4096):
-        chunks.append(chunk)
-    os.close(reader)
-    os.waitpid(pid, 0)
-    return b"".join(chunks).decode()
-
-
 def claim(path: Path, hello: bytes = b"claim\n") -> str:
     """Connect, say `hello`, and return what the pool answers ("" if it closes)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
@@ -294,8 +266,9 @@ def test_a_launcher_does_not_hand_its_environment_to_a_pool_of_another_uid(
         try:
             os.close(reader)
             os.setgroups([])
-            os.setgid(NOBODY.pw_gid)
-            os.setuid(NOBODY.pw_uid)
+            nobody = pwd.getpwnam("nobody")
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
             server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             server.bind(str(path))
             os.chmod(path, 0o666)

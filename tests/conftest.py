@@ -88,6 +88,11 @@ def stack_env(database_url: str, state_dir: Path) -> dict[str, str]:
         # A release's queue unpolled this long has no live worker (test_redeploy waits for
         # a job to say so after it stops a release's worker).
         "REGJOBS_RELEASE_WORKER_GONE_SECONDS": "5",
+        # The worker asks Prefect for runs every 1 s, not 0.25 s: each ask costs Prefect's
+        # server a query, and CI runs four systems on two cores (an idle system took 23% of
+        # a core, 17.5% so; docs/figures.md). The fairness test, which times a start, keeps
+        # the default.
+        "REGJOBS_WORKER_POLL_SECONDS": "1",
     }
     for key, value in env.items():
         os.environ[key] = value

@@ -28,6 +28,7 @@ from deployments.stack import Stack, free_port
 from deployments.stack_config import StackConfig
 from regjobs.db import read_session, scratch_postgres_database
 from regjobs.models import JobRun, RegistrationJob
+from regjobs.settings import Settings
 from tests.helpers import (
     end_leftover_jobs,
     environment,
@@ -79,6 +80,8 @@ def shared_system(
             standin_port=free_port(),
             env=env,
             prefect_ui=False,
+            # What a start takes in production: the default poll, not the test systems' 1 s.
+            poll_seconds=Settings.model_fields["worker_poll_seconds"].default,
         )
         system = Stack(config)
         resources.callback(system.stop)

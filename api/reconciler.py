@@ -25,8 +25,8 @@ from api.dispatch import Dispatcher
 from api.leader import LeaderLease, holder_name
 from api.orchestrator import DeploymentMissing, Orchestrator, OrchestratorUnavailable, PrefectBusy
 from api.reconcile import Reconciliation
+from regjobs.db import database_now
 from regjobs.doorbell import Doorbell
-from regjobs.models import utcnow
 from regjobs.settings import Settings
 
 logger = logging.getLogger("regjobs.reconciler")
@@ -37,8 +37,9 @@ class Reconciler:
     settings: Settings
     orchestrator: Orchestrator
     holder: str = field(default_factory=holder_name)
-    #: The clock (wall time): tests pass one they move on themselves.
-    now: Callable[[], datetime] = utcnow
+    #: The clock (wall time): the database's, which stamps heartbeats too
+    #: (`regjobs.db.database_now`); tests pass one they move on themselves.
+    now: Callable[[], datetime] = database_now
     #: "leader" or "standby", for /healthz and the tests.
     role: str = "standby"
     #: Cycles this process ran as the leader.

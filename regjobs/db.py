@@ -7,14 +7,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, insert
+from sqlalchemy import Engine, create_engine, event, func, insert, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from regjobs.models import utcnow
 from regjobs.settings import get_settings
 
 R = TypeVar("R")
@@ -138,6 +140,20 @@ def read_session() -> Iterator[Session]:
         # Closing detaches what was read without expiring it (a rollback would), so the
         # objects stay readable after the session.
         session.close()
+
+
+def database_now(session: Session | None = None) -> datetime:
+    """The time by the database's clock on PostgreSQL, this host's on SQLite (embedded: one
+    host). Leases written on one host and judged on another (a flow run's heartbeat, read
+    by the reconciler on an API host) are stamped and judged by this one clock, so hosts'
+    clocks apart do not shorten them."""
+    if session is None:
+        with read_session() as reading:
+            return database_now(reading)
+    if session.get_bind().dialect.name != "postgresql":
+        return utcnow()
+    stamp: datetime = session.execute(select(func.clock_timestamp())).scalar_one()
+    return stamp.astimezone(UTC)
 
 
 def transaction(fn: Callable[..., R], /, **kwargs: Any) -> R:

@@ -19,6 +19,7 @@ from regjobs.catalogue import (
     StepStatus,
 )
 from regjobs.config import ExecutionConfig
+from regjobs.db import database_now
 from regjobs.ledger.rows import (
     OwnershipLost,
     RunRefused,
@@ -168,7 +169,7 @@ def begin_run(
     job.status = JobStatus.IN_PROGRESS
     job.started_at = job.started_at or now
     job.run_started_at = now
-    job.heartbeat_at = now
+    job.heartbeat_at = database_now(session)  # the lease's clock (regjobs.db)
     job.completed_at = None
     job.error_message = None
     job.pending_reason = None
@@ -329,7 +330,7 @@ def heartbeat(*, session: Session, job_id: str, epoch: int) -> bool:
     renewed = session.execute(
         update(RegistrationJob)
         .where(RegistrationJob.id == job_id, RegistrationJob.epoch == epoch)
-        .values(heartbeat_at=utcnow())
+        .values(heartbeat_at=database_now(session))
     )
     return bool(getattr(renewed, "rowcount", 0))
 

@@ -8,7 +8,7 @@ import json
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -145,6 +145,34 @@ def test_a_write_with_a_stale_epoch_changes_nothing(write: str, taken_by: str) -
 
     assert snapshot(job_id) == before
     assert not transaction(ledger.heartbeat, job_id=job_id, epoch=old.epoch)
+
+
+def test_a_heartbeat_is_stamped_by_the_clock_the_reconciler_judges_it_by() -> None:
+    """A flow run on a host whose clock is a minute behind renews its lease. On PostgreSQL
+    (the shape across hosts) the stamp is the database's clock, which the reconciler reads
+    as its `now` too: the host's clock changes nothing (with hosts 2 s apart, a live job
+    was once failed as lost). SQLite is embedded, one host: its clock is the host's."""
+    import time_machine
+
+    from api.reconciler import Reconciler
+    from regjobs.db import database_now, get_engine
+
+    assert Reconciler.now is database_now  # the reconciler's clock, unless a test sets one
+    job_id = new_job()
+    start = begin(job_id)
+    true_now = datetime.now(UTC)
+    with time_machine.travel(true_now - timedelta(seconds=60), tick=True):
+        assert transaction(ledger.heartbeat, job_id=job_id, epoch=start.epoch)
+        with read_session() as session:
+            job = session.get(RegistrationJob, job_id)
+            assert job is not None and job.heartbeat_at is not None
+            stamped = job.heartbeat_at
+    judged = database_now()
+    if get_engine().dialect.name == "postgresql":
+        assert abs((stamped - true_now).total_seconds()) < 10, (stamped, true_now)
+        assert 0 <= (judged - stamped).total_seconds() < 10, (judged, stamped)
+    else:
+        assert abs((stamped - true_now).total_seconds() + 60) < 10, (stamped, true_now)
 
 
 def test_the_epoch_holder_writes_and_every_attempt_carries_its_epoch() -> None:

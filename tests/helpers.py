@@ -890,6 +890,14 @@ def ledger_job(
     return transaction(make)
 
 
+def become_nobody() -> None:
+    """In a forked child: drop to the `nobody` user, groups and all."""
+    os.setgroups([])
+    nobody = pwd.getpwnam("nobody")
+    os.setgid(nobody.pw_gid)
+    os.setuid(nobody.pw_uid)
+
+
 def as_nobody(action: Callable[[], str]) -> str:
     """What `action` answers when run by the `nobody` user, in a forked child."""
     reader, writer = os.pipe()
@@ -897,10 +905,7 @@ def as_nobody(action: Callable[[], str]) -> str:
     if pid == 0:  # the child: becomes nobody, reports, exits without pytest's clean-up
         try:
             os.close(reader)
-            os.setgroups([])
-            nobody = pwd.getpwnam("nobody")
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
+            become_nobody()
             try:
                 answer = action()
             except OSError as error:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pwd
 import shutil
 import socket
 import stat
@@ -25,7 +24,7 @@ from deployments.stack import UNIX_PATH_MAX, Stack
 from deployments.stack_config import StackConfig
 from regjobs.private import create_private, private_dir, write_private
 from regjobs.settings import PROJECT_DIR, _generated_key
-from tests.helpers import as_nobody, wait_for
+from tests.helpers import as_nobody, become_nobody, wait_for
 
 
 def mode(path: Path | str) -> int:
@@ -265,10 +264,7 @@ def test_a_launcher_does_not_hand_its_environment_to_a_pool_of_another_uid(
     if pid == 0:  # a pool of nobody's
         try:
             os.close(reader)
-            os.setgroups([])
-            nobody = pwd.getpwnam("nobody")
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
+            become_nobody()
             server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             server.bind(str(path))
             os.chmod(path, 0o666)

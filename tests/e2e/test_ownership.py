@@ -257,9 +257,9 @@ def test_a_deleted_flow_run_fails_its_job_with_a_reason_and_retry_completes(
     flow_run_id = api.get(f"/api/registration-jobs/{job_id}").json()["flow_run_id"]
     delete_flow_run_now(flow_run_id)
     deleted = time.monotonic()
-    # The deletion is what the job must be seen to fail of: the step still had attempts.
+    # What the step was at the deletion (the reconciler may have read it already).
     held = steps_by_id(api.get(f"/api/registration-jobs/{job_id}").json())["menu_import"]
-    assert held["status"] in ("running", "retrying") and held["attempts"] < attempts, held
+    print(f"at the deletion: menu import {held['status']}, attempt {held['attempts']}")
 
     def failed() -> dict[str, Any] | None:
         job = dict(api.get(f"/api/registration-jobs/{job_id}").json())
@@ -268,7 +268,7 @@ def test_a_deleted_flow_run_fails_its_job_with_a_reason_and_retry_completes(
     job = wait_for(failed, timeout=30, what="the job to end")
     print(f"the job failed {time.monotonic() - deleted:.1f} s after its run was deleted")
     assert job["status"] == "failed"
-    assert "disappeared" in job["error_message"], job["error_message"]
+    assert "disappeared" in job["error_message"], (job["error_message"], held)
     assert job["next_action"] == "retry"
     assert "disappeared" in steps_by_id(job)["menu_import"]["error_message"]
 

@@ -464,7 +464,11 @@ def upload(
         while True:
             try:
                 data = sock.recv(65536)
-            except (ConnectionResetError, TimeoutError):
+            except ConnectionResetError:
+                # Closed with part of the body unread: the kernel answers with a reset.
+                closed = True
+                break
+            except TimeoutError:
                 break
             if not data:
                 closed = True

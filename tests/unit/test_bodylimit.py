@@ -122,8 +122,9 @@ def test_over_a_real_socket_a_declared_10_mib_body_is_answered_at_once() -> None
     with serve_in_thread(_framework_app()) as base:
         result = upload(base, "/items", total=10 * 2**20)
     assert result.status == 413, result.answer[:300]
-    # Answered before the body: at most a piece or two went out before the answer.
-    assert result.sent <= 2 * 64 * 1024
+    # Answered before the body: a few 64-KiB pieces at most went out before the answer
+    # (two here alone, three on a loaded CI machine), not the 10 MiB.
+    assert result.sent <= 8 * 64 * 1024, result.sent
     assert b"connection: close" in result.answer.lower()
     assert result.closed_by_server
     body = result.answer.split(b"\r\n\r\n", 1)[1]

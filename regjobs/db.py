@@ -147,11 +147,11 @@ def database_now(session: Session | None = None) -> datetime:
     host). Leases written on one host and judged on another (a flow run's heartbeat, read
     by the reconciler on an API host) are stamped and judged by this one clock, so hosts'
     clocks apart do not shorten them."""
+    if (session.get_bind() if session else get_engine()).dialect.name != "postgresql":
+        return utcnow()
     if session is None:
         with read_session() as reading:
             return database_now(reading)
-    if session.get_bind().dialect.name != "postgresql":
-        return utcnow()
     stamp: datetime = session.execute(select(func.clock_timestamp())).scalar_one()
     return stamp.astimezone(UTC)
 

@@ -459,7 +459,7 @@ def upload(
                 break
             sent += size
         # Whatever else of the answer is on its way, until the server closes (every caller
-        # expects a close: a loaded CI machine once took over 5 s to close after the 413).
+        # expects a close; a close with body unread comes as a reset, below).
         sock.settimeout(30)
         while True:
             try:

@@ -4,6 +4,7 @@ browser limit's every count (the launcher, the slot-race test, the test hosts) r
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
@@ -12,20 +13,34 @@ from regjobs.settings import get_settings
 from tasks.browser import CHROMIUM_ARGS
 
 
-def _all_pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+def _own_descendants() -> list[int]:
+    """This process's descendants (its Playwright driver, that driver's Chromium): not the
+    Chromium of tests running beside it in other processes."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[-1].split()[1]), []).append(int(entry))
+    found, todo = [], [os.getpid()]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
 
 
 def test_one_browser_is_one_main_process_whatever_its_helpers() -> None:
-    before = set(browser_processes(chromium_processes(_all_pids())))
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=get_settings().chromium_path(), args=CHROMIUM_ARGS
         )
         try:
             browser.new_page().goto("about:blank")
-            chromium = set(chromium_processes(_all_pids())) - before
-            found = set(browser_processes(chromium)) - before
+            chromium = set(chromium_processes(_own_descendants()))
+            found = set(browser_processes(chromium))
             assert len(found) == 1, found
             # Every other Chromium process is a helper with `--type=` (zygotes, renderers,
             # GPU, utilities): none is counted, whoever its parent is.

@@ -223,9 +223,14 @@ class Ownership:
     async def check(self) -> None:
         """Raise OwnershipLost if the job is no longer this run's."""
         if not self.lost.is_set():
-            reason = await ledger_read(ledger.holds, job_id=self.job_id, epoch=self.epoch)
-            if reason:
-                self._lose(reason)
+            self.judge(await ledger_read(ledger.holds, job_id=self.job_id, epoch=self.epoch))
+        self.judge(None)
+
+    def judge(self, reason: str | None) -> None:
+        """Raise OwnershipLost if the job is no longer this run's: `reason` is what a read
+        of the ledger said (`ledger.holds`), or what was seen before."""
+        if reason and not self.lost.is_set():
+            self._lose(reason)
         if self.lost.is_set():
             raise ledger.OwnershipLost(self.reason)
 
@@ -291,22 +296,23 @@ async def _run_steps(
             await graph.mark_all("Reused", dict.fromkeys(reused, "completed in an earlier run"))
             await report.update()
             while True:
-                await owner.check()
-                states = await ledger_read(ledger.step_states, job_id=job_id)
-                # Read after the states: a person's input that queued a step again is seen
-                # here, and its step is not started with this run's (older) config.
-                stale = (
-                    await ledger_read(ledger.config_version, job_id=job_id) != start.config_version
-                )
+                # One read: the steps' states, then the job's epoch and config version (a
+                # person's input that queued a step again is seen, and its step is not
+                # started with this run's older config).
+                seen = await ledger_read(ledger.walk_state, job_id=job_id, epoch=epoch)
+                owner.judge(seen.lost)
+                states = seen.states
+                stale = seen.config_version != start.config_version
                 statuses = {sid: st.status for sid, st in states.items()}
                 # A submitted step may not have written its first ledger row yet.
                 statuses.update({sid: StepStatus.RUNNING for sid in running.values()})
                 plan = catalogue.walk(
                     statuses, disabled, {sid: st.reason for sid, st in states.items()}
                 )
-                await ledger_write(
-                    ledger.skip_steps, job_id=job_id, epoch=epoch, reasons=plan.skipped
-                )
+                if plan.skipped:
+                    await ledger_write(
+                        ledger.skip_steps, job_id=job_id, epoch=epoch, reasons=plan.skipped
+                    )
                 for sid, reason in plan.skipped.items():
                     logger.info("%s skipped: %s", catalogue.step(sid).label, reason)
                     emit_step(job_id, sid, StepStatus.SKIPPED, reason=reason)

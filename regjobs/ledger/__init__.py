@@ -87,7 +87,6 @@ from regjobs.ledger.rows import (
     StepState,
     TooManyActiveJobs,
     completed_ok,
-    config_version,
     disabled_steps,
     encrypted_job_ids,
     failure_summary,
@@ -98,6 +97,7 @@ from regjobs.ledger.rows import (
 from regjobs.ledger.runs import (
     RunStart,
     Waiting,
+    Walk,
     begin_run,
     finish_run,
     heartbeat,
@@ -105,6 +105,7 @@ from regjobs.ledger.runs import (
     refuse_start,
     skip_steps,
     suspend_run,
+    walk_state,
 )
 from regjobs.ledger.slots import (
     ExpiredLease,
@@ -156,11 +157,11 @@ __all__ = [
     "UnknownRelease",
     "Upgrade",
     "Waiting",
+    "Walk",
     "begin_run",
     "cancel_job",
     "complete_attempt",
     "completed_ok",
-    "config_version",
     "create_job",
     "create_jobs",
     "deliveries",
@@ -211,4 +212,5 @@ __all__ = [
     "upgrade_job",
     "waiting_queues",
     "waiting_steps",
+    "walk_state",
 ]

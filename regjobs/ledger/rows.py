@@ -159,11 +159,6 @@ def step_states(*, session: Session, job_id: str) -> dict[str, StepState]:
     return {k: _state(v) for k, v in _steps(session, job_id).items()}
 
 
-def config_version(*, session: Session, job_id: str) -> int:
-    """The number of the job's stored config version (a read)."""
-    return _job(session, job_id).config_version
-
-
 def _requeue(row: RegistrationJobStep) -> None:
     row.status = StepStatus.PENDING
     row.run_attempts = 0

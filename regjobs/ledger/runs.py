@@ -30,6 +30,7 @@ from regjobs.ledger.rows import (
     _state,
     _steps,
     job_config,
+    step_states,
 )
 from regjobs.ledger.view import _publish
 from regjobs.models import (
@@ -323,6 +324,26 @@ def holds(*, session: Session, job_id: str, epoch: int) -> str | None:
     """None while the caller holds the job; else why not (a read, no lock)."""
     job = _job(session, job_id)
     return None if job.epoch == epoch else lost_to(job)
+
+
+@dataclass(frozen=True)
+class Walk:
+    """What a flow run reads before each walk of the step graph, in one read."""
+
+    #: None while the run holds the job; else why not (`holds`).
+    lost: str | None
+    states: dict[str, StepState]
+    config_version: int
+
+
+def walk_state(*, session: Session, job_id: str, epoch: int) -> Walk:
+    """The steps' states, then the job's epoch and config version (a read, no lock). The
+    job is read after the steps: a person's input that queued a step again has a newer
+    config version by then, and the step is not started with the run's older config."""
+    states = step_states(session=session, job_id=job_id)
+    job = _job(session, job_id)
+    lost = None if job.epoch == epoch else lost_to(job)
+    return Walk(lost, states, job.config_version)
 
 
 def heartbeat(*, session: Session, job_id: str, epoch: int) -> bool:

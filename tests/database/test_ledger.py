@@ -145,6 +145,10 @@ def test_a_write_with_a_stale_epoch_changes_nothing(write: str, taken_by: str) -
 
     assert snapshot(job_id) == before
     assert not transaction(ledger.heartbeat, job_id=job_id, epoch=old.epoch)
+    # The read before each walk of the graph says so too, and why.
+    with read_session() as session:
+        seen = ledger.walk_state(session=session, job_id=job_id, epoch=old.epoch)
+    assert seen.lost is not None and expected in seen.lost
 
 
 def test_a_heartbeat_is_stamped_by_the_clock_the_reconciler_judges_it_by() -> None:
@@ -190,6 +194,9 @@ def test_the_epoch_holder_writes_and_every_attempt_carries_its_epoch() -> None:
     with read_session() as session:
         epochs = session.scalars(select(StepAttempt.epoch).where(StepAttempt.job_id == job_id))
         assert list(epochs) == [start.epoch]
+        seen = ledger.walk_state(session=session, job_id=job_id, epoch=start.epoch)
+    assert (seen.lost, seen.config_version) == (None, start.config_version)
+    assert seen.states["account_registration"].status is catalogue.StepStatus.COMPLETED
     assert view_of(job_id)["steps"][0]["status"] == "completed"
 
 

@@ -130,6 +130,13 @@ def test_a_job_waits_suspends_and_one_input_resumes_the_same_run() -> None:
         assert (row.status, row.generation, row.generation_attempts) == ("pending", 1, 0)
     [resume] = deliveries(job_id)
     assert (resume.kind, resume.version) == ("resume", 2)
+    # The run that asked still holds the job; the read before its next walk of the graph
+    # sees the step queued again under a newer config version (the run does not start it
+    # with its own, version 1).
+    with read_session() as session:
+        seen = ledger.walk_state(session=session, job_id=job_id, epoch=start.epoch)
+    assert (seen.lost, seen.config_version) == (None, 2)
+    assert seen.states["account_registration"].status is StepStatus.PENDING
 
     # Prefect resumes the run with its id and run count: a resume, once.
     resumed = begin(job_id, run_count=1)

@@ -169,6 +169,16 @@ def read_events(
 # ------------------------------------------------ jobs, the stand-in and processes
 
 
+#: A job without its menu (`full_config(menu=NO_MENU)`): the four browser steps of a
+#: restaurant's settings and the API steps, a shorter job where the menu is not the point.
+NO_MENU = {
+    "import": False,
+    "upload_images": False,
+    "add_option_sets": False,
+    "add_item_tags": False,
+}
+
+
 def create(api: httpx.Client, restaurant_id: str, **sections: Any) -> str:
     response = api.post(
         "/api/registration-jobs",

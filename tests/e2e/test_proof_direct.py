@@ -16,13 +16,9 @@ from tests.e2e.test_proof import (
     needs_a_person,
     settled,
 )
-from tests.helpers import calls_of, create, effects, steps_by_id
+from tests.helpers import NO_MENU, calls_of, create, effects, steps_by_id
 
 pytestmark = pytest.mark.e2e
-
-#: Only the four browser steps of a restaurant's settings: a shorter job.
-NO_MENU = {"import": False, "upload_images": False, "add_option_sets": False,
-           "add_item_tags": False}  # fmt: skip
 
 
 @pytest.mark.parametrize("guess", ["wrong", "right"])

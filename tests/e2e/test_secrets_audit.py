@@ -18,6 +18,7 @@ from deployments.stack import Stack
 from regjobs.secrets import MASK
 from tests.helpers import (
     MASK_COLOUR,
+    NO_MENU,
     create,
     fault,
     give_input,
@@ -30,14 +31,6 @@ from tests.helpers import (
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("direct_mode")]
-
-#: No menu: the jobs here are about their first steps (and quicker without the rest).
-NO_MENU = {
-    "import": False,
-    "upload_images": False,
-    "add_option_sets": False,
-    "add_item_tags": False,
-}
 
 
 def task_run_messages(job: dict[str, Any]) -> dict[str, str]:

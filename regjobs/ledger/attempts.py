@@ -86,7 +86,7 @@ def start_attempt(
         for n in catalogue.ancestors(step_id)
         if rows[n].status == StepStatus.COMPLETED
     }
-    _publish(session, job)
+    _publish(session, job, rows.values())
     return Attempt(
         row.attempts, row.generation, row.not_before, inputs, repeat=row.generation_attempts > 1
     )
@@ -119,7 +119,8 @@ def complete_attempt(
 ) -> None:
     job = _owned(session, job_id, epoch)
     now = utcnow()
-    row = _steps(session, job_id)[step_id]
+    rows = _steps(session, job_id)
+    row = rows[step_id]
     row.status = StepStatus.COMPLETED
     row.stalled_since = None
     row.result_data = result
@@ -133,7 +134,7 @@ def complete_attempt(
     row.finished_at = now
     row.duration_ms = _ms(row.started_at, now)
     _finish_attempt(session, job_id, step_id, attempt, status=StepStatus.COMPLETED, warning=warning)
-    _publish(session, job)
+    _publish(session, job, rows.values())
 
 
 def fail_attempt(
@@ -151,7 +152,8 @@ def fail_attempt(
     A screenshot of the attempt is kept with it; returns its id."""
     job = _owned(session, job_id, epoch)
     now = utcnow()
-    row = _steps(session, job_id)[step_id]
+    rows = _steps(session, job_id)
+    row = rows[step_id]
     row.error_message = error.message
     row.progress = None
     row.stalled_since = None
@@ -190,13 +192,14 @@ def fail_attempt(
         error_message=error.message,
         evidence_path=f"evidence:{evidence_id}" if evidence_id else None,
     )
-    _publish(session, job)
+    _publish(session, job, rows.values())
     return evidence_id
 
 
 def set_progress(*, session: Session, job_id: str, epoch: int, step_id: str, progress: str) -> None:
     job = _owned(session, job_id, epoch)
-    row = _steps(session, job_id)[step_id]
+    rows = _steps(session, job_id)
+    row = rows[step_id]
     if row.progress != progress:
         row.progress = progress
-        _publish(session, job)
+        _publish(session, job, rows.values())

@@ -44,6 +44,11 @@ FLOW_ENTRYPOINT = "PREFECT__FLOW_ENTRYPOINT"
 def imports() -> None:
     for name in WARM_IMPORTS:
         importlib.import_module(name)
+    # The job database's ORM mappers, configured once here rather than at each flow run's
+    # first query (no thread, no connection: safe before a fork).
+    from sqlalchemy.orm import configure_mappers
+
+    configure_mappers()
 
 
 def warm_up() -> None:

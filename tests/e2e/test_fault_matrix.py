@@ -13,6 +13,7 @@ import pytest
 
 from standin.client import fault
 from tests.helpers import (
+    NO_MENU,
     StepModes,
     create,
     full_config,
@@ -165,6 +166,7 @@ PORTAL_CASES = {
         "completed",
         2,
         "completed",
+        config={"menu": NO_MENU},  # the restaurant's settings: the menu is not the point
     ),
     "portal navigation timeout": Case(
         "payment_configuration",
@@ -172,6 +174,7 @@ PORTAL_CASES = {
         "completed",
         2,
         "completed",
+        config={"menu": NO_MENU},
     ),
     "bad credentials at the portal's login": Case(
         "restaurant_registration",

@@ -47,6 +47,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -66,7 +67,7 @@ from deployments.pids import marked_processes
 from deployments.prefect_server import new_auth_string
 from deployments.stack import Stack
 from deployments.stack_config import Production
-from regjobs.catalogue import STEP_IDS, JobStatus
+from regjobs.catalogue import STEP_IDS, JobStatus, step
 from regjobs.db import scratch_postgres_database
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -311,9 +312,42 @@ def registration_starts(stack: Stack, runs: int, pause: float = 0.5) -> list[flo
     return totals
 
 
+def wall_parts(job: dict[str, Any]) -> dict[str, float]:
+    """Where a job's time over its steps' own went, in seconds: the waits from a step's last
+    need ending to the step starting (summed along the chain that ends last), the steps'
+    time over their calls' (each call 1 s, image upload's two), and its last step's end to
+    the job's."""
+    steps = {s["step_id"]: s for s in job["steps"] if s["started_at"] and s["completed_at"]}
+    calls = {"image_upload": 2}
+    over: dict[str, float] = {}
+    gap: dict[str, float] = {}
+    for sid, s in steps.items():
+        began, ended = ts(s["started_at"]), ts(s["completed_at"])
+        over[sid] = ended - began - calls.get(sid, 1)
+        ended_needs = [ts(steps[n]["completed_at"]) for n in step(sid).needs if n in steps]
+        gap[sid] = began - max(ended_needs) if ended_needs else 0.0
+    last = max(steps, key=lambda s: ts(steps[s]["completed_at"]))
+    chain: list[str] = []
+    sid = last
+    while True:
+        chain.append(sid)
+        needs = [n for n in step(sid).needs if n in steps]
+        if not needs:
+            break
+        sid = max(needs, key=lambda n: ts(steps[n]["completed_at"]))
+    return {
+        "waits between steps": sum(gap[s] for s in chain),
+        "steps over their calls": sum(over[s] for s in chain),
+        "last step end -> job end": ts(job["completed_at"]) - ts(steps[last]["completed_at"]),
+        "steps on the chain": len(chain),
+    }
+
+
 def registration_walls(stack: Stack, runs: int) -> list[float]:
-    """First step start -> job end, every stand-in call slowed to 1 s (benchmarks.latency)."""
+    """First step start -> job end, every stand-in call slowed to 1 s (benchmarks.latency);
+    prints where the time over the critical path went (`wall_parts`, medians)."""
     found: list[float] = []
+    parts: list[dict[str, float]] = []
     with contextlib.ExitStack() as clients:
         api = clients.enter_context(httpx.Client(base_url=stack.config.api_url, headers=AUTH))
         standin = clients.enter_context(httpx.Client(base_url=stack.config.standin_url))
@@ -327,7 +361,14 @@ def registration_walls(stack: Stack, runs: int) -> list[float]:
             assert job["status"] == JobStatus.COMPLETED, job["status"]
             first = min(ts(s["started_at"]) for s in job["steps"] if s["started_at"])
             found.append(ts(job["completed_at"]) - first)
+            parts.append(wall_parts(job))
         standin.post("/_control/reset").raise_for_status()
+    if parts:
+        medians = {k: statistics.median(p[k] for p in parts) for k in parts[0]}
+        print(
+            "registration walls, medians: " + ", ".join(f"{k} {v:.3f}" for k, v in medians.items()),
+            flush=True,
+        )
     return found
 
 

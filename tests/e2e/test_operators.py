@@ -77,10 +77,11 @@ def latest_artifact(key: str, shows: str | float = "", *, timeout: float = 15) -
     return artifact
 
 
-def task_runs(flow_run_id: str, *, timeout: float = 15) -> dict[str, TaskRun]:
+def task_runs(flow_run_id: str, *, timeout: float = 30) -> dict[str, TaskRun]:
     """The flow run's task runs by step id (their names are the steps' labels), once every
-    step has one: Prefect records task runs from their events, a moment after the flow run
-    may have ended."""
+    step has one in a final state: Prefect records task runs and their states from their
+    events, a moment after the flow run may have ended (CI once read a step's task run
+    `Running` after its job had ended `failed`)."""
 
     def read() -> dict[str, TaskRun] | None:
         with get_client(sync_client=True) as client:
@@ -89,9 +90,12 @@ def task_runs(flow_run_id: str, *, timeout: float = 15) -> dict[str, TaskRun]:
             )
         by_step = {step_of(r.name): r for r in runs}
         assert len(by_step) == len(runs), [r.name for r in runs]
-        return by_step if len(by_step) >= len(STEP_IDS) else None
+        ended = all(r.state is not None and r.state.is_final() for r in runs)
+        return by_step if len(by_step) >= len(STEP_IDS) and ended else None
 
-    found: dict[str, TaskRun] = wait_for(read, timeout=timeout, what="every step's task run")
+    found: dict[str, TaskRun] = wait_for(
+        read, timeout=timeout, what="every step's task run, in a final state"
+    )
     return found
 
 

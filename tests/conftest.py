@@ -125,10 +125,18 @@ def stack(stack_env: dict[str, str], state_dir: Path) -> Iterator[Stack]:
         system.stop()
 
 
+#: The test clients drop a pooled connection idle for 2 s, before the servers' own 5-s
+#: keep-alive timeout (uvicorn's) can close it under a request the client is sending (CI
+#: once saw "Server disconnected without sending a response" from the stand-in).
+KEEPALIVE = httpx.Limits(keepalive_expiry=2)
+
+
 @pytest.fixture(scope="session")
 def api(stack: Stack) -> Iterator[httpx.Client]:
     headers = {"Authorization": f"Bearer {DEV_KEY}"}
-    with httpx.Client(base_url=stack.config.api_url, headers=headers, timeout=30) as client:
+    with httpx.Client(
+        base_url=stack.config.api_url, headers=headers, timeout=30, limits=KEEPALIVE
+    ) as client:
         yield client
 
 
@@ -136,7 +144,7 @@ def api(stack: Stack) -> Iterator[httpx.Client]:
 def standin(stack: Stack) -> Iterator[httpx.Client]:
     """The stand-in, reset before each test once no job an earlier test left running can
     call it any more (its counts are this test's alone)."""
-    with httpx.Client(base_url=stack.config.standin_url, timeout=30) as client:
+    with httpx.Client(base_url=stack.config.standin_url, timeout=30, limits=KEEPALIVE) as client:
         ended = end_leftover_jobs()
         if ended:
             print(f"cancelled {len(ended)} job(s) earlier tests left running: {ended}")

@@ -28,6 +28,7 @@ from regjobs.errors import ACCOUNT_LOGIN, ONBOARDING_LOGIN, LoginRefused, Outsid
 from regjobs.models import RegistrationJob
 from regjobs.settings import Settings, get_settings
 from tasks.clients.choice import login_clients
+from tasks.clients.http import TLS
 
 logger = logging.getLogger("regjobs.api.input")
 
@@ -114,7 +115,7 @@ async def verify(checked: Checked, settings: Settings | None = None) -> None:
         return
     await service.run(_check_refusals, emails={f[0]: str(e) for f, e, _ in logins})
     timeout = httpx.Timeout(min(settings.http_timeout_seconds, CHECK_TIMEOUT_SECONDS))
-    async with httpx.AsyncClient(timeout=timeout) as http:
+    async with httpx.AsyncClient(timeout=timeout, verify=TLS) as http:
         platform, onboarding = login_clients(settings, http)
         for fields, email, password in logins:
             system = platform if fields == ACCOUNT_LOGIN else onboarding

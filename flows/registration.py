@@ -222,9 +222,10 @@ class Ownership:
 
     async def check(self) -> None:
         """Raise OwnershipLost if the job is no longer this run's."""
+        reason = None
         if not self.lost.is_set():
-            self.judge(await ledger_read(ledger.holds, job_id=self.job_id, epoch=self.epoch))
-        self.judge(None)
+            reason = await ledger_read(ledger.holds, job_id=self.job_id, epoch=self.epoch)
+        self.judge(reason)
 
     def judge(self, reason: str | None) -> None:
         """Raise OwnershipLost if the job is no longer this run's: `reason` is what a read

@@ -64,6 +64,7 @@ from regjobs.secrets import Scrubber
 from regjobs.settings import Settings, get_settings
 from tasks.browser import BrowserPool
 from tasks.clients.choice import build_clients
+from tasks.clients.http import TLS
 from tasks.clients.interfaces import Clients
 from tasks.handlers import HANDLERS, StepContext
 from tasks.ledger_io import ledger_write
@@ -104,13 +105,6 @@ class Started:
     step: catalogue.Step
     number: int
     evidence: list[bytes]
-
-
-#: One TLS context for the outside systems, for every flow run of this process: made when
-#: this module is imported (in the warm pool, before its processes fork), not per run. An
-#: `httpx.AsyncClient` that makes its own loads the CA bundle again: 49 ms of CPU a client
-#: here, against 1 ms given this one (docs/figures.md).
-TLS = httpx.create_ssl_context()
 
 
 def current() -> Resources:

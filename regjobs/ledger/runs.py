@@ -322,7 +322,10 @@ def lost_to(job: RegistrationJob) -> str:
 
 def holds(*, session: Session, job_id: str, epoch: int) -> str | None:
     """None while the caller holds the job; else why not (a read, no lock)."""
-    job = _job(session, job_id)
+    return _lost(_job(session, job_id), epoch)
+
+
+def _lost(job: RegistrationJob, epoch: int) -> str | None:
     return None if job.epoch == epoch else lost_to(job)
 
 
@@ -342,8 +345,7 @@ def walk_state(*, session: Session, job_id: str, epoch: int) -> Walk:
     config version by then, and the step is not started with the run's older config."""
     states = step_states(session=session, job_id=job_id)
     job = _job(session, job_id)
-    lost = None if job.epoch == epoch else lost_to(job)
-    return Walk(lost, states, job.config_version)
+    return Walk(_lost(job, epoch), states, job.config_version)
 
 
 def heartbeat(*, session: Session, job_id: str, epoch: int) -> bool:

@@ -4,11 +4,10 @@ browser limit's every count (the launcher, the slot-race test, the test hosts) r
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-from deployments.pids import browser_processes, chromium_processes
+from deployments.pids import _parent, browser_processes, chromium_processes
 from regjobs.settings import get_settings
 from tasks.browser import CHROMIUM_ARGS
 
@@ -17,13 +16,8 @@ def _own_descendants() -> list[int]:
     """This process's descendants (its Playwright driver, that driver's Chromium): not the
     Chromium of tests running beside it in other processes."""
     children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            children.setdefault(int(stat.rsplit(")", 1)[-1].split()[1]), []).append(int(entry))
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        children.setdefault(_parent(pid), []).append(pid)
     found, todo = [], [os.getpid()]
     while todo:
         kids = children.get(todo.pop(), [])

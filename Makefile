@@ -22,11 +22,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# Browser steps need a Chromium; Playwright cannot download one here, Debian's works.
+# Browser steps need a Chromium; Playwright cannot download one here, Debian's works: its
+# headless shell for headless runs (as Playwright's own), its full browser for headed ones.
 chromium:
 	@test -n "$$REGJOBS_CHROMIUM_EXECUTABLE" || ls $${PLAYWRIGHT_BROWSERS_PATH:-$$HOME/.cache/ms-playwright}/chromium-*/chrome-linux*/chrome >/dev/null 2>&1 \
-	  || test -x /usr/bin/chromium \
-	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	  || (test -x /usr/bin/chromium && test -x /usr/bin/chromium-headless-shell) \
+	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-headless-shell)
 
 # Test files are spread over TEST_WORKERS processes, each with a test system of its own (its
 # own Prefect server, worker, stand-in, API, state folder and ports); the `serial` tests,

@@ -57,8 +57,11 @@ def browser_processes(chromium: Iterable[int]) -> list[int]:
     ]
 
 
-#: Chromium's own executable (not its crash reporter), as Debian and Playwright name it.
-CHROMIUM_EXECUTABLES = frozenset({"chromium", "chrome", "headless_shell"})
+#: Chromium's own executable (not its crash reporter), as Debian and Playwright name it,
+#: the full browser's and the headless shell's.
+CHROMIUM_EXECUTABLES = frozenset(
+    {"chromium", "chrome", "chromium-headless-shell", "headless_shell", "chrome-headless-shell"}
+)
 
 
 def _executable(pid: int) -> str:

@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     #: Multiplies every catalogue timeout (tests shrink it; 1.0 in production).
     step_timeout_scale: float = Field(default=1.0, gt=0)
 
-    #: Browser steps: Chromium to launch (Playwright's own where installed, else Debian's).
+    #: Browser steps: the Chromium to launch (`chromium_path`: by default a headless shell).
     chromium_executable: str | None = None
     browser_headless: bool = True
     #: How many browser steps may run at once across every worker (a Prefect global
@@ -278,11 +278,16 @@ class Settings(BaseSettings):
         return frozenset({"platform_api_key", "onboarding_api_key", "cdn_api_key"})
 
     def chromium_path(self) -> str | None:
-        """The Chromium to launch: the setting, else Playwright's own if present, else
-        Debian's; None lets Playwright decide. Never downloads a browser."""
+        """The Chromium to launch: the setting; else, headless, a headless shell (Chromium's
+        headless mode as a program of its own, as Playwright itself launches headless: less
+        than half a full Chromium's CPU a launch, docs/figures.md), Playwright's or
+        Debian's; else Playwright's own Chromium or Debian's; None lets Playwright decide.
+        Never downloads a browser."""
         if self.chromium_executable:
             return self.chromium_executable
-        for candidate in (_playwright_chromium(), "/usr/bin/chromium"):
+        full = (_playwright_browser(PLAYWRIGHT_CHROMIUM), "/usr/bin/chromium")
+        shell = (_playwright_browser(PLAYWRIGHT_SHELL), "/usr/bin/chromium-headless-shell")
+        for candidate in (*shell, *full) if self.browser_headless else full:
             if candidate and Path(candidate).exists():
                 return candidate
         return None
@@ -339,10 +344,18 @@ def _split_keys(value: str) -> list[str]:
     return [key.strip() for key in value.split(",") if key.strip()]
 
 
-def _playwright_chromium() -> str | None:
-    """Where Playwright's own Chromium would be, without starting anything."""
+#: Where Playwright installs its Chromium and its headless shell (by version).
+PLAYWRIGHT_CHROMIUM = ("chromium-*/chrome-linux*/chrome",)
+PLAYWRIGHT_SHELL = (
+    "chromium_headless_shell-*/chrome-linux*/headless_shell",
+    "chromium_headless_shell-*/chrome-headless-shell-linux*/chrome-headless-shell",
+)
+
+
+def _playwright_browser(patterns: tuple[str, ...]) -> str | None:
+    """Where Playwright's own browser would be, without starting anything."""
     base = Path(os.environ.get("PLAYWRIGHT_BROWSERS_PATH", Path.home() / ".cache/ms-playwright"))
-    found = sorted(base.glob("chromium-*/chrome-linux*/chrome"))
+    found = sorted(path for pattern in patterns for path in base.glob(pattern))
     return str(found[-1]) if found else None
 
 

@@ -153,7 +153,6 @@ class HostSystem:
             "PREFECT_HOME": str(self.state(host) / "prefect"),
             "REGJOBS_STEP_MODE": self.step_mode,
             "REGJOBS_BROWSER_LIMIT": str(BROWSER_LIMIT),
-            "REGJOBS_CHROMIUM_EXECUTABLE": "/usr/bin/chromium",
             "REGJOBS_WARM_PROCESSES": "1",
             "REGJOBS_PLATFORM_API_URL": f"{standin}/platform",
             "REGJOBS_PLATFORM_API_KEY": "hosts-platform-key",

@@ -115,3 +115,26 @@ def test_links_and_body_limits_have_defaults(tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path)
     assert settings.evidence_link_ttl_seconds == 24 * 3600
     assert settings.max_body_bytes == 256 * 1024
+
+
+def test_headless_runs_launch_a_headless_shell_headed_ones_chromium(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Playwright's own browsers first (as Playwright launches them: a headless shell when
+    headless), whatever Debian has; the setting over both."""
+    monkeypatch.setenv("PLAYWRIGHT_BROWSERS_PATH", str(tmp_path))
+    shell = tmp_path / "chromium_headless_shell-1187/chrome-linux/headless_shell"
+    chrome = tmp_path / "chromium-1187/chrome-linux/chrome"
+    for path in (shell, chrome):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"")
+
+    assert Settings(state_dir=tmp_path).chromium_path() == str(shell)
+    assert Settings(state_dir=tmp_path, browser_headless=False).chromium_path() == str(chrome)
+    chosen = Settings(state_dir=tmp_path, chromium_executable="/opt/my/chrome")
+    assert chosen.chromium_path() == "/opt/my/chrome"
+    shell.unlink()
+    assert Settings(state_dir=tmp_path).chromium_path() in (
+        "/usr/bin/chromium-headless-shell",  # Debian's, where installed
+        str(chrome),
+    )

@@ -29,6 +29,7 @@ from regjobs.catalogue import STEP_IDS
 from regjobs.settings import PROJECT_DIR
 from tests.helpers import (
     FINAL_JOB,
+    NO_MENU,
     as_nobody,
     create,
     effects,
@@ -271,13 +272,13 @@ def test_a_running_systems_files_are_private_and_stopping_ends_every_process(
     tmp_path: Path,
 ) -> None:
     """Started from a shell with the usual umask (0022) on a state folder an older version
-    left world-readable, the launcher runs a job in direct mode whose browser step fails
-    once (a screenshot stored): every folder under the state folder is then 0700 and every
-    file 0600 (the databases and their WAL, the logs, the secret key, launcher.json and its
-    lock, Prefect's home, the warm pool's socket), and the socket refuses `nobody`. Stopped
-    while two jobs' browser steps run, it ends every process it caused, Chromium included,
-    and `regjobs` then says no system runs there. (One launcher for both: a start costs a
-    loaded CI machine one to three minutes.)"""
+    left world-readable, the launcher runs a job in direct mode (without a menu, which is
+    not the subject) whose browser step fails once (a screenshot stored): every folder
+    under the state folder is then 0700 and every file 0600 (the databases and their WAL,
+    the logs, the secret key, launcher.json and its lock, Prefect's home, the warm pool's
+    socket), and the socket refuses `nobody`. Stopped while two jobs' browser steps run, it
+    ends every process it caused, Chromium included, and `regjobs` then says no system
+    runs there. (One launcher for both: a start costs a loaded CI machine one to three minutes.)"""
     state = tmp_path / "state"
     state.mkdir()
     os.chmod(state, 0o755)
@@ -303,11 +304,19 @@ def test_a_running_systems_files_are_private_and_stopping_ends_every_process(
 
 def _files_are_private(system: Launched) -> None:
     state = system.state_dir
-    fault(system.standin, step="item_tags", mode="hide_element", element="#flash", times=1)
-    job_id = create(system.api, "modes-1", **own_accounts("modes-1"))
+    # The files' subject is not the menu: a job without one (four browser steps), whose
+    # services settings fail once.
+    fault(
+        system.standin,
+        step="services_configuration",
+        mode="hide_element",
+        element="#save-services",
+        times=1,
+    )
+    job_id = create(system.api, "modes-1", menu=NO_MENU, **own_accounts("modes-1"))
     job = watch_job(system.api, job_id, timeout=240).job
     assert job["status"] == "completed", job["error_message"]
-    assert len(steps_by_id(job)["item_tags"]["evidence"]) == 1  # a screenshot stored
+    assert len(steps_by_id(job)["services_configuration"]["evidence"]) == 1  # a screenshot
     found = {str(p.relative_to(state)): p for p in state.rglob("*")}
     for expected in (
         "regjobs.db",

@@ -19,7 +19,7 @@ from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import StateType, TaskRun
 
 from deployments.pids import alive, processes_with_env
 from regjobs.catalogue import STEP_IDS, STEPS
@@ -818,6 +818,33 @@ def step_of(name: str) -> str:
     `<task name>-<3 hex>` and renames it to its `task_run_name` as it starts; a marker run
     that ends at once was seen to keep the first name ('Option sets-6fb')."""
     return _LABELS[name] if name in _LABELS else _LABELS[re.sub(r"-[0-9a-f]{3}$", "", name)]
+
+
+def task_runs(
+    flow_run_id: str, steps: Iterable[str] = STEP_IDS, *, timeout: float = 30
+) -> dict[str, TaskRun]:
+    """The flow run's task runs by step id (their names are the steps' labels), once each of
+    `steps` has one and every one is in a final state: Prefect records task runs and their
+    states from their events, a moment after the flow run may have ended (CI read a step's
+    task run `Running`, and another's final message empty, after their jobs had ended)."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    wanted = set(steps)
+
+    def read() -> dict[str, TaskRun] | None:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)]))
+            )
+        by_step = {step_of(r.name): r for r in runs}
+        assert len(by_step) == len(runs), [r.name for r in runs]
+        ended = all(r.state is not None and r.state.is_final() for r in runs)
+        return by_step if wanted <= by_step.keys() and ended else None
+
+    found: dict[str, TaskRun] = wait_for(
+        read, timeout=timeout, what=f"the task runs of {sorted(wanted)}, in a final state"
+    )
+    return found
 
 
 def forget_settings() -> None:

@@ -17,8 +17,6 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterKey,
-    FlowRunFilter,
-    FlowRunFilterId,
 )
 from prefect.client.schemas.objects import (
     Artifact,
@@ -41,8 +39,8 @@ from tests.helpers import (
     flow_run_state,
     hold_step,
     job_events,
-    step_of,
     steps_by_id,
+    task_runs,
     wait_for,
     watch_job,
 )
@@ -75,28 +73,6 @@ def latest_artifact(key: str, shows: str | float = "", *, timeout: float = 15) -
     except AssertionError as missing:
         raise AssertionError(f"{missing}; its versions: {seen}") from None
     return artifact
-
-
-def task_runs(flow_run_id: str, *, timeout: float = 30) -> dict[str, TaskRun]:
-    """The flow run's task runs by step id (their names are the steps' labels), once every
-    step has one in a final state: Prefect records task runs and their states from their
-    events, a moment after the flow run may have ended (CI once read a step's task run
-    `Running` after its job had ended `failed`)."""
-
-    def read() -> dict[str, TaskRun] | None:
-        with get_client(sync_client=True) as client:
-            runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)]))
-            )
-        by_step = {step_of(r.name): r for r in runs}
-        assert len(by_step) == len(runs), [r.name for r in runs]
-        ended = all(r.state is not None and r.state.is_final() for r in runs)
-        return by_step if len(by_step) >= len(STEP_IDS) and ended else None
-
-    found: dict[str, TaskRun] = wait_for(
-        read, timeout=timeout, what="every step's task run, in a final state"
-    )
-    return found
 
 
 def assert_edges_match_catalogue(runs: dict[str, TaskRun]) -> None:

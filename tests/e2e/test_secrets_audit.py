@@ -26,6 +26,7 @@ from tests.helpers import (
     png_colour_count,
     secrets_haystacks,
     steps_by_id,
+    task_runs,
     wait_for_person,
     watch_job,
 )
@@ -33,18 +34,11 @@ from tests.helpers import (
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("direct_mode")]
 
 
-def task_run_messages(job: dict[str, Any]) -> dict[str, str]:
-    """The final state message of each task run of the job's flow run, by task name."""
-    from uuid import UUID
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(job["flow_run_id"])]))
-        )
-    return {r.name: (r.state.message or "") if r.state else "" for r in runs}
+def task_run_messages(job: dict[str, Any], *steps: str) -> dict[str, str]:
+    """The final state message of the job's task runs, by task name, once each of `steps`
+    has a task run in a final state."""
+    runs = task_runs(job["flow_run_id"], steps)
+    return {r.name: (r.state.message or "") if r.state else "" for r in runs.values()}
 
 
 def test_a_password_field_that_cannot_be_filled_leaks_nothing(
@@ -67,7 +61,7 @@ def test_a_password_field_that_cannot_be_filled_leaks_nothing(
     assert (step["status"], step["attempts"]) == ("failed", 4), step
     assert step["error_message"].startswith("TimeoutError: Locator.fill: Timeout"), step
     assert "Call log" not in step["error_message"]
-    messages = task_run_messages(job)
+    messages = task_run_messages(job, "restaurant_registration")
     assert "StepAttemptFailed" in messages["Restaurant registration"], messages
     assert len(step["evidence"]) == 4
 
@@ -111,7 +105,7 @@ def test_an_outside_system_that_echoes_the_password_leaks_nothing(
     # The echo arrived, and was masked before it went anywhere.
     assert "injected fault: rejected" in user["error_message"]
     assert MASK in user["error_message"]
-    messages = task_run_messages(job)
+    messages = task_run_messages(job, "onboarding_user")
     assert "StepAttemptFailed" in messages["Onboarding user"], messages
     assert MASK in messages["Onboarding user"]
     echoed = [c for c in standin.get("/_control/calls").json() if c["fault"] == "echo"]

@@ -10,14 +10,23 @@ run finds the code on the worker's machine, decided there when the run starts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 from prefect.automations import Automation
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import (
+    GlobalConcurrencyLimitCreate,
+    GlobalConcurrencyLimitUpdate,
+    WorkPoolCreate,
+)
 from prefect.events.actions import ActionTypes, DoNothing, SendNotification
 from prefect.events.schemas.automations import EventTrigger, Posture
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
 
 from regjobs import release
 from regjobs.observe import WAITING_EVENT
@@ -76,26 +85,41 @@ def _run(args: list[str]) -> str:
     return result.stdout
 
 
-def _exists(args: list[str]) -> bool:
-    try:
-        _run(args)
-    except RuntimeError:
-        return False
-    return True
-
-
 def set_up(settings: Settings) -> None:
-    if not _exists([*PREFECT, "work-pool", "inspect", settings.work_pool]):
-        _run([*PREFECT, "work-pool", "create", settings.work_pool, "--type", "process"])
-    # One limit for the browser steps of every worker on every machine.
-    limit = [settings.browser_limit_name, "--limit", str(settings.browser_limit)]
-    if _exists([*PREFECT, "gcl", "inspect", settings.browser_limit_name]):
-        _run([*PREFECT, "gcl", "update", *limit])
-    else:
-        _run([*PREFECT, "gcl", "create", *limit])
+    asyncio.run(_pool_and_limit(settings))
     _run([*PREFECT, "--no-prompt", "deploy", "--all"])
     alert_automation(settings)
     waiting_automation(settings)
+
+
+async def _pool_and_limit(settings: Settings) -> None:
+    """The work pool (a process pool with Prefect's default job template, as `prefect
+    work-pool create --type process` makes it) and the browser limit, one for the browser
+    steps of every worker on every machine: made, or the limit brought up to date, through
+    Prefect's client (four CLI processes did this, each one importing Prefect, ~2 s). A
+    set-up running at the same moment may make either first."""
+    async with get_client() as client:
+        try:
+            await client.read_work_pool(settings.work_pool)
+        except ObjectNotFound:
+            template = await get_default_base_job_template_for_infrastructure_type("process")
+            pool = WorkPoolCreate(
+                name=settings.work_pool, type="process", base_job_template=template
+            )
+            with contextlib.suppress(ObjectAlreadyExists):
+                await client.create_work_pool(work_pool=pool)
+        name, limit = settings.browser_limit_name, settings.browser_limit
+        try:
+            await client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):
+                await client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=limit)
+                )
+                return
+        await client.update_global_concurrency_limit(
+            name, GlobalConcurrencyLimitUpdate(limit=limit)
+        )
 
 
 #: The example automation the set-up makes (README, "Operating it with Prefect").

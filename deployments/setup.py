@@ -26,7 +26,7 @@ from prefect.client.schemas.actions import (
 from prefect.events.actions import ActionTypes, DoNothing, SendNotification
 from prefect.events.schemas.automations import EventTrigger, Posture
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
+from prefect.workers.process import ProcessWorker
 
 from regjobs import release
 from regjobs.observe import WAITING_EVENT
@@ -102,9 +102,10 @@ async def _pool_and_limit(settings: Settings) -> None:
         try:
             await client.read_work_pool(settings.work_pool)
         except ObjectNotFound:
-            template = await get_default_base_job_template_for_infrastructure_type("process")
             pool = WorkPoolCreate(
-                name=settings.work_pool, type="process", base_job_template=template
+                name=settings.work_pool,
+                type=ProcessWorker.type,
+                base_job_template=ProcessWorker.get_default_base_job_template(),
             )
             with contextlib.suppress(ObjectAlreadyExists):
                 await client.create_work_pool(work_pool=pool)

@@ -1,5 +1,5 @@
 """The reconciler's own decisions against the real job database, with Prefect replaced by a
-recording stand-in (the real thing: tests/e2e/test_browser.py, test_replicas.py)."""
+recording stand-in (the real thing: tests/e2e/test_browser_slots.py, test_replicas.py)."""
 
 from __future__ import annotations
 

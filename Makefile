@@ -33,7 +33,6 @@ chromium:
 # own Prefect server, worker, stand-in, API, state folder and ports); the `serial` tests,
 # which measure time against their system's own load, run first, one at a time. TEST_MARK selects
 # (e.g. 'database and not slow'); pytest's exit 5 (no test selected) is not a failure here.
-# SERIAL_DONE: a file made once the serial tests have run (CI starts its other passes then).
 TEST_WORKERS ?= 3
 TEST_MARK ?=
 _and = $(if $(TEST_MARK),($(TEST_MARK)) and ,)
@@ -43,7 +42,6 @@ test: $(STAMP) chromium
 	@status=0; \
 	$(BIN)/python -m pytest -p no:xdist --ignore=tests/hosts -m "$(_and)serial" $(PYTEST_ARGS) \
 	  || { code=$$?; [ $$code -eq 5 ] || status=$$code; }; \
-	$(if $(SERIAL_DONE),touch $(SERIAL_DONE);) \
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --ignore=tests/hosts -m "$(_and)not serial" $(PYTEST_ARGS) \
 	  || { code=$$?; [ $$code -eq 5 ] || status=$$code; }; \
 	exit $$status

@@ -301,9 +301,12 @@ def end_leftover_jobs(*, timeout: float = 90) -> list[str]:
 
 
 def flow_run_logs(flow_run_id: str | UUID, *, to_end: bool = True) -> list[Any]:
-    """The log lines Prefect stored for a flow run. Logs reach Prefect in batches, after the
-    run's final state: with `to_end`, wait until the engine's last line ("Finished in
-    state ...") is there, so no later line is missed."""
+    """The log lines Prefect stored for a flow run. Logs reach Prefect in batches (every 2 s),
+    some after the run's final state: with `to_end`, wait until no process of the run is left
+    (each sends what it holds before it exits) and the engine's last line ("Finished in state
+    ...") is there, so no later line is missed. (A run suspended waiting for a person has two
+    processes: the first one's "Finished in state Suspended(...)" comes long before the
+    resumed one's lines.)"""
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
     run_id = UUID(str(flow_run_id))
@@ -312,22 +315,18 @@ def flow_run_logs(flow_run_id: str | UUID, *, to_end: bool = True) -> list[Any]:
         with get_client(sync_client=True) as client:
             return list(client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))))
 
+    def to_its_end() -> list[Any] | None:
+        if flow_run_pids(str(run_id)):
+            return None
+        found = read()
+        finished = (
+            log.task_run_id is None and log.message.startswith("Finished in state") for log in found
+        )
+        return found if any(finished) else None
+
     if not to_end:
         return read()
-    return list(
-        wait_for(
-            lambda: (
-                (found := read())
-                and any(
-                    log.task_run_id is None and log.message.startswith("Finished in state")
-                    for log in found
-                )
-                and found
-            ),
-            timeout=30,
-            what=f"the logs of flow run {run_id} up to its end",
-        )
-    )
+    return list(wait_for(to_its_end, timeout=30, what=f"the logs of flow run {run_id} to its end"))
 
 
 def flow_run_pids(flow_run_id: str) -> list[int]:

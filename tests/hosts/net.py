@@ -16,11 +16,14 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 PREFIX = "rjh-"
 #: The private subnet of the test hosts (a /24; the bridge is .1).
@@ -111,7 +114,12 @@ class Network:
 
 
 def clean() -> None:
-    """Remove every `rjh-` namespace (killing its processes) and bridge on the machine."""
+    """Remove every `rjh-` namespace (killing its processes) and bridge on the machine, and
+    the test hosts' folders a run ended at its bound left (`harness.HostSystem.root`; kept
+    where REGJOBS_HOSTS_KEEP asks for them)."""
+    if not os.environ.get("REGJOBS_HOSTS_KEEP"):
+        for folder in Path(tempfile.gettempdir()).glob("regjobs-hosts-*"):
+            shutil.rmtree(folder, ignore_errors=True)
     for line in ip("netns", "list", check=False).splitlines():
         name = line.split()[0] if line.split() else ""
         if name.startswith(PREFIX):

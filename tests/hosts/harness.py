@@ -39,7 +39,7 @@ from deployments.pids import browser_processes, chromium_processes
 from deployments.prefect_server import new_auth_string
 from regjobs.settings import PROJECT_DIR
 from tests.hosts import units
-from tests.hosts.net import Host, Network
+from tests.hosts.net import FOLDER_PREFIX, Host, Network
 
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), Path("/usr/bin"))
 #: Addresses' last octet.
@@ -68,7 +68,7 @@ class Proc:
 
 @dataclass
 class HostSystem:
-    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="regjobs-hosts-")))
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX)))
     net: Network = field(default_factory=Network)
     procs: dict[tuple[str, str], Proc] = field(default_factory=dict)
     secret_key: str = field(default_factory=lambda: Fernet.generate_key().decode())

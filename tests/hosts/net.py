@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PREFIX = "rjh-"
+#: The start of a test hosts' folder's name, in the temporary folder (`HostSystem.root`).
+FOLDER_PREFIX = "regjobs-hosts-"
 #: The private subnet of the test hosts (a /24; the bridge is .1).
 SUBNET = "10.231.0"
 
@@ -118,7 +120,7 @@ def clean() -> None:
     the test hosts' folders a run ended at its bound left (`harness.HostSystem.root`; kept
     where REGJOBS_HOSTS_KEEP asks for them)."""
     if not os.environ.get("REGJOBS_HOSTS_KEEP"):
-        for folder in Path(tempfile.gettempdir()).glob("regjobs-hosts-*"):
+        for folder in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*"):
             shutil.rmtree(folder, ignore_errors=True)
     for line in ip("netns", "list", check=False).splitlines():
         name = line.split()[0] if line.split() else ""

@@ -314,7 +314,6 @@ async def _attempt(step: catalogue.Step, task_run: TaskRun | None) -> dict[str, 
     evidence: list[bytes] = []
     attempt = await _begin(step, task_run, evidence)
     logger = get_run_logger()
-    emit_step(job_id, step_id, StepStatus.RUNNING, attempt=attempt.number)
     if attempt.not_before is not None:
         # A pause an outside system asked for that this process has not waited out (an
         # earlier flow run recorded it).
@@ -393,7 +392,6 @@ async def _attempt(step: catalogue.Step, task_run: TaskRun | None) -> dict[str, 
         time.monotonic() - began,
         f": {summary}" if summary else "",
     )
-    emit_step(job_id, step_id, StepStatus.COMPLETED, attempt=attempt.number, result=summary)
     return result
 
 

@@ -800,13 +800,30 @@ def job_events(job_id: str) -> set[tuple[str, str | None]]:
         event=EventNameFilter(prefix=["regjobs."]),
         resource=EventResourceFilter(id_prefix=[f"regjobs.job.{job_id}"]),
     )
+    return {(e.event, e.resource.get("regjobs.step")) for e in stored_events(wanted)}
+
+
+def stored_events(wanted: Any) -> list[Any]:
+    """Every event Prefect has stored that the filter (an `EventFilter`) matches."""
     with get_client(sync_client=True) as client:
         page = client.read_events(filter=wanted, limit=50)
         events = list(page.events)
         while page.next_page:
             page = client.read_events_page(str(page.next_page))
             events += page.events
-    return {(e.event, e.resource.get("regjobs.step")) for e in events}
+    return events
+
+
+def task_run_events(flow_run_id: str, state: str) -> list[str]:
+    """The task-run names of Prefect's own `prefect.task-run.<state>` events of a flow run
+    (what an automation on a step's start or end matches)."""
+    from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
+
+    wanted = EventFilter(
+        event=EventNameFilter(name=[f"prefect.task-run.{state}"]),
+        related=EventRelatedFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
+    )
+    return [str(e.resource.get("prefect.resource.name")) for e in stored_events(wanted)]
 
 
 _LABELS = {s.label: s.id for s in STEPS}

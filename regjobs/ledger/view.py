@@ -13,6 +13,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from regjobs import translate
+from regjobs.catalogue import StepStatus
 from regjobs.ledger.rows import (
     JobNotFound,
     _job,
@@ -49,11 +50,20 @@ def _publish(
     then one for the job if its own state changed; the version counts the events. `rows`:
     the job's step rows, if the caller has them all."""
     rows = list(rows) if rows is not None else list(_steps(session, job.id).values())
-    # A screenshot belongs to an attempt: a job none of whose steps was tried has none.
-    shots = evidence_index(session, job_id=job.id) if any(r.attempts for r in rows) else {}
+    shots = evidence_index(session, job_id=job.id) if any(map(_may_have_evidence, rows)) else {}
     events = _render(job, rows, shots)
     if events:
         session.execute(insert(_table(JobEvent)), events)
+
+
+def _may_have_evidence(row: RegistrationJobStep) -> bool:
+    """Whether a screenshot of the step may be kept: only a failed attempt leaves one
+    (`attempts.fail_attempt`), so none for a step never tried, nor for one whose only
+    attempt is running or completed (a successful job's every write, which then reads
+    no evidence)."""
+    if row.attempts == 0:
+        return False
+    return row.attempts > 1 or row.status not in (StepStatus.RUNNING, StepStatus.COMPLETED)
 
 
 def _render(

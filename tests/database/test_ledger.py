@@ -762,3 +762,51 @@ def test_a_step_that_needs_a_person_keeps_the_fields_until_it_runs_again() -> No
     transaction(ledger.cancel_job, job_id=job_id)
     transaction(ledger.retry_job, job_id=job_id, from_step=None)
     assert fields() == ("pending", None, None)
+
+
+def test_a_failed_attempts_screenshot_stays_in_the_view_through_cancel_retry_and_success() -> None:
+    """The view reads the screenshots only when one may exist (a failed attempt left it):
+    it keeps showing the first attempt's through every later write of the step, also once
+    the step is queued again with that one attempt, and a step never tried shows none."""
+    job_id = new_job()
+    step = "restaurant_registration"
+
+    def evidence() -> dict[str, list[tuple[int, int]]]:
+        return {
+            s["step_id"]: [(e["attempt"], e["evidence_id"]) for e in s["evidence"]]
+            for s in view_of(job_id)["steps"]
+        }
+
+    def only(shots: list[tuple[int, int]]) -> dict[str, list[tuple[int, int]]]:
+        return {s: shots if s == step else [] for s in STEP_IDS}
+
+    first = begin(job_id)
+    one = transaction(
+        ledger.start_attempt, job_id=job_id, epoch=first.epoch, step_id=step,
+        flow_run_id="flow-run-1", task_run_id=None,
+    )  # fmt: skip
+    assert evidence() == only([])
+    shot = transaction(
+        ledger.fail_attempt, job_id=job_id, epoch=first.epoch, step_id=step,
+        attempt=one.number, error=Classified(ErrorClass.RETRYABLE, "the portal timed out"),
+        will_retry=True, evidence=b"\x89PNG screenshot",
+    )  # fmt: skip
+    assert shot is not None
+    kept = [(one.number, shot)]
+    assert evidence() == only(kept)
+    transaction(ledger.cancel_job, job_id=job_id)
+    transaction(ledger.retry_job, job_id=job_id, from_step=None)
+    # Queued again with its one (failed) attempt.
+    assert next(s for s in view_of(job_id)["steps"] if s["step_id"] == step)["attempts"] == 1
+    assert evidence()[step] == kept
+    second = begin(job_id, "flow-run-2", generation=2)
+    two = transaction(
+        ledger.start_attempt, job_id=job_id, epoch=second.epoch, step_id=step,
+        flow_run_id="flow-run-2", task_run_id=None,
+    )  # fmt: skip
+    assert evidence()[step] == kept
+    transaction(
+        ledger.complete_attempt, job_id=job_id, epoch=second.epoch, step_id=step,
+        attempt=two.number, result={"restaurant_id": "r-1"}, warning=None,
+    )  # fmt: skip
+    assert evidence() == only(kept)

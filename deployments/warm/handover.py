@@ -113,12 +113,15 @@ def launch(argv: list[str]) -> NoReturn:
 # ------------------------------------------------------------------------ warm process
 
 
-def serve(path: str) -> NoReturn:
-    """Import what every flow run needs, then wait for one flow run and run it."""
+def serve(path: str, settings: tuple[Any, dict[str, str]] | None = None) -> NoReturn:
+    """Import what every flow run needs, then wait for one flow run and run it. `settings`:
+    Prefect's, as `prefect_engine.prefect_settings` built them from this process's
+    environment (a forked pool's, built once before it forked), else built here."""
     from deployments.warm import prefect_engine
 
     prefect_engine.warm_up()
-    settings = prefect_engine.prefect_settings()
+    if settings is None:
+        settings = prefect_engine.prefect_settings()
     client = prefect_engine.prefect_client()
 
     pool = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -35,16 +35,23 @@ def pool(path: str, size: int, fork: bool = True) -> None:
     until written). That is safe because the pool never runs Prefect's engine, a client or
     anything else that starts a thread: it stays one thread (checked before every fork,
     threads of Python's and of the kernel's count), so no lock can be held by a thread the
-    child would not have (what PrefectHQ/prefect#16802 hit). Each child then makes its own
-    settings, database connection and Prefect client. Without `fork` (or if the pool ever
-    has a second thread) each warm process is a new interpreter (spawned).
+    child would not have (what PrefectHQ/prefect#16802 hit). Prefect's settings are built
+    here once too; each child then makes its own database connection and Prefect client.
+    Without `fork` (or if the pool ever has a second thread) each warm process is a new
+    interpreter (spawned).
 
     When the pool stops, the warm processes it started that were not handed a flow run
     (waiting, or still starting) end with it; those running a flow run go on."""
+    settings = None
     if fork:
         from deployments.warm import prefect_engine
 
         prefect_engine.imports()
+        # Prefect's settings as the warm processes' environment (this one's, unchanged
+        # until a hand-over) gives them: built once here, not in each warm process (about
+        # a fifth of the warm processes' samples, docs/figures.md "Against Prefect itself,
+        # tenth session"). Plain data, no thread.
+        settings = prefect_engine.prefect_settings()
     selector = selectors.DefaultSelector()
     server = _listen(path)
     selector.register(server, selectors.EVENT_READ)
@@ -75,7 +82,7 @@ def pool(path: str, size: int, fork: bool = True) -> None:
                     server.close()
                     for conn in [*(c for c, _ in idle), *(c for c, _ in waiting)]:
                         conn.close()
-                    handover.serve(path)
+                    handover.serve(path, settings)
                 finally:
                     os._exit(1)
             children[pid] = None

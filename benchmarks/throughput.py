@@ -372,14 +372,38 @@ def registration_walls(stack: Stack, runs: int) -> list[float]:
     return found
 
 
+#: Prefect's parts that go on working after a burst's last job ended: its services persist
+#: the burst's events and task-run states from their queue, the server answers them.
+SETTLING = ("prefect server", "prefect services")
+
+
+def settle(stack: Stack, rate: float = 0.3, bound: float = 120.0) -> float:
+    """Wait until Prefect's server and services together use less than `rate` CPU s a
+    second (over 1-s windows, twice in a row: the backlog of what came before is done), at
+    most `bound` seconds; how long it took."""
+    started = time.monotonic()
+    last, calm = sum(cpu_by_part(stack).get(p, 0.0) for p in SETTLING), 0
+    while calm < 2 and time.monotonic() - started < bound:
+        time.sleep(1.0)
+        now = sum(cpu_by_part(stack).get(p, 0.0) for p in SETTLING)
+        calm = calm + 1 if now - last < rate else 0
+        last = now
+    return time.monotonic() - started
+
+
 def measured_burst(stack: Stack, run: Callable[[], dict[str, int]]) -> Figures:
-    """CPU by part and makespan of `run` (a burst, every job to its end)."""
-    time.sleep(2)  # what came before settles
+    """CPU by part and makespan of `run` (a burst, every job to its end). The CPU is
+    counted from a settled system until the system settles again after the last job ended
+    (the work its jobs left to Prefect's services is the burst's, not the next one's);
+    the makespan ends with the last job."""
+    settle(stack)
     before = cpu_by_part(stack)
     started = time.monotonic()
     ended = run()
     makespan = time.monotonic() - started
+    tail = settle(stack)
     after = cpu_by_part(stack)
+    print(f"  (settled {tail:.0f} s after the last job ended)", flush=True)
     cpu = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     return Figures(cpu=cpu, makespan=makespan, ended=ended)
 

@@ -381,11 +381,15 @@ def settle(stack: Stack, rate: float = 0.3, bound: float = 120.0) -> float:
     """Wait until Prefect's server and services together use less than `rate` CPU s a
     second (over 1-s windows, twice in a row: the backlog of what came before is done), at
     most `bound` seconds; how long it took."""
+
+    def used() -> float:
+        return sum(cpu_by_part(stack).get(p, 0.0) for p in SETTLING)
+
     started = time.monotonic()
-    last, calm = sum(cpu_by_part(stack).get(p, 0.0) for p in SETTLING), 0
+    last, calm = used(), 0
     while calm < 2 and time.monotonic() - started < bound:
         time.sleep(1.0)
-        now = sum(cpu_by_part(stack).get(p, 0.0) for p in SETTLING)
+        now = used()
         calm = calm + 1 if now - last < rate else 0
         last = now
     return time.monotonic() - started

@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import sys
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -123,7 +124,7 @@ def test_summary_progress_and_graph_of_a_completed_and_a_failed_job(
 
     for state in ("Running", "Completed"):
         wait_for(
-            lambda: named(state),  # noqa: B023 (called at once, in this iteration)
+            partial(named, state),
             timeout=30,
             what=f"Prefect's prefect.task-run.{state} events of the job's steps",
         )

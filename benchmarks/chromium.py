@@ -43,7 +43,7 @@ async def launches(executable: str, n: int) -> dict[str, float]:
             await page.set_content(PAGE)
             for i in range(5):
                 await page.fill(f"input[name=a{i}]", "Café «Ünïcode» & <b>markup</b>")
-            await masked_screenshot(page)
+            await masked_screenshot(page, 30)
             await context.close()
             await browser.close()
         wall = time.perf_counter() - started

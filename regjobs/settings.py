@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     release_worker_gone_seconds: float = Field(default=30.0, gt=0)
     #: Waiting for one element or one navigation in the portal.
     browser_action_timeout_seconds: float = Field(default=15.0, gt=0)
+    #: Taking the screenshot of a failed attempt: its own bound, not the action's, since it
+    #: is taken when the page (or the machine) was too slow for an action.
+    browser_screenshot_timeout_seconds: float = Field(default=30.0, gt=0)
     #: Where operators reach the API (links to evidence in Prefect artifacts).
     public_api_url: str = "http://127.0.0.1:8000"
 

@@ -124,9 +124,13 @@ class BrowserPool:
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 
-async def masked_screenshot(page: Page) -> bytes:
+async def masked_screenshot(page: Page, timeout_seconds: float) -> bytes:
     """The whole page as PNG, every password field painted over."""
-    return await page.screenshot(full_page=True, mask=[page.locator("input[type=password]")])
+    return await page.screenshot(
+        full_page=True,
+        mask=[page.locator("input[type=password]")],
+        timeout=timeout_seconds * 1000,
+    )
 
 
 def sweep() -> None:

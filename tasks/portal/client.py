@@ -9,6 +9,8 @@ import functools
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, ClassVar
 
+from prefect.logging import get_run_logger
+
 from regjobs.errors import AlreadyDone
 from tasks.browser import BrowserPool, masked_screenshot
 from tasks.clients.http import TRACE_HEADER
@@ -40,8 +42,18 @@ class BrowserPortal:
             except AlreadyDone:
                 raise
             except BaseException:
-                with contextlib.suppress(Exception):
-                    call.evidence.append(await masked_screenshot(page))
+                timeout = self.browser.settings.browser_screenshot_timeout_seconds
+                try:
+                    call.evidence.append(await masked_screenshot(page, timeout))
+                except Exception as error:
+                    # The attempt's own failure is what counts; the missing screenshot
+                    # is said, not silent.
+                    reason = (str(error).splitlines() or [""])[0]
+                    get_run_logger().warning(
+                        "no screenshot of the failed attempt: %s: %s",
+                        type(error).__name__,
+                        reason,
+                    )
                 raise
 
     async def register_restaurant(

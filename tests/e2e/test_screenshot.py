@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import pytest
 
 from regjobs.settings import Settings
 from tasks.browser import BrowserPool, masked_screenshot
+from tasks.clients.interfaces import Call, Login
+from tasks.portal import client
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +28,7 @@ def shots(tmp_path: Path, secrets: list[str]) -> list[bytes]:
             for secret in secrets:
                 async with pool.page() as page:
                     await page.set_content(PAGE.format(secret=secret))
-                    result.append(await masked_screenshot(page))
+                    result.append(await masked_screenshot(page, 30))
             return result
         finally:
             await pool.close()
@@ -55,3 +58,47 @@ def test_a_pool_leaves_the_process_able_to_start_another_playwright(tmp_path: Pa
             assert browser.new_page().evaluate("1 + 1") == 2
         finally:
             browser.close()
+
+
+async def _no_progress(_: str) -> None:
+    return None
+
+
+def failed_attempt(tmp_path: Path, *, close_page: bool) -> Call:
+    """An attempt whose step fails inside a portal session (its page closed first, or not);
+    the step's own error must come out either way."""
+
+    async def attempt() -> Call:
+        pool = BrowserPool(Settings(state_dir=tmp_path), "screenshot-fail")
+        portal = client.BrowserPortal(pool, "http://127.0.0.1:9")
+        call = Call(trace="job:step", idempotency_key="key", progress=_no_progress)
+        try:
+            with pytest.raises(RuntimeError, match="the step's own failure"):
+                async with portal.session(call, Login("owner@example.com", "pw")) as session:
+                    await session.page.set_content("<p>Café Ünïcode</p>")
+                    if close_page:
+                        await session.page.close()
+                    raise RuntimeError("the step's own failure")
+        finally:
+            await pool.close()
+        return call
+
+    return asyncio.run(attempt())
+
+
+def test_a_failed_attempt_keeps_its_screenshot(tmp_path: Path) -> None:
+    call = failed_attempt(tmp_path, close_page=False)
+    assert len(call.evidence) == 1
+    assert call.evidence[0].startswith(b"\x89PNG")
+
+
+def test_a_screenshot_that_cannot_be_taken_is_logged_and_the_failure_stands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once, under load, an attempt's screenshot was dropped without a word (it shared the
+    3 s action timeout): now it has its own bound, and a missing one is logged."""
+    monkeypatch.setattr(client, "get_run_logger", lambda: logging.getLogger("test.portal"))
+    with caplog.at_level(logging.WARNING, logger="test.portal"):
+        call = failed_attempt(tmp_path, close_page=True)
+    assert call.evidence == []
+    assert "no screenshot of the failed attempt" in caplog.text

@@ -9,6 +9,8 @@ import logging
 import resource
 import select
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -194,3 +196,21 @@ def test_each_api_process_is_configured_with_the_bounds(monkeypatch: pytest.Monk
     assert config.limit_concurrency == 1500
     assert isinstance(config.http, type) and issubclass(config.http, HeaderTimeoutProtocol)
     assert config.http.header_timeout == 4
+
+
+def test_loading_the_app_leaves_uvicorns_logging_as_uvicorn_set_it() -> None:
+    """uvicorn configures its loggers, then imports the app. Importing `prefect` itself (its
+    `__getattr__`, as `from prefect import x` does) runs Prefect's logging set-up, which
+    lowered uvicorn's logger to WARNING: the API never logged "Application startup
+    complete", and whoever waited for that line waited for ever. Prefect's modules are
+    imported by name (`prefect.logging`), never through `prefect`."""
+    code = (
+        "import logging, uvicorn.config\n"
+        "uvicorn.config.Config('api.main:app')\n"
+        "before = logging.getLogger('uvicorn').level, list(logging.getLogger().handlers)\n"
+        "import api.main\n"
+        "after = logging.getLogger('uvicorn').level, list(logging.getLogger().handlers)\n"
+        "assert before == after, (before, after)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -104,6 +104,8 @@ def _finish_attempt(
             StepAttempt.finished_at.is_(None),
         )
         .values(finished_at=utcnow(), **values)
+        # No attempt object of this session is read after it: nothing to bring up to date.
+        .execution_options(synchronize_session=False)
     )
 
 

@@ -22,13 +22,21 @@ def test_flow_runs_start_warm_through_the_private_socket(
 ) -> None:
     """The peer checks let the system's own processes through: a flow run's launcher (the
     work pool's `python -m deployments.warm`) is handed a warm process rather than falling
-    back to a cold `python -m prefect.engine`, which it would do silently."""
-    job_id = hold_step(api, standin, restaurant_id, "code_generation", 30)
-    flow_run_id = api.get(f"/api/registration-jobs/{job_id}").json()["flow_run_id"]
-    commands = {
-        pid: Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:3]
-        for pid in flow_run_pids(flow_run_id)
-    }
-    assert [b"-m", b"deployments.warm"] in commands.values(), commands
-    assert [b"-m", b"prefect.engine"] not in commands.values(), commands
-    api.post(f"/api/registration-jobs/{job_id}/cancel").raise_for_status()
+    back to a cold `python -m prefect.engine`, which it would do silently. A launcher also
+    starts cold when no warm process is ready in time (a starved machine: once in CI), so
+    up to three jobs are tried, one after the other: refused peers would make every one
+    cold."""
+    seen = []
+    for i in range(3):
+        job_id = hold_step(api, standin, f"{restaurant_id}-{i}", "code_generation", 30)
+        flow_run_id = api.get(f"/api/registration-jobs/{job_id}").json()["flow_run_id"]
+        commands = [
+            Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:3]
+            for pid in flow_run_pids(flow_run_id)
+        ]
+        api.post(f"/api/registration-jobs/{job_id}/cancel").raise_for_status()
+        seen.append(commands)
+        if [b"-m", b"deployments.warm"] in commands:
+            assert [b"-m", b"prefect.engine"] not in commands, commands
+            return
+    raise AssertionError(f"every flow run started cold: {seen}")

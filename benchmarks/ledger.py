@@ -18,80 +18,38 @@ import argparse
 import contextlib
 import cProfile
 import functools
-import os
 import pstats
 import statistics
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy.orm import Session
-
 from benchmarks import machine
-from regjobs.db import LOCAL_POSTGRES_ADMIN_URL, scratch_postgres_database
+from regjobs.db import LOCAL_POSTGRES_ADMIN_URL
 
 R = TypeVar("R")
 
 
 @contextlib.contextmanager
 def job_database(kind: str) -> Iterator[None]:
-    """A fresh, migrated job database and state folder, named in this process's
-    environment until the block ends (then dropped, removed)."""
-    from regjobs.db import engine_for, migrate
-    from regjobs.settings import get_settings
+    """A fresh, migrated job database (`kind`) and state folder of this process until the
+    block ends, then dropped and removed: the test tiers' own (`tests.helpers`)."""
+    from tests.helpers import environment, own_job_database
 
-    with contextlib.ExitStack() as stack:
-        state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="regjobs-ledger-")))
-        if kind == "postgresql":
-            url = stack.enter_context(
-                scratch_postgres_database(LOCAL_POSTGRES_ADMIN_URL, "regjobs_bench")
-            )
-        else:
-            url = f"sqlite:///{state / 'regjobs.db'}"
-        migrate(url)
-        before = {k: os.environ.get(k) for k in ("DATABASE_URL", "REGJOBS_STATE_DIR")}
-        os.environ.update(DATABASE_URL=url, REGJOBS_STATE_DIR=str(state))
-        get_settings.cache_clear()
-        try:
-            yield
-        finally:
-            engine_for(url).dispose()
-            for key, value in before.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-            get_settings.cache_clear()
-
-
-def new_job() -> str:
-    from deployments.demo import DEMO_CONFIG
-    from regjobs import ledger
-    from regjobs.config import ExecutionConfig
-    from regjobs.db import transaction
-    from regjobs.models import Organisation
-
-    def make(*, session: Session) -> str:
-        organisation = Organisation(name=f"org-{uuid.uuid4().hex[:12]}")
-        session.add(organisation)
-        session.flush()
-        job = ledger.create_job(
-            session=session,
-            organisation_id=organisation.id,
-            restaurant_id=f"r-{uuid.uuid4().hex[:8]}",
-            config=ExecutionConfig.model_validate(DEMO_CONFIG),
-        )
-        return str(job.id)
-
-    return transaction(make)
+    with (
+        tempfile.TemporaryDirectory(prefix="regjobs-ledger-") as state,
+        environment({"REGJOBS_TEST_DATABASE": kind}),
+        own_job_database(Path(state), LOCAL_POSTGRES_ADMIN_URL),
+    ):
+        yield
 
 
 def run(jobs: int, profile: bool) -> None:
     from regjobs import catalogue, ledger
     from regjobs.db import read_session, transaction
+    from tests.helpers import ledger_job
 
     timings: dict[str, list[float]] = {"walk read": [], "start_attempt": [], "complete_attempt": []}
 
@@ -108,7 +66,7 @@ def run(jobs: int, profile: bool) -> None:
     def write(fn: Callable[..., R], **kwargs: Any) -> Callable[[], R]:
         return lambda: transaction(fn, **kwargs)
 
-    made = [new_job() for _ in range(jobs)]
+    made = [ledger_job() for _ in range(jobs)]
     profiler = cProfile.Profile() if profile else None
     cpu = 0.0
     for i, job_id in enumerate(made):

@@ -254,9 +254,14 @@ def _classify(exc: BaseException) -> Classified:
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return Classified(ErrorClass.RETRYABLE, "the step took longer than its timeout")
     # Anything else is a script that crashed: worth another attempt (SPEC, retryable).
-    # Its first line only: a browser's launch error carries pages of logs.
+    return Classified(ErrorClass.RETRYABLE, in_one_line(exc))
+
+
+def in_one_line(exc: BaseException) -> str:
+    """The exception's type and the first line of its message: a browser's errors carry
+    pages of logs."""
     first_line = (str(exc).strip().splitlines() or [""])[0]
-    return Classified(ErrorClass.RETRYABLE, f"{type(exc).__name__}: {first_line}")
+    return f"{type(exc).__name__}: {first_line}"
 
 
 def _request_of(exc: httpx.RequestError) -> str:

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from prefect.logging import get_run_logger
 
-from regjobs.errors import AlreadyDone
+from regjobs.errors import AlreadyDone, in_one_line
 from tasks.browser import BrowserPool, masked_screenshot
 from tasks.clients.http import TRACE_HEADER
 from tasks.clients.interfaces import Call, Login, Result
@@ -48,11 +48,8 @@ class BrowserPortal:
                 except Exception as error:
                     # The attempt's own failure is what counts; the missing screenshot
                     # is said, not silent.
-                    reason = (str(error).splitlines() or [""])[0]
                     get_run_logger().warning(
-                        "no screenshot of the failed attempt: %s: %s",
-                        type(error).__name__,
-                        reason,
+                        "no screenshot of the failed attempt: %s", in_one_line(error)
                     )
                 raise
 

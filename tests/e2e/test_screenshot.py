@@ -28,7 +28,8 @@ def shots(tmp_path: Path, secrets: list[str]) -> list[bytes]:
             for secret in secrets:
                 async with pool.page() as page:
                     await page.set_content(PAGE.format(secret=secret))
-                    result.append(await masked_screenshot(page, 30))
+                    timeout = pool.settings.browser_screenshot_timeout_seconds
+                    result.append(await masked_screenshot(page, timeout))
             return result
         finally:
             await pool.close()

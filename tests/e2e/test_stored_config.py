@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select, update
 
 from regjobs.crypto import decrypt_json, encrypt_json
 from regjobs.models import RegistrationJob
-from tests.helpers import flow_run_logs, full_config, watch_job
+from tests.helpers import flow_run_logs, flow_run_state, full_config, wait_for, watch_job
 
 pytestmark = pytest.mark.e2e
 
@@ -70,6 +70,12 @@ def test_a_stored_config_that_fails_at_flow_start_carries_no_value_to_prefect(
     assert runs == [job["flow_run_id"]]
     assert all(s["status"] == "pending" and s["attempts"] == 0 for s in job["steps"])
 
+    # The flow run ends Failed in Prefect just after it wrote the job's failure to the ledger.
+    wait_for(
+        lambda: flow_run_state(job["flow_run_id"])[0] not in (StateType.RUNNING, StateType.PENDING),
+        timeout=30,
+        what="the flow run's final state in Prefect",
+    )
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(UUID(job["flow_run_id"]))
         states = client.read_flow_run_states(run.id)

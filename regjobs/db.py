@@ -158,15 +158,29 @@ def database_now(session: Session | None = None) -> datetime:
 
 def transaction(fn: Callable[..., R], /, **kwargs: Any) -> R:
     """`fn(session=..., **kwargs)` in one write transaction, committed; run again when the
-    database dropped its connection midway (a restart, a failover, an idle timeout) or
-    refused a new one (PostgreSQL's "too many clients already" while a burst holds its
-    connections), so a flow-run process carries on rather than fails. Only for transactions
-    that are safe to repeat: a lost connection rolls back what was not committed, and a
-    refused one ran nothing."""
+    database dropped its connection midway (a restart, a failover, an idle timeout, an
+    operator's `pg_terminate_backend`) or refused a new one (PostgreSQL's "too many clients
+    already" while a burst holds its connections), so a flow-run process carries on rather
+    than fails. Only for transactions that are safe to repeat: a lost connection rolls back
+    what was not committed, and a refused one ran nothing."""
+    return _on_a_live_connection(session_scope, fn, kwargs)
+
+
+def read(fn: Callable[..., R], /, **kwargs: Any) -> R:
+    """`fn(session=..., **kwargs)` in a read session, run again as `transaction` runs a
+    write: a flow run's reads between its steps outlive a dropped connection too."""
+    return _on_a_live_connection(read_session, fn, kwargs)
+
+
+def _on_a_live_connection(
+    scope: Callable[[], contextlib.AbstractContextManager[Session]],
+    fn: Callable[..., R],
+    kwargs: dict[str, Any],
+) -> R:
     for attempt in range(DISCONNECT_RETRIES):
         connected = False
         try:
-            with session_scope() as session:
+            with scope() as session:
                 session.connection()  # (a refusal raises here, before `fn` ran)
                 connected = True
                 return fn(session=session, **kwargs)

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from regjobs.db import read_session, transaction
+from regjobs.db import read, transaction
 
 R = TypeVar("R")
 
@@ -18,10 +18,6 @@ async def ledger_write(fn: Callable[..., R], /, **kwargs: Any) -> R:
 
 
 async def ledger_read(fn: Callable[..., R], /, **kwargs: Any) -> R:
-    """A ledger read, off the event loop; it never takes the write lock."""
-
-    def read() -> R:
-        with read_session() as session:
-            return fn(session=session, **kwargs)
-
-    return await asyncio.to_thread(read)
+    """A ledger read, off the event loop; it never takes the write lock; run again if
+    the database drops its connection midway."""
+    return await asyncio.to_thread(read, fn, **kwargs)

@@ -48,7 +48,7 @@ def job_database(kind: str) -> Iterator[None]:
 
 def run(jobs: int, profile: bool) -> None:
     from regjobs import catalogue, ledger
-    from regjobs.db import read_session, transaction
+    from regjobs.db import read, transaction
     from tests.helpers import ledger_job
 
     timings: dict[str, list[float]] = {"walk read": [], "start_attempt": [], "complete_attempt": []}
@@ -58,10 +58,6 @@ def run(jobs: int, profile: bool) -> None:
         result = fn()
         timings[kind].append(time.perf_counter() - started)
         return result
-
-    def walk(job_id: str, epoch: int) -> ledger.Walk:
-        with read_session() as session:
-            return ledger.walk_state(session=session, job_id=job_id, epoch=epoch)
 
     def write(fn: Callable[..., R], **kwargs: Any) -> Callable[[], R]:
         return lambda: transaction(fn, **kwargs)
@@ -76,7 +72,10 @@ def run(jobs: int, profile: bool) -> None:
         if profiler:
             profiler.enable()
         for step_id in catalogue.STEP_IDS:
-            timed("walk read", functools.partial(walk, job_id, start.epoch))
+            timed(
+                "walk read",
+                functools.partial(read, ledger.walk_state, job_id=job_id, epoch=start.epoch),
+            )
             attempt = timed(
                 "start_attempt",
                 write(

@@ -30,6 +30,8 @@ from standin.client import fault as fault
 from standin.client import release_held as release_held
 
 if TYPE_CHECKING:
+    from pytest import MarkDecorator
+
     from deployments.stack import Stack
 
 FINAL_JOB = {"completed", "failed", "cancelled"}
@@ -871,6 +873,17 @@ def forget_settings() -> None:
     get_settings.cache_clear()
     # Each step's task carries the settings' retries and timeout.
     step_task.cache_clear()
+
+
+def postgresql_only(why: str) -> MarkDecorator:
+    """A mark that skips a test unless REGJOBS_TEST_DATABASE=postgresql (CI's PostgreSQL
+    pass runs it); `why`: what SQLite lacks for it."""
+    import pytest
+
+    return pytest.mark.skipif(
+        os.environ.get("REGJOBS_TEST_DATABASE", "sqlite") != "postgresql",
+        reason=f"{why}; runs in the PostgreSQL pass of .ci/run",
+    )
 
 
 class environment:

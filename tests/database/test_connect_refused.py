@@ -4,7 +4,6 @@ again and goes through once a connection is free, instead of failing the flow ru
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -19,14 +18,9 @@ from sqlalchemy.pool import NullPool
 
 from regjobs.db import engine_for, transaction
 from regjobs.settings import get_settings
+from tests.helpers import postgresql_only
 
-pytestmark = [
-    pytest.mark.database,
-    pytest.mark.skipif(
-        os.environ.get("REGJOBS_TEST_DATABASE", "sqlite") != "postgresql",
-        reason="SQLite has no connection limit; runs in the PostgreSQL pass of .ci/run",
-    ),
-]
+pytestmark = [pytest.mark.database, postgresql_only("SQLite has no connection limit")]
 
 
 @pytest.fixture

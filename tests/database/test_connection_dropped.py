@@ -5,8 +5,7 @@ the one kind of call that was not asked again)."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,30 +13,14 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 from regjobs import db
-from regjobs.settings import get_settings
+from tests.helpers import environment, postgresql_only
 
-pytestmark = [
-    pytest.mark.database,
-    pytest.mark.skipif(
-        os.environ.get("REGJOBS_TEST_DATABASE", "sqlite") != "postgresql",
-        reason="SQLite has no connections to drop; runs in the PostgreSQL pass of .ci/run",
-    ),
-]
-
-
-@pytest.fixture
-def on_test_database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    get_settings.cache_clear()
-    try:
-        yield database_url
-    finally:
-        get_settings.cache_clear()
+pytestmark = [pytest.mark.database, postgresql_only("SQLite has no connections to drop")]
 
 
 @pytest.mark.parametrize("run", [db.read, db.transaction], ids=["read", "write"])
 def test_a_connection_dropped_midway_is_asked_again(
-    run: Callable[..., Any], on_test_database: str, pg_admin_url: str
+    run: Callable[..., Any], database_url: str, pg_admin_url: str
 ) -> None:
     admin = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
     backends: list[int] = []
@@ -54,7 +37,8 @@ def test_a_connection_dropped_midway_is_asked_again(
         return int(session.execute(text("SELECT 1")).scalar_one())
 
     try:
-        assert run(backend_then_one) == 1
+        with environment({"DATABASE_URL": database_url}):
+            assert run(backend_then_one) == 1
     finally:
         admin.dispose()
     assert len(backends) == 2 and backends[0] != backends[1], backends

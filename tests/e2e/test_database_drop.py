@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import os
-
 import httpx
 import pytest
 from sqlalchemy import Engine, text
 
 from regjobs.catalogue import STEP_IDS
-from tests.helpers import effects, hold_step, watch_job
+from tests.helpers import effects, hold_step, postgresql_only, watch_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.database]
 
 
-@pytest.mark.skipif(
-    os.environ.get("REGJOBS_TEST_DATABASE", "sqlite") != "postgresql",
-    reason="SQLite has no connections to drop; runs in the PostgreSQL pass of .ci/run",
-)
+@postgresql_only("SQLite has no connections to drop")
 def test_connections_dropped_mid_step_are_retried(
     api: httpx.Client, standin: httpx.Client, db: Engine, restaurant_id: str
 ) -> None:

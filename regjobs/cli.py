@@ -45,6 +45,7 @@ from rich.table import Column, Table
 from regjobs import cli_releases
 from regjobs.catalogue import JobStatus, StepStatus
 from regjobs.config import secret_fields
+from regjobs.errors import in_one_line
 from regjobs.settings import get_settings
 
 app = typer.Typer(
@@ -446,12 +447,7 @@ def _check(name: str, fix: str, probe: Callable[[], str]) -> Check:
     try:
         return Check(name, True, probe())
     except Exception as exc:
-        return Check(
-            name,
-            False,
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-            fix,
-        )
+        return Check(name, False, in_one_line(exc), fix)
 
 
 def _database() -> str:

@@ -16,11 +16,20 @@ from regjobs.settings import get_settings
 WORK_POOL = "registration-jobs"
 
 
-#: 4 more while its steps run at once. A flow run holds what its pool keeps until it ends;
-#: at the API's size (10 kept) the flow runs of two workers, with the API processes and
-#: Prefect's server and services, took all of PostgreSQL's 100 connections in a burst of
-#: 200 jobs ("too many clients already").
-FLOW_RUN_POOL = {"REGJOBS_DB_POOL_SIZE": "2", "REGJOBS_DB_MAX_OVERFLOW": "4"}
+#: A flow-run process's job-database pool, per engine (one writes, one reads): at most 2
+#: connections, kept from the first use to the run's end, never one more. A call beyond
+#: them waits for one (at most 30 s, not the API's 5): the job's writes take its row lock
+#: in turn anyway. Opened for a step fan-out and closed at once (overflow, as before),
+#: they cost PostgreSQL a new backend each: 7.7 sessions a job, 3.3 now (docs/figures.md,
+#: "Against Prefect itself, thirteenth session"; one connection each made the walls
+#: longer). At the API's size (10 kept) the flow runs of two workers, with the API
+#: processes and Prefect's server and services, took all of PostgreSQL's 100 connections
+#: in a burst of 200 jobs ("too many clients already").
+FLOW_RUN_POOL = {
+    "REGJOBS_DB_POOL_SIZE": "2",
+    "REGJOBS_DB_MAX_OVERFLOW": "0",
+    "REGJOBS_DB_POOL_TIMEOUT_SECONDS": "30",
+}
 
 #: The CPU priority (`nice`) of workers and their flow-run processes: when the cores are
 #: busy, the API (a person waiting on every request) goes first and the flow runs (minutes

@@ -120,8 +120,8 @@ class Report:
         self.scrubber = Scrubber([]) if scrubber is None else scrubber
         self.progress_id: UUID | None = None
         self.shown: tuple[int, str] | None = None
-        #: When the artifacts were last written (the loop's clock), and the write put off
-        #: until `artifact_seconds` after it.
+        #: When the artifacts were last written, or first asked for (the loop's clock), and
+        #: the write put off until `artifact_seconds` after it.
         self._written: float | None = None
         self._later: asyncio.Task[None] | None = None
         self._writing = False
@@ -139,9 +139,9 @@ class Report:
     async def update(self, *, final: bool = False) -> None:
         """Write both artifacts again from the job's view, if it changed since. The last
         (`final`) is written before this returns, after any write under way; the others in
-        the background, never holding up the steps (the first at once, then at most every
-        `artifact_seconds`: a write asked for sooner is made when that much time has
-        passed)."""
+        the background, never holding up the steps, at most every `artifact_seconds`
+        counted from the first ask (a write asked for sooner is made when that much time
+        has passed): a job that ends within it writes its artifacts once, at its end."""
         if final:
             later, self._later = self._later, None
             if later is not None and self._writing:
@@ -153,13 +153,10 @@ class Report:
             await self._write()
             return
         if self._later is None:
-            wait = (
-                0.0
-                if self._written is None
-                else self._written
-                + self.settings.artifact_seconds
-                - asyncio.get_running_loop().time()
-            )
+            now = asyncio.get_running_loop().time()
+            if self._written is None:
+                self._written = now
+            wait = self._written + self.settings.artifact_seconds - now
             self._later = asyncio.ensure_future(self._write_after(max(0.0, wait)))
 
     async def _write_after(self, wait: float) -> None:

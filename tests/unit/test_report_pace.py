@@ -1,5 +1,6 @@
-"""The job's artifacts are written in the background the first time and at most every
-`artifact_seconds` after, and before the last update returns (tasks.report.Report.update)."""
+"""The job's artifacts are written in the background at most every `artifact_seconds`,
+counted from the first update, and before the last update returns
+(tasks.report.Report.update)."""
 
 from __future__ import annotations
 
@@ -30,33 +31,54 @@ def report(seconds: float) -> Report:
     return Report("job-Ünïcode-<b>", "org", settings)
 
 
-def test_a_burst_of_updates_is_one_write_now_and_one_later(writes: list[float]) -> None:
+def test_a_burst_of_updates_is_one_write_per_pace(writes: list[float]) -> None:
     async def scenario() -> None:
+        loop = asyncio.get_running_loop()
         r = report(0.3)
+        asked = loop.time()
         await r.update()
         assert writes == []  # in the background: the steps go on meanwhile
-        await asyncio.sleep(0.05)
-        assert len(writes) == 1  # the first, at once
         for _ in range(10):
             await r.update()
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
+        assert writes == []  # the pace counts from the first update
+        await asyncio.sleep(0.4)
+        assert len(writes) == 1  # the burst, together, once the pace allows
+        assert writes[0] - asked >= 0.29
+        await r.update()  # 0.2 s after the first write: put off for 0.1 s
         assert len(writes) == 1
-        await asyncio.sleep(0.5)
-        assert len(writes) == 2  # the rest, together, once the pace allows
+        await asyncio.sleep(0.4)
+        assert len(writes) == 2
         assert writes[1] - writes[0] >= 0.29
+
+    asyncio.run(scenario())
+
+
+def test_a_job_that_ends_within_the_pace_writes_once(writes: list[float]) -> None:
+    async def scenario() -> None:
+        r = report(5)
+        await r.update()
+        await asyncio.sleep(0.05)  # (the steps go on)
+        await r.update()
+        await r.update(final=True)
+        assert len(writes) == 1
+        await asyncio.sleep(0.1)
+        assert r._later is None
+        assert len(writes) == 1
 
     asyncio.run(scenario())
 
 
 def test_the_final_update_is_written_at_once_and_drops_the_later_one(writes: list[float]) -> None:
     async def scenario() -> None:
-        r = report(5)
+        r = report(0.2)
         await r.update()
-        await asyncio.sleep(0.05)
-        await r.update()  # put off for 5 s
+        await asyncio.sleep(0.3)
+        assert len(writes) == 1
+        await r.update()  # put off until 0.2 s after the first write
         await r.update(final=True)
         assert len(writes) == 2
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)
         assert r._later is None
         assert len(writes) == 2
 
@@ -78,9 +100,9 @@ def test_a_run_that_ends_without_a_final_write_leaves_no_write_behind(
     writes: list[float],
 ) -> None:
     async def scenario() -> None:
-        r = report(0.2)
+        r = report(0.1)
         await r.update()
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
         await r.update()
         r.close()
         await asyncio.sleep(0.3)
@@ -104,9 +126,9 @@ def test_the_final_update_waits_for_a_write_under_way(
     monkeypatch.setattr(report_module.Report, "_write", write)
 
     async def scenario() -> None:
-        r = report(5)
+        r = report(0.05)
         await r.update()
-        await asyncio.sleep(0.02)  # the first write is under way
+        await asyncio.sleep(0.1)  # the first write is under way
         await r.update(final=True)
         assert order == ["start", "end", "start", "end"]
 

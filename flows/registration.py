@@ -338,7 +338,8 @@ async def _run_steps(
                         config_version=start.config_version,
                     )
                     if waiting is not None:
-                        await report.update()
+                        # Written now: the run suspends, and its process ends, next.
+                        await report.update(final=True)
                         break
                     continue  # a person's input came in between: go on
                 done, _ = await asyncio.wait([*running, lost], return_when=asyncio.FIRST_COMPLETED)

@@ -132,7 +132,8 @@ class Settings(BaseSettings):
     #: and stop itself before Prefect is asked to stop its process.
     cancel_grace_seconds: float = Field(default=15.0, ge=0)
     #: The job's summary and progress artifacts are written at most this often while the
-    #: job runs (always at its end): each write is a Prefect API call and a database row,
+    #: job runs, counted from its first ask (always at its end, and before the run
+    #: suspends for a person): each write is a Prefect API call and a database row,
     #: a third of what a short job added over bare Prefect (docs/figures.md, "Against
     #: Prefect itself"). 0: after every batch of step ends.
     artifact_seconds: float = Field(default=2.0, ge=0)

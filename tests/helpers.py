@@ -19,7 +19,7 @@ from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import StateType, TaskRun
+from prefect.client.schemas.objects import Artifact, StateType, TaskRun
 
 from deployments.pids import alive, processes_with_env
 from regjobs.catalogue import STEP_IDS, STEPS
@@ -70,6 +70,35 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or check}")
         time.sleep(interval)
+
+
+def latest_artifact(key: str, shows: str | float = "", *, timeout: float = 15) -> Artifact:
+    """The newest version of the artifact `key`, once its data shows `shows`: a job's
+    artifacts are written just after it ends (and at most every REGJOBS_ARTIFACT_SECONDS
+    before), so the API may answer its final status a moment before they do."""
+
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    seen: list[Any] = []
+
+    def read() -> Artifact | None:
+        with get_client(sync_client=True) as client:
+            found = client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+            )
+        newest = max(found, key=lambda a: a.created or 0) if found else None
+        seen[:] = [(a.created, a.data) for a in found]
+        if newest is None:
+            return None
+        if isinstance(shows, str):
+            return newest if shows in str(newest.data) else None
+        return newest if float(str(newest.data)) == shows else None
+
+    try:
+        artifact: Artifact = wait_for(read, timeout=timeout, what=f"{key!r} to show {shows!r}")
+    except AssertionError as missing:
+        raise AssertionError(f"{missing}; its versions: {seen}") from None
+    return artifact
 
 
 def watch_job(api: httpx.Client, job_id: str, *, timeout: float = 90) -> JobWatch:

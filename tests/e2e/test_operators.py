@@ -15,12 +15,7 @@ from uuid import UUID
 import httpx
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    ArtifactFilter,
-    ArtifactFilterKey,
-)
 from prefect.client.schemas.objects import (
-    Artifact,
     State,
     StateType,
     TaskRun,
@@ -40,6 +35,7 @@ from tests.helpers import (
     flow_run_state,
     hold_step,
     job_events,
+    latest_artifact,
     steps_by_id,
     task_run_events,
     task_runs,
@@ -48,33 +44,6 @@ from tests.helpers import (
 )
 
 pytestmark = [pytest.mark.e2e]
-
-
-def latest_artifact(key: str, shows: str | float = "", *, timeout: float = 15) -> Artifact:
-    """The newest version of the artifact `key`, once its data shows `shows`: a job's
-    artifacts are written just after it ends (and at most every REGJOBS_ARTIFACT_SECONDS
-    before), so the API may answer its final status a moment before they do."""
-
-    seen: list[Any] = []
-
-    def read() -> Artifact | None:
-        with get_client(sync_client=True) as client:
-            found = client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
-            )
-        newest = max(found, key=lambda a: a.created or 0) if found else None
-        seen[:] = [(a.created, a.data) for a in found]
-        if newest is None:
-            return None
-        if isinstance(shows, str):
-            return newest if shows in str(newest.data) else None
-        return newest if float(str(newest.data)) == shows else None
-
-    try:
-        artifact: Artifact = wait_for(read, timeout=timeout, what=f"{key!r} to show {shows!r}")
-    except AssertionError as missing:
-        raise AssertionError(f"{missing}; its versions: {seen}") from None
-    return artifact
 
 
 def assert_edges_match_catalogue(runs: dict[str, TaskRun]) -> None:
